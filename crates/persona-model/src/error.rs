@@ -1,0 +1,80 @@
+//! The one error type of the model runtime.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong while loading or running a model.
+///
+/// Each message names the problem and, where there is one, the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not a valid GGUF file: {reason}")]
+    Gguf { path: PathBuf, reason: String },
+    #[error(
+        "unsupported quantization type {ggml_type} in tensor {tensor}; supported: F32, F16, BF16, Q4_0, Q4_1, Q8_0"
+    )]
+    UnsupportedQuantization { ggml_type: String, tensor: String },
+    #[error(
+        "unsupported architecture `{0}`; supported: llama (GGUF), LlamaForCausalLM, Qwen2ForCausalLM (HF)"
+    )]
+    UnsupportedArchitecture(String),
+    #[error("unsupported model setting: {0}")]
+    Unsupported(String),
+    #[error("bad model config {path}: {reason}")]
+    Config { path: PathBuf, reason: String },
+    #[error("missing metadata key `{0}` in the model file")]
+    MissingMetadata(String),
+    #[error(
+        "weights do not match the architecture (loading is strict).\n  missing: {missing:?}\n  unexpected: {unexpected:?}"
+    )]
+    KeyMismatch {
+        missing: Vec<String>,
+        unexpected: Vec<String>,
+    },
+    #[error("tensor {name} has shape {found:?}, expected {expected:?}")]
+    ShapeMismatch {
+        name: String,
+        found: Vec<usize>,
+        expected: Vec<usize>,
+    },
+    #[error("bad safetensors file {path}: {reason}")]
+    Safetensors { path: PathBuf, reason: String },
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("chat template: {0}")]
+    Template(String),
+    #[error(
+        "model `{name}` is not in the model cache ({dir}); run `just fetch-model` for the embedded model, or pass a path to a .gguf file or an HF directory"
+    )]
+    ModelNotFound { name: String, dir: PathBuf },
+    #[error(
+        "layer row {row} is out of range: this model has rows 0..={max} (row 0 = embedding output, row l = output of block l-1)"
+    )]
+    LayerOutOfRange { row: usize, max: usize },
+    #[error("vector width {found} does not match the model's d_model {expected}")]
+    VectorWidth { found: usize, expected: usize },
+    #[error("bad input: {0}")]
+    Input(String),
+    #[error(
+        "device `{0}` is not available in this build; rebuild with `--features {0}` (see README)"
+    )]
+    DeviceUnavailable(String),
+    #[error("tensor data: {0}")]
+    Data(String),
+}
+
+pub type Result<T> = std::result::Result<T, ModelError>;
+
+impl ModelError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,41 @@
+//! The model runtime of persona: the first stage of the pipeline
+//! (runtime -> persona vectors -> training -> evaluation -> CLI).
+//!
+//! It loads a chat model (the embedded SmolLM2-135M-Instruct GGUF, or an HF
+//! LLaMA/Qwen2 directory) into burn and runs it with the interventions the
+//! rest of the project needs as *arguments* of one forward pass: a KV cache,
+//! steering vectors to add or ablate at chosen residual rows, and residual
+//! rows to capture, reduced on the device (mean over response or prompt
+//! tokens, last prompt token). See [`sites`] for the row convention.
+
+pub mod cache;
+pub mod config;
+pub mod device;
+pub mod error;
+pub mod generate;
+pub mod gguf;
+pub mod load;
+pub mod model;
+pub mod quant;
+pub mod sites;
+pub mod testing;
+pub mod tokenizer;
+pub mod weights;
+
+#[cfg(test)]
+mod model_tests;
+
+pub use cache::KvCache;
+pub use config::{Architecture, ModelConfig};
+pub use device::parse_device;
+pub use error::{ModelError, Result};
+pub use generate::{GenerateOptions, Generation, Sampling, generate};
+pub use load::{
+    DEFAULT_MODEL, HostModel, LoadedModel, ModelIdentity, load, load_host, model_cache,
+    persona_home,
+};
+pub use model::{ForwardArgs, ForwardOutput, Logits, Model};
+pub use sites::{
+    Batch, CaptureRequest, PadSide, Positions, Reduction, Role, Sequence, SteerOp, Steering,
+};
+pub use tokenizer::{Message, TextCodec};

@@ -1,0 +1,212 @@
+//! Finding and loading models: by cache name, GGUF path or HF directory.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+
+use crate::config::ModelConfig;
+use crate::error::{ModelError, Result};
+use crate::gguf::GgufFile;
+use crate::model::Model;
+use crate::tokenizer::TextCodec;
+use crate::weights::{self, WeightMap};
+
+/// The name of the embedded default model in the cache.
+pub const DEFAULT_MODEL: &str = "smollm2-135m-instruct";
+
+/// The directory holding models, vectors and runs: `$PERSONA_HOME`, or
+/// `./checkpoints` when unset.
+pub fn persona_home() -> PathBuf {
+    std::env::var_os("PERSONA_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("checkpoints"))
+}
+
+/// The model cache: `<persona_home>/models`.
+pub fn model_cache() -> PathBuf {
+    persona_home().join("models")
+}
+
+/// What identifies a loaded model in provenance records and vector files.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ModelIdentity {
+    /// The name given on the command line (cache name or path).
+    pub name: String,
+    /// SHA-256 of the weight file(s).
+    pub sha256: String,
+    /// Where it was loaded from.
+    pub path: PathBuf,
+}
+
+/// A model's weights on the host, before they go to a device.
+pub struct HostModel {
+    pub config: ModelConfig,
+    /// The file format and stored tensor types, e.g. `GGUF (Q4_1 x210, ...)`.
+    /// Weights are always f32 once loaded.
+    pub source_format: String,
+    pub weights: WeightMap,
+    pub codec: TextCodec,
+    pub identity: ModelIdentity,
+}
+
+/// A model on a device, with its tokenizer and identity.
+pub struct LoadedModel {
+    pub model: Model,
+    pub codec: TextCodec,
+    pub identity: ModelIdentity,
+}
+
+/// Resolves a model spec: a path to a `.gguf` file or an HF directory, or a
+/// name in the model cache (`<cache>/<name>/` holding either).
+pub fn resolve(spec: &str) -> Result<PathBuf> {
+    let p = Path::new(spec);
+    if p.exists() {
+        return Ok(p.to_path_buf());
+    }
+    let dir = model_cache().join(spec);
+    if dir.is_dir() {
+        return Ok(dir);
+    }
+    if spec.ends_with(".gguf") || spec.contains('/') {
+        return Err(ModelError::io(
+            p,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
+        ));
+    }
+    Err(ModelError::ModelNotFound {
+        name: spec.to_string(),
+        dir: model_cache(),
+    })
+}
+
+/// Reads a model into host memory.
+pub fn load_host(spec: &str) -> Result<HostModel> {
+    let path = resolve(spec)?;
+    let (gguf, hf_dir) = classify(&path)?;
+    if let Some(file) = gguf {
+        let g = GgufFile::open(&file)?;
+        let config = ModelConfig::from_gguf(&g)?;
+        let weights = weights::from_gguf(&g, &config)?;
+        let codec = TextCodec::from_gguf(&g)?;
+        let sha256 = weights::sha256_files(std::slice::from_ref(&file))?;
+        let mut types = std::collections::BTreeMap::new();
+        for t in &g.tensors {
+            *types.entry(t.ggml_type.name()).or_insert(0usize) += 1;
+        }
+        let types: Vec<String> = types.iter().map(|(k, n)| format!("{k} x{n}")).collect();
+        return Ok(HostModel {
+            source_format: format!("GGUF ({})", types.join(", ")),
+            config,
+            weights,
+            codec,
+            identity: ModelIdentity {
+                name: spec.to_string(),
+                sha256,
+                path: file,
+            },
+        });
+    }
+    let dir = hf_dir.expect("classify returns one of the two");
+    let config = ModelConfig::from_hf_json(&dir.join("config.json"))?;
+    let (mut weights, files) = weights::from_safetensors_dir(&dir)?;
+    // A tied checkpoint may still carry a copy of the head; HF ignores it too.
+    if config.tie_embeddings {
+        weights.remove("lm_head.weight");
+    }
+    let codec = TextCodec::from_hf_dir(&dir)?;
+    let sha256 = weights::sha256_files(&files)?;
+    Ok(HostModel {
+        source_format: format!("HF safetensors ({} file(s))", files.len()),
+        config,
+        weights,
+        codec,
+        identity: ModelIdentity {
+            name: spec.to_string(),
+            sha256,
+            path: dir,
+        },
+    })
+}
+
+/// `(gguf file, hf dir)`: exactly one is `Some`.
+fn classify(path: &Path) -> Result<(Option<PathBuf>, Option<PathBuf>)> {
+    if path.is_file() {
+        return Ok((Some(path.to_path_buf()), None));
+    }
+    if path.join("config.json").is_file() {
+        return Ok((None, Some(path.to_path_buf())));
+    }
+    let entries = std::fs::read_dir(path).map_err(|e| ModelError::io(path, e))?;
+    let ggufs: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "gguf"))
+        .collect();
+    match ggufs.as_slice() {
+        [one] => Ok((Some(one.clone()), None)),
+        [] => Err(ModelError::Input(format!(
+            "{} holds neither a config.json (HF model) nor a .gguf file",
+            path.display()
+        ))),
+        many => Err(ModelError::Input(format!(
+            "{} holds {} .gguf files; pass one of them as a path",
+            path.display(),
+            many.len()
+        ))),
+    }
+}
+
+impl HostModel {
+    /// Moves the weights to `device`.
+    pub fn to_device(self, device: &Device) -> Result<LoadedModel> {
+        let model = Model::from_weights(self.config, &self.weights, device)?;
+        Ok(LoadedModel {
+            model,
+            codec: self.codec,
+            identity: self.identity,
+        })
+    }
+
+    /// Writes the model as an HF directory: `model.safetensors` (f32),
+    /// `config.json`, `tokenizer.json`, `tokenizer_config.json`.
+    pub fn write_hf_dir(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+        let mut weights = self.weights.clone();
+        if self.config.tie_embeddings {
+            weights.remove("lm_head.weight");
+        }
+        weights::write_safetensors(&weights, &dir.join("model.safetensors"))?;
+        let write_json = |name: &str, v: &serde_json::Value| -> Result<()> {
+            let p = dir.join(name);
+            let text =
+                serde_json::to_string_pretty(v).map_err(|e| ModelError::Data(e.to_string()))?;
+            write_atomic(&p, text.as_bytes())
+        };
+        write_json(
+            "config.json",
+            &self.config.to_hf_json(self.codec.bos_id, self.codec.eos_id),
+        )?;
+        write_atomic(
+            &dir.join("tokenizer.json"),
+            self.codec.tokenizer_json.as_bytes(),
+        )?;
+        write_json(
+            "tokenizer_config.json",
+            &self.codec.tokenizer_config_json(self.config.max_positions),
+        )
+    }
+}
+
+/// Loads a model onto a device.
+pub fn load(spec: &str, device: &Device) -> Result<LoadedModel> {
+    load_host(spec)?.to_device(device)
+}
+
+/// Writes a file atomically: a temporary sibling, then a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("out")
+    ));
+    std::fs::write(&tmp, bytes).map_err(|e| ModelError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| ModelError::io(path, e))
+}

@@ -1,0 +1,585 @@
+//! The decoder (LLaMA / Qwen2 family) in burn: one implementation whose
+//! forward takes the KV cache, the steering to apply and the sites to
+//! capture as arguments, and returns logits plus what was captured.
+
+use std::collections::BTreeMap;
+
+use burn::tensor::activation::silu;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use rayon::prelude::*;
+
+use crate::cache::KvCache;
+use crate::config::ModelConfig;
+use crate::error::{ModelError, Result};
+use crate::sites::{
+    Batch, CaptureRequest, Reduction, Role, SteerOp, Steering, position_mask, reduction_weights,
+};
+use crate::weights::{HostTensor, WeightMap, check_strict};
+
+/// Which logits a forward call computes. The LM head is a large matmul
+/// (vocab 49152 for SmolLM2): skip it when only activations are wanted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// `[n_rows, seq_len, vocab]`.
+    All,
+    /// `[n_rows, 1, vocab]` at each row's last non-padding token.
+    Last,
+    /// None; the forward also stops after the highest captured row.
+    None,
+}
+
+/// Arguments of one forward call besides the tokens.
+pub struct ForwardArgs<'a> {
+    /// Cache to read past keys/values from and append this chunk's to.
+    pub cache: Option<&'a mut KvCache>,
+    pub steering: &'a [Steering],
+    pub capture: &'a CaptureRequest,
+    pub logits: Logits,
+}
+
+impl<'a> ForwardArgs<'a> {
+    /// No cache, no steering, no capture, all logits.
+    pub fn plain() -> ForwardArgs<'static> {
+        ForwardArgs {
+            cache: None,
+            steering: &[],
+            capture: &NO_CAPTURE,
+            logits: Logits::All,
+        }
+    }
+
+    /// A generation step: continue `cache`, last-position logits, no capture.
+    pub fn decode(cache: &'a mut KvCache, steering: &'a [Steering]) -> Self {
+        ForwardArgs {
+            cache: Some(cache),
+            steering,
+            capture: &NO_CAPTURE,
+            logits: Logits::Last,
+        }
+    }
+}
+
+static NO_CAPTURE: CaptureRequest = CaptureRequest::none();
+
+/// What a forward call returns.
+pub struct ForwardOutput {
+    /// See [`Logits`]; `None` when not asked for.
+    pub logits: Option<Tensor<3>>,
+    /// `(row, reduction)` -> `[n_rows, d_model]` for the pooled reductions.
+    pub captured: BTreeMap<(usize, Reduction), Tensor<2>>,
+    /// `row` -> `[n_rows, seq_len, d_model]` for [`Reduction::Full`].
+    pub full: BTreeMap<usize, Tensor<3>>,
+    /// Tokens each row averaged over, per reduction (0 = empty set: the
+    /// captured row is zero and must not be used as a mean).
+    pub counts: BTreeMap<Reduction, Vec<usize>>,
+}
+
+/// A linear projection stored as `[d_in, d_out]` so the forward is `x @ W`.
+#[derive(Debug, Clone)]
+pub(crate) struct Linear {
+    pub weight: Tensor<2>,
+    pub bias: Option<Tensor<1>>,
+}
+
+impl Linear {
+    /// # Shapes
+    /// `x`: `[n, d_in]` -> `[n, d_out]`
+    fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        let y = x.matmul(self.weight.clone());
+        match &self.bias {
+            Some(b) => y + b.clone().unsqueeze::<2>(),
+            None => y,
+        }
+    }
+}
+
+/// One decoder block; field names follow the HF checkpoint keys.
+#[derive(Debug, Clone)]
+pub(crate) struct Block {
+    pub input_layernorm: Tensor<1>,
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+    pub post_attention_layernorm: Tensor<1>,
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+/// Rotary tables `[max_positions, head_dim]` in HF's rotate-half layout, with
+/// the sign of rotate-half folded into `sin` (first half negated) so that
+/// `rope(x) = x * cos + swap_halves(x) * sin`.
+#[derive(Debug, Clone)]
+struct Rope {
+    cos: Tensor<2>,
+    sin: Tensor<2>,
+}
+
+impl Rope {
+    fn new(cfg: &ModelConfig, device: &Device) -> Self {
+        let (hd, n) = (cfg.head_dim, cfg.max_positions);
+        let half = hd / 2;
+        let mut cos = vec![0f32; n * hd];
+        let mut sin = vec![0f32; n * hd];
+        for p in 0..n {
+            for i in 0..half {
+                let inv_freq = 1.0 / cfg.rope_theta.powf((2 * i) as f64 / hd as f64);
+                let a = p as f64 * inv_freq;
+                cos[p * hd + i] = a.cos() as f32;
+                cos[p * hd + half + i] = a.cos() as f32;
+                sin[p * hd + i] = -a.sin() as f32;
+                sin[p * hd + half + i] = a.sin() as f32;
+            }
+        }
+        Self {
+            cos: Tensor::from_data(TensorData::new(cos, [n, hd]), device),
+            sin: Tensor::from_data(TensorData::new(sin, [n, hd]), device),
+        }
+    }
+
+    /// # Shapes
+    /// `x`: `[b, heads, s, hd]`; `cos`, `sin`: `[b, 1, s, hd]`.
+    fn apply(x: Tensor<4>, cos: Tensor<4>, sin: Tensor<4>) -> Tensor<4> {
+        let [_, _, _, hd] = x.dims();
+        let half = hd / 2;
+        let swapped = Tensor::cat(
+            vec![
+                x.clone().narrow(3, half, half),
+                x.clone().narrow(3, 0, half),
+            ],
+            3,
+        );
+        x * cos + swapped * sin
+    }
+}
+
+/// A loaded decoder.
+#[derive(Debug, Clone)]
+pub struct Model {
+    pub config: ModelConfig,
+    embed_tokens: Tensor<2>,
+    layers: Vec<Block>,
+    norm: Tensor<1>,
+    /// `[d_model, vocab]`; `None` when tied to `embed_tokens`.
+    lm_head: Option<Tensor<2>>,
+    rope: Rope,
+    device: Device,
+}
+
+fn host_to_tensor<const D: usize>(t: &HostTensor, device: &Device) -> Tensor<D> {
+    Tensor::from_data(TensorData::new(t.data.clone(), t.shape.clone()), device)
+}
+
+/// `[out, in]` host weight -> `[in, out]` tensor.
+fn transposed(t: &HostTensor, device: &Device) -> Tensor<2> {
+    let (out, inp) = (t.shape[0], t.shape[1]);
+    let mut data = vec![0f32; t.data.len()];
+    data.par_chunks_mut(out).enumerate().for_each(|(i, row)| {
+        for (o, v) in row.iter_mut().enumerate() {
+            *v = t.data[o * inp + i];
+        }
+    });
+    Tensor::from_data(TensorData::new(data, [inp, out]), device)
+}
+
+impl Model {
+    /// Builds the model from HF-named weights; strict about keys and shapes.
+    pub fn from_weights(config: ModelConfig, w: &WeightMap, device: &Device) -> Result<Self> {
+        check_strict(&config, w)?;
+        let lin = |name: &str| Linear {
+            weight: transposed(&w[&format!("{name}.weight")], device),
+            bias: w
+                .get(&format!("{name}.bias"))
+                .map(|b| host_to_tensor::<1>(b, device)),
+        };
+        let layers = (0..config.n_layers)
+            .map(|l| {
+                let p = format!("model.layers.{l}");
+                Block {
+                    input_layernorm: host_to_tensor(
+                        &w[&format!("{p}.input_layernorm.weight")],
+                        device,
+                    ),
+                    q_proj: lin(&format!("{p}.self_attn.q_proj")),
+                    k_proj: lin(&format!("{p}.self_attn.k_proj")),
+                    v_proj: lin(&format!("{p}.self_attn.v_proj")),
+                    o_proj: lin(&format!("{p}.self_attn.o_proj")),
+                    post_attention_layernorm: host_to_tensor(
+                        &w[&format!("{p}.post_attention_layernorm.weight")],
+                        device,
+                    ),
+                    gate_proj: lin(&format!("{p}.mlp.gate_proj")),
+                    up_proj: lin(&format!("{p}.mlp.up_proj")),
+                    down_proj: lin(&format!("{p}.mlp.down_proj")),
+                }
+            })
+            .collect();
+        let lm_head = (!config.tie_embeddings).then(|| transposed(&w["lm_head.weight"], device));
+        Ok(Self {
+            rope: Rope::new(&config, device),
+            embed_tokens: host_to_tensor(&w["model.embed_tokens.weight"], device),
+            norm: host_to_tensor(&w["model.norm.weight"], device),
+            layers,
+            lm_head,
+            config,
+            device: device.clone(),
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Number of residual rows: `n_layers + 1`.
+    pub fn n_rows(&self) -> usize {
+        self.config.n_rows()
+    }
+
+    fn rms_norm(&self, x: Tensor<2>, weight: &Tensor<1>) -> Tensor<2> {
+        let var = x.clone().square().mean_dim(1);
+        let inv = var.add_scalar(self.config.rms_eps).sqrt().recip();
+        x * inv * weight.clone().unsqueeze::<2>()
+    }
+
+    /// The final RMSNorm, applied to a raw row-`n_layers` activation `[n, d_model]`
+    /// (HF's last `hidden_states` entry is this, not the raw block output).
+    pub fn final_norm(&self, x: Tensor<2>) -> Tensor<2> {
+        self.rms_norm(x, &self.norm)
+    }
+
+    /// Checks steering rows and widths against this model.
+    pub fn check_steering(&self, steering: &[Steering]) -> Result<()> {
+        for s in steering {
+            if s.row > self.config.n_layers {
+                return Err(ModelError::LayerOutOfRange {
+                    row: s.row,
+                    max: self.config.n_layers,
+                });
+            }
+            if s.width() != self.config.d_model {
+                return Err(ModelError::VectorWidth {
+                    found: s.width(),
+                    expected: self.config.d_model,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the decoder over one chunk of tokens.
+    ///
+    /// With a cache, the chunk continues the cached sequences (one row per
+    /// cached row); its keys/values are appended. Position ids count real
+    /// tokens only, so a left-padded row starts at position 0 like an
+    /// unpadded one.
+    ///
+    /// # Shapes
+    /// `batch`: `[n_rows, seq_len]` tokens; see [`ForwardOutput`] for outputs.
+    pub fn forward(&self, batch: &Batch, args: ForwardArgs<'_>) -> Result<ForwardOutput> {
+        let cfg = &self.config;
+        let (b_n, s_n, d) = (batch.n_rows, batch.seq_len, cfg.d_model);
+        self.check_steering(args.steering)?;
+        for &row in &args.capture.rows {
+            if row > cfg.n_layers {
+                return Err(ModelError::LayerOutOfRange {
+                    row,
+                    max: cfg.n_layers,
+                });
+            }
+        }
+        if let Some(&bad) = batch.ids.iter().find(|&&id| id as usize >= cfg.vocab_size) {
+            return Err(ModelError::Input(format!(
+                "token id {bad} >= vocab size {}",
+                cfg.vocab_size
+            )));
+        }
+        let mut cache = args.cache;
+        let past = cache.as_ref().map_or(0, |c| c.past_len());
+        if let Some(c) = cache.as_ref()
+            && !c.is_empty()
+            && c.valid.len() != b_n
+        {
+            return Err(ModelError::Input(format!(
+                "batch has {b_n} rows but the cache holds {}",
+                c.valid.len()
+            )));
+        }
+        let total = past + s_n;
+        if total > cfg.max_positions {
+            return Err(ModelError::Input(format!(
+                "sequence of {total} tokens exceeds the model's context of {}",
+                cfg.max_positions
+            )));
+        }
+
+        // Host-side bookkeeping: key validity, position ids, attention mask.
+        let mut key_valid: Vec<Vec<bool>> = (0..b_n)
+            .map(|b| {
+                cache
+                    .as_ref()
+                    .and_then(|c| c.valid.get(b).cloned())
+                    .unwrap_or_default()
+            })
+            .collect();
+        let mut pos_ids = vec![0i64; b_n * s_n];
+        for b in 0..b_n {
+            let mut next = cache.as_ref().map_or(0, |c| c.n_real(b));
+            for (s, role) in batch.row_roles(b).iter().enumerate() {
+                let real = *role != Role::Pad;
+                pos_ids[b * s_n + s] = next.min(cfg.max_positions - 1) as i64;
+                if real {
+                    next += 1;
+                }
+                key_valid[b].push(real);
+            }
+        }
+        // true = masked. A query may see key k if k is real and not in its
+        // future; every query sees itself, so a padding query's softmax has
+        // at least one entry (a fully masked row would give NaN, and NaN
+        // values would leak into real rows through 0 * NaN in P @ V).
+        let mut mask = vec![false; b_n * s_n * total];
+        for b in 0..b_n {
+            for q in 0..s_n {
+                let qa = past + q;
+                for k in 0..total {
+                    mask[(b * s_n + q) * total + k] = k > qa || (!key_valid[b][k] && k != qa);
+                }
+            }
+        }
+        let dev = &self.device;
+        let mask = Tensor::<4, Bool>::from_data(TensorData::new(mask, [b_n, 1, s_n, total]), dev);
+        let pos = Tensor::<1, Int>::from_data(TensorData::new(pos_ids, [b_n * s_n]), dev);
+        let hd = cfg.head_dim;
+        let cos = self
+            .rope
+            .cos
+            .clone()
+            .select(0, pos.clone())
+            .reshape([b_n, 1, s_n, hd]);
+        let sin = self
+            .rope
+            .sin
+            .clone()
+            .select(0, pos)
+            .reshape([b_n, 1, s_n, hd]);
+
+        // Steering masks `[n, 1]` and capture weights `[b, r, s]`, built once.
+        let steer_masks: Vec<Tensor<2>> = args
+            .steering
+            .iter()
+            .map(|st| {
+                let m = position_mask(&batch.roles, s_n, st.positions);
+                Tensor::from_data(TensorData::new(m, [b_n * s_n, 1]), dev)
+            })
+            .collect();
+        let mut counts = BTreeMap::new();
+        let pooled: Vec<Reduction> = args
+            .capture
+            .reductions
+            .iter()
+            .copied()
+            .filter(|r| *r != Reduction::Full)
+            .collect();
+        let pool_weights = if pooled.is_empty() || args.capture.rows.is_empty() {
+            None
+        } else {
+            let mut w = Vec::with_capacity(b_n * pooled.len() * s_n);
+            let per: Vec<Vec<f32>> = pooled
+                .iter()
+                .map(|r| {
+                    let (w, c) = reduction_weights(&batch.roles, s_n, *r);
+                    counts.insert(*r, c);
+                    w
+                })
+                .collect();
+            for b in 0..b_n {
+                for p in &per {
+                    w.extend_from_slice(&p[b * s_n..(b + 1) * s_n]);
+                }
+            }
+            Some(Tensor::<3>::from_data(
+                TensorData::new(w, [b_n, pooled.len(), s_n]),
+                dev,
+            ))
+        };
+        let last_needed_row = match args.logits {
+            Logits::None => args.capture.rows.iter().copied().max().unwrap_or(0),
+            _ => cfg.n_layers,
+        };
+
+        let mut captured = BTreeMap::new();
+        let mut full = BTreeMap::new();
+        let ids = Tensor::<1, Int>::from_data(
+            TensorData::new(
+                batch.ids.iter().map(|&i| i as i64).collect::<Vec<_>>(),
+                [b_n * s_n],
+            ),
+            dev,
+        );
+        // # (b*s, d)
+        let mut h = self.embed_tokens.clone().select(0, ids);
+        let mut new_keys = Vec::new();
+        let mut new_values = Vec::new();
+        for row in 0..=last_needed_row {
+            if row > 0 {
+                let layer = &self.layers[row - 1];
+                let (k_past, v_past) = match cache.as_ref() {
+                    Some(c) if !c.is_empty() => (
+                        Some(c.keys[row - 1].clone()),
+                        Some(c.values[row - 1].clone()),
+                    ),
+                    _ => (None, None),
+                };
+                let (out, k, v) =
+                    self.block(layer, h, [b_n, s_n], &cos, &sin, &mask, k_past, v_past);
+                h = out;
+                new_keys.push(k);
+                new_values.push(v);
+            }
+            for (st, m) in args
+                .steering
+                .iter()
+                .zip(&steer_masks)
+                .filter(|(st, _)| st.row == row)
+            {
+                let v = st.vector.clone().unsqueeze::<2>(); // # (1, d)
+                h = match st.op {
+                    SteerOp::Add { coef } => h + m.clone() * v.mul_scalar(coef),
+                    SteerOp::Ablate => {
+                        let proj = h.clone().matmul(v.clone().transpose()); // # (n, 1)
+                        h - (proj * m.clone()) * v
+                    }
+                };
+            }
+            if args.capture.rows.contains(&row) {
+                let h3 = h.clone().reshape([b_n, s_n, d]);
+                if let Some(w) = &pool_weights {
+                    // # (b, r, s) @ (b, s, d) -> (b, r, d)
+                    let pooled_h = w.clone().matmul(h3.clone());
+                    for (i, r) in pooled.iter().enumerate() {
+                        captured.insert(
+                            (row, *r),
+                            pooled_h.clone().narrow(1, i, 1).reshape([b_n, d]),
+                        );
+                    }
+                }
+                if args.capture.reductions.contains(&Reduction::Full) {
+                    full.insert(row, h3);
+                }
+            }
+        }
+        if let Some(c) = cache.as_mut() {
+            if new_keys.len() != cfg.n_layers {
+                return Err(ModelError::Input(
+                    "a forward with a KV cache must run every layer: ask for logits".into(),
+                ));
+            }
+            c.keys = new_keys;
+            c.values = new_values;
+            c.valid = key_valid;
+        }
+
+        let logits = match args.logits {
+            Logits::None => None,
+            Logits::All => Some(self.lm_head(h).reshape([b_n, s_n, cfg.vocab_size])),
+            Logits::Last => {
+                let idx: Vec<i64> = (0..b_n)
+                    .map(|b| (b * s_n + batch.last_token_index(b).unwrap_or(s_n - 1)) as i64)
+                    .collect();
+                let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [b_n]), dev);
+                Some(
+                    self.lm_head(h.select(0, idx))
+                        .reshape([b_n, 1, cfg.vocab_size]),
+                )
+            }
+        };
+        Ok(ForwardOutput {
+            logits,
+            captured,
+            full,
+            counts,
+        })
+    }
+
+    /// # Shapes
+    /// `h`: `[n, d_model]` -> `[n, vocab]`
+    fn lm_head(&self, h: Tensor<2>) -> Tensor<2> {
+        let h = self.final_norm(h);
+        match &self.lm_head {
+            Some(w) => h.matmul(w.clone()),
+            None => h.matmul(self.embed_tokens.clone().transpose()),
+        }
+    }
+
+    /// One pre-norm block. Returns the new residual and this chunk's
+    /// keys/values concatenated after the cached ones.
+    ///
+    /// # Shapes
+    /// `h`: `[b*s, d]`; `cos`/`sin`: `[b, 1, s, hd]`; `mask`: `[b, 1, s, past+s]`;
+    /// cached k/v: `[b, kv_heads, past, hd]`.
+    #[allow(clippy::too_many_arguments)]
+    fn block(
+        &self,
+        layer: &Block,
+        h: Tensor<2>,
+        [b_n, s_n]: [usize; 2],
+        cos: &Tensor<4>,
+        sin: &Tensor<4>,
+        mask: &Tensor<4, Bool>,
+        k_past: Option<Tensor<4>>,
+        v_past: Option<Tensor<4>>,
+    ) -> (Tensor<2>, Tensor<4>, Tensor<4>) {
+        let cfg = &self.config;
+        let (nh, nkv, hd) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
+        let x = self.rms_norm(h.clone(), &layer.input_layernorm);
+        let heads = |t: Tensor<2>, n: usize| t.reshape([b_n, s_n, n, hd]).swap_dims(1, 2); // # (b, n, s, hd)
+        let q = Rope::apply(
+            heads(layer.q_proj.forward(x.clone()), nh),
+            cos.clone(),
+            sin.clone(),
+        );
+        let mut k = Rope::apply(
+            heads(layer.k_proj.forward(x.clone()), nkv),
+            cos.clone(),
+            sin.clone(),
+        );
+        let mut v = heads(layer.v_proj.forward(x), nkv);
+        if let (Some(kp), Some(vp)) = (k_past, v_past) {
+            k = Tensor::cat(vec![kp, k], 2);
+            v = Tensor::cat(vec![vp, v], 2);
+        }
+        let [_, _, t_n, _] = k.dims();
+        // Grouped-query attention: each KV head serves n_heads / n_kv_heads query heads.
+        let rep = nh / nkv;
+        let expand = |t: Tensor<4>| -> Tensor<4> {
+            if rep == 1 {
+                return t;
+            }
+            t.unsqueeze_dim::<5>(2)
+                .expand([b_n, nkv, rep, t_n, hd])
+                .reshape([b_n, nh, t_n, hd])
+        };
+        let attn = attention(
+            q,
+            expand(k.clone()),
+            expand(v.clone()),
+            Some(mask.clone()),
+            None,
+            AttentionModuleOptions {
+                scale: None,
+                softcap: None,
+                is_causal: false,
+            },
+        ); // # (b, nh, s, hd)
+        let attn = attn.swap_dims(1, 2).reshape([b_n * s_n, nh * hd]);
+        let h = h + layer.o_proj.forward(attn);
+        let x = self.rms_norm(h.clone(), &layer.post_attention_layernorm);
+        let mlp = layer
+            .down_proj
+            .forward(silu(layer.gate_proj.forward(x.clone())) * layer.up_proj.forward(x));
+        (h + mlp, k, v)
+    }
+}

@@ -1,0 +1,347 @@
+//! Invariants of the forward pass on the tiny random model: caching,
+//! padding, steering, capture and the row convention.
+
+use burn::tensor::{Device, Tensor};
+
+use crate::cache::KvCache;
+use crate::model::{ForwardArgs, Logits, Model};
+use crate::sites::{
+    Batch, CaptureRequest, PadSide, Positions, Reduction, Role, Sequence, Steering,
+};
+use crate::testing::{random_weights, tiny_config};
+
+fn model() -> Model {
+    let cfg = tiny_config();
+    Model::from_weights(cfg.clone(), &random_weights(&cfg, 1), &Device::flex()).unwrap()
+}
+
+fn host(t: Tensor<3>) -> Vec<f32> {
+    t.into_data().try_into_vec::<f32>().unwrap()
+}
+
+fn host2(t: Tensor<2>) -> Vec<f32> {
+    t.into_data().try_into_vec::<f32>().unwrap()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn seq(prompt: &[u32], response: &[u32]) -> Sequence {
+    Sequence {
+        prompt: prompt.to_vec(),
+        response: response.to_vec(),
+    }
+}
+
+fn logits_all(m: &Model, b: &Batch) -> Vec<f32> {
+    host(m.forward(b, ForwardArgs::plain()).unwrap().logits.unwrap())
+}
+
+fn capture(
+    m: &Model,
+    b: &Batch,
+    steering: &[Steering],
+    rows: &[usize],
+    r: Reduction,
+) -> Vec<Vec<f32>> {
+    let req = CaptureRequest::new(rows.iter().copied(), &[r]);
+    let out = m
+        .forward(
+            b,
+            ForwardArgs {
+                cache: None,
+                steering,
+                capture: &req,
+                logits: Logits::None,
+            },
+        )
+        .unwrap();
+    rows.iter()
+        .map(|row| match r {
+            Reduction::Full => host(out.full[row].clone()),
+            _ => host2(out.captured[&(*row, r)].clone()),
+        })
+        .collect()
+}
+
+const VOCAB: u32 = 97;
+
+#[test]
+fn kv_cache_decode_matches_full_forward() {
+    let m = model();
+    let tokens: Vec<u32> = (0..9).map(|i| (i * 7 + 3) % VOCAB).collect();
+    let full = Batch::new(&[seq(&tokens, &[])], PadSide::Left, 0).unwrap();
+    let reference = logits_all(&m, &full);
+    let vocab = VOCAB as usize;
+
+    let mut cache = KvCache::new();
+    let prefix = Batch::new(&[seq(&tokens[..5], &[])], PadSide::Left, 0).unwrap();
+    let first = host(
+        m.forward(&prefix, ForwardArgs::decode(&mut cache, &[]))
+            .unwrap()
+            .logits
+            .unwrap(),
+    );
+    assert!(max_diff(&first, &reference[4 * vocab..5 * vocab]) < 1e-5);
+    for (i, &t) in tokens[5..].iter().enumerate() {
+        let step = Batch {
+            ids: vec![t],
+            roles: vec![Role::Response],
+            n_rows: 1,
+            seq_len: 1,
+        };
+        let l = host(
+            m.forward(&step, ForwardArgs::decode(&mut cache, &[]))
+                .unwrap()
+                .logits
+                .unwrap(),
+        );
+        let pos = 5 + i;
+        assert!(
+            max_diff(&l, &reference[pos * vocab..(pos + 1) * vocab]) < 1e-5,
+            "step {pos}"
+        );
+    }
+    assert_eq!(cache.past_len(), 9);
+}
+
+#[test]
+fn left_and_right_padding_do_not_change_real_tokens() {
+    let m = model();
+    let short = [5u32, 9, 11];
+    let long = [1u32, 2, 3, 4, 5, 6, 7];
+    let alone = logits_all(
+        &m,
+        &Batch::new(&[seq(&short, &[])], PadSide::Left, 0).unwrap(),
+    );
+    let vocab = VOCAB as usize;
+    for side in [PadSide::Left, PadSide::Right] {
+        let b = Batch::new(&[seq(&long, &[]), seq(&short, &[])], side, 0).unwrap();
+        let l = logits_all(&m, &b);
+        let row1 = &l[7 * vocab..];
+        let offset = if side == PadSide::Left { 4 } else { 0 };
+        let got = &row1[offset * vocab..(offset + 3) * vocab];
+        assert!(max_diff(got, &alone) < 1e-5, "{side:?}");
+        assert!(
+            l.iter().all(|x| x.is_finite()),
+            "{side:?}: padding produced non-finite logits"
+        );
+    }
+}
+
+#[test]
+fn steering_with_zero_coefficient_is_bit_identical() {
+    let m = model();
+    let b = Batch::new(
+        &[seq(&[3, 4, 5], &[6, 7]), seq(&[8], &[9])],
+        PadSide::Right,
+        0,
+    )
+    .unwrap();
+    let v: Vec<f32> = (0..32).map(|i| (i as f32 * 0.37).sin()).collect();
+    let dev = Device::flex();
+    let steer = [Steering::add(2, &v, 0.0, Positions::All, &dev)];
+    let plain = logits_all(&m, &b);
+    let req = CaptureRequest::none();
+    let steered = host(
+        m.forward(
+            &b,
+            ForwardArgs {
+                cache: None,
+                steering: &steer,
+                capture: &req,
+                logits: Logits::All,
+            },
+        )
+        .unwrap()
+        .logits
+        .unwrap(),
+    );
+    assert_eq!(plain, steered);
+}
+
+#[test]
+fn steering_adds_coef_times_vector_at_its_row_only() {
+    let m = model();
+    let b = Batch::new(&[seq(&[3, 4, 5], &[6, 7])], PadSide::Right, 0).unwrap();
+    let v: Vec<f32> = (0..32).map(|i| (i as f32 * 0.37).cos()).collect();
+    let dev = Device::flex();
+    let coef = 2.5;
+    let steer = [Steering::add(2, &v, coef, Positions::Response, &dev)];
+    let base = capture(&m, &b, &[], &[1, 2, 3], Reduction::Full);
+    let st = capture(&m, &b, &steer, &[1, 2, 3], Reduction::Full);
+    assert_eq!(base[0], st[0], "row 1 is before the steering");
+    for s in 0..5 {
+        for j in 0..32 {
+            let d = st[1][s * 32 + j] - base[1][s * 32 + j];
+            let want = if s >= 3 { coef * v[j] } else { 0.0 };
+            assert!((d - want).abs() < 1e-5, "pos {s} dim {j}: {d} vs {want}");
+        }
+    }
+    assert!(
+        max_diff(&base[2], &st[2]) > 1e-3,
+        "row 3 sees the steered stream"
+    );
+}
+
+#[test]
+fn padding_is_never_steered() {
+    let m = model();
+    let dev = Device::flex();
+    let v: Vec<f32> = (0..32).map(|i| (i as f32 * 0.11).sin()).collect();
+    let steer = [Steering::add(1, &v, 4.0, Positions::All, &dev)];
+    let alone = Batch::new(&[seq(&[3, 4], &[5])], PadSide::Right, 0).unwrap();
+    let padded = Batch::new(
+        &[seq(&[3, 4], &[5]), seq(&[1, 2, 3, 4, 5, 6], &[])],
+        PadSide::Right,
+        0,
+    )
+    .unwrap();
+    let a = capture(&m, &alone, &steer, &[1], Reduction::Full);
+    let p = capture(&m, &padded, &steer, &[1], Reduction::Full);
+    assert!(max_diff(&a[0], &p[0][..3 * 32]) < 1e-5);
+    // Pad positions of row 0 keep the unsteered embedding of the pad token.
+    let base = capture(&m, &padded, &[], &[1], Reduction::Full);
+    assert_eq!(&p[0][3 * 32..6 * 32], &base[0][3 * 32..6 * 32]);
+}
+
+#[test]
+fn ablation_removes_the_component_along_the_vector() {
+    let m = model();
+    let dev = Device::flex();
+    let v: Vec<f32> = (0..32).map(|i| (i as f32 * 0.7).sin() + 0.3).collect();
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let steer = [Steering::ablate(2, &v, Positions::All, &dev).unwrap()];
+    let b = Batch::new(&[seq(&[3, 4, 5, 6], &[])], PadSide::Right, 0).unwrap();
+    let base = capture(&m, &b, &[], &[2], Reduction::Full);
+    let ab = capture(&m, &b, &steer, &[2], Reduction::Full);
+    for s in 0..4 {
+        let row = &ab[0][s * 32..(s + 1) * 32];
+        let proj: f32 = row.iter().zip(&v).map(|(h, v)| h * v / norm).sum();
+        assert!(proj.abs() < 1e-4, "pos {s}: {proj}");
+        let base_proj: f32 = base[0][s * 32..(s + 1) * 32]
+            .iter()
+            .zip(&v)
+            .map(|(h, v)| h * v / norm)
+            .sum();
+        assert!(
+            base_proj.abs() > 1e-3,
+            "test vector must have a component to remove"
+        );
+    }
+}
+
+#[test]
+fn row_zero_is_the_embedding_and_reductions_match_full_capture() {
+    let m = model();
+    let b = Batch::new(
+        &[seq(&[3, 4, 5], &[6, 7]), seq(&[8, 9], &[])],
+        PadSide::Right,
+        0,
+    )
+    .unwrap();
+    let full = capture(&m, &b, &[], &[0, 2], Reduction::Full);
+    let w = random_weights(&tiny_config(), 1);
+    let emb = &w["model.embed_tokens.weight"].data;
+    for (s, &id) in b.ids.iter().enumerate() {
+        assert_eq!(
+            &full[0][s * 32..(s + 1) * 32],
+            &emb[id as usize * 32..(id as usize + 1) * 32]
+        );
+    }
+    let seq_len = b.seq_len;
+    let at = |row: usize, bi: usize, s: usize| {
+        &full[row][(bi * seq_len + s) * 32..(bi * seq_len + s + 1) * 32]
+    };
+    let resp = capture(&m, &b, &[], &[2], Reduction::ResponseMean);
+    let prompt = capture(&m, &b, &[], &[2], Reduction::PromptMean);
+    let last = capture(&m, &b, &[], &[2], Reduction::LastPrompt);
+    for j in 0..32 {
+        let want_resp = (at(1, 0, 3)[j] + at(1, 0, 4)[j]) / 2.0;
+        assert!((resp[0][j] - want_resp).abs() < 1e-5);
+        assert_eq!(resp[0][32 + j], 0.0, "row without response captures zero");
+        let want_prompt = (at(1, 1, 0)[j] + at(1, 1, 1)[j]) / 2.0;
+        assert!((prompt[0][32 + j] - want_prompt).abs() < 1e-5);
+        assert!((last[0][j] - at(1, 0, 2)[j]).abs() < 1e-6);
+    }
+}
+
+#[test]
+fn counts_report_empty_response_sets() {
+    let m = model();
+    let b = Batch::new(
+        &[seq(&[3, 4, 5], &[6, 7]), seq(&[8, 9], &[])],
+        PadSide::Right,
+        0,
+    )
+    .unwrap();
+    let req = CaptureRequest::new([1], &[Reduction::ResponseMean]);
+    let out = m
+        .forward(
+            &b,
+            ForwardArgs {
+                cache: None,
+                steering: &[],
+                capture: &req,
+                logits: Logits::None,
+            },
+        )
+        .unwrap();
+    assert_eq!(out.counts[&Reduction::ResponseMean], vec![2, 0]);
+}
+
+#[test]
+fn out_of_range_rows_and_wrong_widths_are_errors() {
+    let m = model();
+    let dev = Device::flex();
+    let b = Batch::new(&[seq(&[3], &[])], PadSide::Right, 0).unwrap();
+    let bad_row = [Steering::add(4, &[0.0; 32], 1.0, Positions::All, &dev)];
+    let e = m
+        .forward(
+            &b,
+            ForwardArgs {
+                cache: None,
+                steering: &bad_row,
+                capture: &CaptureRequest::none(),
+                logits: Logits::All,
+            },
+        )
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("row 4 is out of range"), "{e}");
+    let bad_width = [Steering::add(1, &[0.0; 31], 1.0, Positions::All, &dev)];
+    let e = m
+        .forward(
+            &b,
+            ForwardArgs {
+                cache: None,
+                steering: &bad_width,
+                capture: &CaptureRequest::none(),
+                logits: Logits::All,
+            },
+        )
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("width 31"), "{e}");
+}
+
+#[test]
+fn strict_loading_lists_missing_and_unexpected_keys() {
+    let cfg = tiny_config();
+    let mut w = random_weights(&cfg, 1);
+    let t = w.remove("model.layers.1.mlp.up_proj.weight").unwrap();
+    w.insert("model.layers.1.mlp.upp_proj.weight".into(), t);
+    let e = Model::from_weights(cfg, &w, &Device::flex())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("model.layers.1.mlp.up_proj.weight") && e.contains("upp_proj"),
+        "{e}"
+    );
+}

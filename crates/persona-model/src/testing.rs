@@ -1,0 +1,45 @@
+//! A tiny randomly initialised model for fast tests (here and in the crates
+//! downstream): a few layers, small dims, grouped-query attention.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::config::{Architecture, ModelConfig};
+use crate::weights::{HostTensor, WeightMap, expected_shapes};
+
+/// 3 blocks, d_model 32, 4 heads over 2 KV heads, vocab 97.
+pub fn tiny_config() -> ModelConfig {
+    ModelConfig {
+        architecture: Architecture::Llama,
+        n_layers: 3,
+        d_model: 32,
+        n_heads: 4,
+        n_kv_heads: 2,
+        head_dim: 8,
+        d_ff: 48,
+        vocab_size: 97,
+        max_positions: 128,
+        rope_theta: 10_000.0,
+        rms_eps: 1e-5,
+        tie_embeddings: true,
+        qkv_bias: false,
+    }
+}
+
+/// Random weights for `cfg`: norms near 1, matrices uniform in ±1/sqrt(fan_in).
+pub fn random_weights(cfg: &ModelConfig, seed: u64) -> WeightMap {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    expected_shapes(cfg)
+        .into_iter()
+        .map(|(name, shape)| {
+            let n: usize = shape.iter().product();
+            let data: Vec<f32> = if shape.len() == 1 && name.contains("norm") {
+                (0..n).map(|_| 1.0 + rng.random_range(-0.1..0.1)).collect()
+            } else {
+                let bound = 1.0 / (*shape.last().unwrap_or(&1) as f32).sqrt();
+                (0..n).map(|_| rng.random_range(-bound..bound)).collect()
+            };
+            (name, HostTensor { shape, data })
+        })
+        .collect()
+}

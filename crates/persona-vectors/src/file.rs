@@ -1,0 +1,296 @@
+//! Persona-vector files: `[n_layers + 1, d_model]` f32 tensors per variant in
+//! a safetensors file, with metadata that ties them to one model.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use persona_model::{ModelConfig, ModelIdentity};
+use serde::{Deserialize, Serialize};
+
+/// The row convention, written into every file.
+pub const ROW_CONVENTION: &str =
+    "row 0 = embedding output; row l = output of block l-1, pre-final-norm";
+pub const FORMAT_VERSION: u32 = 1;
+/// The metadata key holding [`VectorMeta`] as JSON.
+const META_KEY: &str = "persona";
+
+/// Variants stored in a vector file.
+pub const VARIANTS: [&str; 3] = ["response_avg", "prompt_avg", "prompt_last"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum VectorError {
+    #[error("cannot read vector file {path}: {reason}")]
+    Read { path: PathBuf, reason: String },
+    #[error("cannot write vector file {path}: {reason}")]
+    Write { path: PathBuf, reason: String },
+    #[error(
+        "vector file {path} was extracted from model `{file_model}` (sha256 {file_sha}), not from `{model}` (sha256 {model_sha}); extract a vector for this model with `persona extract`"
+    )]
+    WrongModel {
+        path: PathBuf,
+        file_model: String,
+        file_sha: String,
+        model: String,
+        model_sha: String,
+    },
+    #[error(
+        "vector file {path} has shape [{rows}, {width}] but the model needs [{want_rows}, {want_width}] (n_layers + 1 rows of d_model); it belongs to another model"
+    )]
+    Shape {
+        path: PathBuf,
+        rows: usize,
+        width: usize,
+        want_rows: usize,
+        want_width: usize,
+    },
+    #[error("vector file {path} has no variant `{variant}`; it has: {available:?}")]
+    NoVariant {
+        path: PathBuf,
+        variant: String,
+        available: Vec<String>,
+    },
+    #[error(
+        "row {row} is out of range for vector file {path}: rows are 0..={max} (row 0 = embedding output, row l = output of block l-1)"
+    )]
+    Row {
+        path: PathBuf,
+        row: usize,
+        max: usize,
+    },
+}
+
+/// What a vector file says about itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VectorMeta {
+    pub format_version: u32,
+    pub row_convention: String,
+    pub model_name: String,
+    pub model_sha256: String,
+    pub d_model: usize,
+    pub n_layers: usize,
+    /// Everything else (trait, judge, counts, chosen layer, sweeps), free-form.
+    #[serde(default)]
+    pub extra: serde_json::Value,
+}
+
+/// A loaded vector file.
+#[derive(Debug, Clone)]
+pub struct VectorFile {
+    pub path: PathBuf,
+    pub meta: VectorMeta,
+    /// Variant name -> row-major `[n_layers + 1, d_model]`.
+    pub variants: BTreeMap<String, Vec<f32>>,
+}
+
+impl VectorFile {
+    pub fn new(meta: VectorMeta) -> Self {
+        Self {
+            path: PathBuf::new(),
+            meta,
+            variants: BTreeMap::new(),
+        }
+    }
+
+    /// Reads a vector file; checks that every variant has the shape its metadata claims.
+    pub fn load(path: &Path) -> Result<Self, VectorError> {
+        let read_err = |reason: String| VectorError::Read {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let bytes = std::fs::read(path).map_err(|e| read_err(e.to_string()))?;
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+            .map_err(|e| read_err(format!("not a safetensors file: {e}")))?;
+        let meta_json = header
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get(META_KEY))
+            .ok_or_else(|| {
+                read_err(format!(
+                    "no `{META_KEY}` metadata (not a persona vector file)"
+                ))
+            })?;
+        let meta: VectorMeta =
+            serde_json::from_str(meta_json).map_err(|e| read_err(format!("bad metadata: {e}")))?;
+        if meta.format_version != FORMAT_VERSION {
+            return Err(read_err(format!(
+                "format version {} (this build reads {FORMAT_VERSION})",
+                meta.format_version
+            )));
+        }
+        let st =
+            safetensors::SafeTensors::deserialize(&bytes).map_err(|e| read_err(e.to_string()))?;
+        let mut variants = BTreeMap::new();
+        for (name, view) in st.tensors() {
+            if view.dtype() != safetensors::Dtype::F32 {
+                return Err(read_err(format!(
+                    "tensor {name} is {:?}, expected F32",
+                    view.dtype()
+                )));
+            }
+            let shape = view.shape();
+            if shape != [meta.n_layers + 1, meta.d_model] {
+                return Err(VectorError::Shape {
+                    path: path.to_path_buf(),
+                    rows: shape.first().copied().unwrap_or(0),
+                    width: shape.get(1).copied().unwrap_or(0),
+                    want_rows: meta.n_layers + 1,
+                    want_width: meta.d_model,
+                });
+            }
+            let data = view
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            variants.insert(name, data);
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            meta,
+            variants,
+        })
+    }
+
+    /// Writes the file atomically (temporary file, then rename).
+    pub fn save(&self, path: &Path) -> Result<(), VectorError> {
+        let write_err = |reason: String| VectorError::Write {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let shape = vec![self.meta.n_layers + 1, self.meta.d_model];
+        let mut views = Vec::new();
+        for (name, data) in &self.variants {
+            let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
+            views.push((name.clone(), shape.clone(), bytes));
+        }
+        let tensors: Vec<(String, safetensors::tensor::TensorView<'_>)> = views
+            .iter()
+            .map(|(n, s, b)| {
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                    .map(|v| (n.clone(), v))
+                    .map_err(|e| write_err(e.to_string()))
+            })
+            .collect::<Result<_, _>>()?;
+        let mut meta = HashMap::new();
+        meta.insert(
+            META_KEY.to_string(),
+            serde_json::to_string(&self.meta).map_err(|e| write_err(e.to_string()))?,
+        );
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| write_err(e.to_string()))?;
+        }
+        let tmp = path.with_extension("safetensors.tmp");
+        safetensors::serialize_to_file(tensors, Some(meta), &tmp)
+            .map_err(|e| write_err(e.to_string()))?;
+        std::fs::rename(&tmp, path).map_err(|e| write_err(e.to_string()))
+    }
+
+    /// Refuses a file made for another model: shape first, then weight hash.
+    pub fn check_model(&self, cfg: &ModelConfig, id: &ModelIdentity) -> Result<(), VectorError> {
+        if self.meta.n_layers != cfg.n_layers || self.meta.d_model != cfg.d_model {
+            return Err(VectorError::Shape {
+                path: self.path.clone(),
+                rows: self.meta.n_layers + 1,
+                width: self.meta.d_model,
+                want_rows: cfg.n_layers + 1,
+                want_width: cfg.d_model,
+            });
+        }
+        if self.meta.model_sha256 != id.sha256 {
+            return Err(VectorError::WrongModel {
+                path: self.path.clone(),
+                file_model: self.meta.model_name.clone(),
+                file_sha: self.meta.model_sha256.clone(),
+                model: id.name.clone(),
+                model_sha: id.sha256.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// One row `[d_model]` of one variant.
+    pub fn row(&self, variant: &str, row: usize) -> Result<&[f32], VectorError> {
+        let data = self
+            .variants
+            .get(variant)
+            .ok_or_else(|| VectorError::NoVariant {
+                path: self.path.clone(),
+                variant: variant.to_string(),
+                available: self.variants.keys().cloned().collect(),
+            })?;
+        if row > self.meta.n_layers {
+            return Err(VectorError::Row {
+                path: self.path.clone(),
+                row,
+                max: self.meta.n_layers,
+            });
+        }
+        let d = self.meta.d_model;
+        Ok(&data[row * d..(row + 1) * d])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use persona_model::testing::tiny_config;
+
+    fn sample() -> VectorFile {
+        let cfg = tiny_config();
+        let mut f = VectorFile::new(VectorMeta {
+            format_version: FORMAT_VERSION,
+            row_convention: ROW_CONVENTION.into(),
+            model_name: "tiny".into(),
+            model_sha256: "abc".into(),
+            d_model: cfg.d_model,
+            n_layers: cfg.n_layers,
+            extra: serde_json::json!({"trait": "test"}),
+        });
+        let data: Vec<f32> = (0..(cfg.n_layers + 1) * cfg.d_model)
+            .map(|i| i as f32)
+            .collect();
+        f.variants.insert("response_avg".into(), data);
+        f
+    }
+
+    #[test]
+    fn round_trip_and_row_access() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("v.safetensors");
+        sample().save(&p).unwrap();
+        let f = VectorFile::load(&p).unwrap();
+        assert_eq!(f.meta, sample().meta);
+        assert_eq!(f.row("response_avg", 2).unwrap()[0], 64.0);
+        assert!(matches!(
+            f.row("response_avg", 4),
+            Err(VectorError::Row { .. })
+        ));
+        assert!(matches!(
+            f.row("prompt_avg", 0),
+            Err(VectorError::NoVariant { .. })
+        ));
+    }
+
+    #[test]
+    fn other_models_are_refused() {
+        let f = sample();
+        let mut cfg = tiny_config();
+        let id = ModelIdentity {
+            name: "tiny".into(),
+            sha256: "abc".into(),
+            path: PathBuf::new(),
+        };
+        f.check_model(&cfg, &id).unwrap();
+        let other = ModelIdentity {
+            sha256: "def".into(),
+            ..id.clone()
+        };
+        assert!(matches!(
+            f.check_model(&cfg, &other),
+            Err(VectorError::WrongModel { .. })
+        ));
+        cfg.d_model = 64;
+        let e = f.check_model(&cfg, &id).unwrap_err().to_string();
+        assert!(e.contains("another model"), "{e}");
+    }
+}

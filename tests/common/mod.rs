@@ -1,0 +1,36 @@
+//! Shared helpers for the integration tests that use the real embedded model.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use burn::tensor::Device;
+use persona_model::{DEFAULT_MODEL, LoadedModel, load};
+
+/// The embedded model, loaded once per test binary. `just test` fetches it
+/// first; a missing model is a failure, not a skip.
+pub fn smollm() -> &'static LoadedModel {
+    static MODEL: OnceLock<LoadedModel> = OnceLock::new();
+    MODEL.get_or_init(|| {
+        load(DEFAULT_MODEL, &Device::flex()).unwrap_or_else(|e| {
+            panic!("{e}\n(run `just fetch-model`, or `just test` which does it)")
+        })
+    })
+}
+
+/// `../shared/reference/smollm2-135m-instruct.json`.
+pub fn reference() -> serde_json::Value {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/reference/smollm2-135m-instruct.json");
+    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    serde_json::from_str(&text).expect("reference JSON parses")
+}
+
+pub fn floats(v: &serde_json::Value) -> Vec<f64> {
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_f64().expect("number"))
+        .collect()
+}

@@ -1,0 +1,108 @@
+//! `persona convert` writes the embedded GGUF model as an HF directory; loading
+//! that directory back must give identical logits, tokens and prompts. This
+//! is also how the HF (safetensors) loader is tested without a download.
+
+mod common;
+
+use burn::tensor::Device;
+use persona_model::{Batch, ForwardArgs, Message, PadSide, Sequence, load, load_host};
+
+#[test]
+fn gguf_to_hf_directory_round_trip_is_exact() {
+    let gguf = common::smollm();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("smollm2-hf");
+    load_host(persona_model::DEFAULT_MODEL)
+        .unwrap()
+        .write_hf_dir(&out)
+        .unwrap();
+    for f in [
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let hf = load(out.to_str().unwrap(), &Device::flex()).unwrap();
+    assert_eq!(hf.model.config, gguf.model.config);
+
+    let messages = [
+        Message::system("Be brief."),
+        Message::user("Name 3 colours, with numbers 1-3."),
+    ];
+    let text = gguf.codec.render(&messages, true).unwrap();
+    assert_eq!(hf.codec.render(&messages, true).unwrap(), text);
+    let ids = gguf.codec.encode(&text).unwrap();
+    assert_eq!(hf.codec.encode(&text).unwrap(), ids);
+    assert_eq!(hf.codec.stop_ids, gguf.codec.stop_ids);
+
+    let batch = Batch::new(
+        &[Sequence {
+            prompt: ids,
+            response: vec![],
+        }],
+        PadSide::Left,
+        gguf.codec.pad_id,
+    )
+    .unwrap();
+    let a = gguf
+        .model
+        .forward(&batch, ForwardArgs::plain())
+        .unwrap()
+        .logits
+        .unwrap();
+    let b = hf
+        .model
+        .forward(&batch, ForwardArgs::plain())
+        .unwrap()
+        .logits
+        .unwrap();
+    assert_eq!(
+        a.into_data().try_into_vec::<f32>().unwrap(),
+        b.into_data().try_into_vec::<f32>().unwrap()
+    );
+}
+
+#[test]
+fn hf_loading_is_strict_about_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m");
+    let mut host = load_host(persona_model::DEFAULT_MODEL).unwrap();
+    host.weights
+        .remove("model.layers.3.self_attn.k_proj.weight");
+    host.write_hf_dir(&out).unwrap();
+    let err = load(out.to_str().unwrap(), &Device::flex())
+        .err()
+        .expect("must fail");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("missing") && msg.contains("model.layers.3.self_attn.k_proj.weight"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn rope_scaling_is_rejected_explicitly() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("config.json");
+    let cfg = serde_json::json!({
+        "architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 128,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": 2,
+        "vocab_size": 100, "max_position_embeddings": 256, "rms_norm_eps": 1e-5,
+        "rope_scaling": {"rope_type": "llama3", "factor": 8.0}
+    });
+    std::fs::write(&p, cfg.to_string()).unwrap();
+    let e = persona_model::ModelConfig::from_hf_json(&p)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("rope_scaling") && e.contains("llama3"), "{e}");
+    let mut cfg2 = cfg.clone();
+    cfg2["rope_scaling"] = serde_json::Value::Null;
+    cfg2["architectures"] = serde_json::json!(["MistralForCausalLM"]);
+    std::fs::write(&p, cfg2.to_string()).unwrap();
+    let e = persona_model::ModelConfig::from_hf_json(&p)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("MistralForCausalLM"), "{e}");
+}

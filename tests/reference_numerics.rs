@@ -1,0 +1,291 @@
+//! The embedded model against PyTorch/transformers reference numbers
+//! (`../shared/reference/smollm2-135m-instruct.json`).
+
+mod common;
+
+use burn::tensor::Tensor;
+use common::{floats, reference, smollm};
+use persona_model::{
+    Batch, CaptureRequest, ForwardArgs, GenerateOptions, Logits, Message, PadSide, Reduction,
+    Sampling, Sequence, generate,
+};
+
+fn reference_ids() -> Vec<u32> {
+    reference()["token_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+fn reference_messages() -> Vec<Message> {
+    vec![
+        Message::system("You are a helpful assistant."),
+        Message::user("What is the capital of France? Answer in one word."),
+    ]
+}
+
+#[test]
+fn chat_template_renders_the_reference_prompt() {
+    let m = smollm();
+    let text = m.codec.render(&reference_messages(), true).unwrap();
+    assert_eq!(text, reference()["prompt_text"].as_str().unwrap());
+}
+
+#[test]
+fn chat_template_adds_the_default_system_prompt() {
+    let m = smollm();
+    let text = m.codec.render(&[Message::user("Hi")], true).unwrap();
+    assert_eq!(
+        text,
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n\
+         <|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    );
+}
+
+#[test]
+fn reference_prompt_tokenizes_to_reference_ids() {
+    let m = smollm();
+    let ids = m
+        .codec
+        .encode(reference()["prompt_text"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(ids, reference_ids());
+    assert_eq!(
+        m.codec.decode(&ids).unwrap(),
+        reference()["prompt_text"].as_str().unwrap()
+    );
+    // Digits are split one by one (the `smollm` pre-tokenizer).
+    let digits = m.codec.encode("2025").unwrap();
+    assert_eq!(digits.len(), 4);
+}
+
+fn reference_forward() -> (Vec<f32>, Vec<Vec<f32>>, Vec<f32>) {
+    let m = smollm();
+    let ids = reference_ids();
+    let n = ids.len();
+    let batch = Batch::new(
+        &[Sequence {
+            prompt: ids,
+            response: vec![],
+        }],
+        PadSide::Left,
+        m.codec.pad_id,
+    )
+    .unwrap();
+    let rows: Vec<usize> = (0..=m.model.config.n_layers).collect();
+    let req = CaptureRequest::new(rows.iter().copied(), &[Reduction::Full]);
+    let out = m
+        .model
+        .forward(
+            &batch,
+            ForwardArgs {
+                cache: None,
+                steering: &[],
+                capture: &req,
+                logits: Logits::Last,
+            },
+        )
+        .unwrap();
+    let logits = out
+        .logits
+        .unwrap()
+        .into_data()
+        .try_into_vec::<f32>()
+        .unwrap();
+    let hidden: Vec<Vec<f32>> = rows
+        .iter()
+        .map(|r| {
+            out.full[r]
+                .clone()
+                .into_data()
+                .try_into_vec::<f32>()
+                .unwrap()
+        })
+        .collect();
+    let d = m.model.config.d_model;
+    let last_row: Tensor<2> = out.full[&m.model.config.n_layers].clone().reshape([n, d]);
+    let normed = m
+        .model
+        .final_norm(last_row)
+        .into_data()
+        .try_into_vec::<f32>()
+        .unwrap();
+    (logits, hidden, normed)
+}
+
+fn frobenius(x: &[f32]) -> f64 {
+    x.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt()
+}
+
+#[test]
+fn logits_hidden_norms_and_row_convention_match_reference() {
+    let r = reference();
+    let f32r = &r["f32"];
+    let (logits, hidden, normed) = reference_forward();
+
+    let first5 = floats(&f32r["logits_last_first5"]);
+    for (i, want) in first5.iter().enumerate() {
+        let got = logits[i] as f64;
+        assert!((got - want).abs() < 2e-3, "logit {i}: {got} vs {want}");
+    }
+    for pair in f32r["logits_last_top5"].as_array().unwrap() {
+        let id = pair[0].as_u64().unwrap() as usize;
+        let want = pair[1].as_f64().unwrap();
+        assert!(
+            (logits[id] as f64 - want).abs() < 2e-3,
+            "top5 id {id}: {} vs {want}",
+            logits[id]
+        );
+    }
+    let argmax = logits
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .unwrap()
+        .0;
+    assert_eq!(argmax, 504);
+
+    let norms = floats(&f32r["all_hidden_state_frobenius_norms"]);
+    let n_layers = smollm().model.config.n_layers;
+    assert_eq!(norms.len(), n_layers + 1);
+    let mut worst: f64 = 0.0;
+    for row in 0..n_layers {
+        let rel = (frobenius(&hidden[row]) - norms[row]).abs() / norms[row];
+        worst = worst.max(rel);
+        assert!(
+            rel < 1e-4,
+            "row {row}: {} vs {} (rel {rel:e})",
+            frobenius(&hidden[row]),
+            norms[row]
+        );
+    }
+    eprintln!("worst relative hidden-norm error rows 0..{n_layers}: {worst:e}");
+    // HF's last hidden state is after the final norm; our row n_layers is raw.
+    let rel = (frobenius(&normed) - norms[n_layers]).abs() / norms[n_layers];
+    assert!(rel < 1e-4, "final-normed row {n_layers}: rel {rel:e}");
+    let raw_rel = (frobenius(&hidden[n_layers]) - norms[n_layers]).abs() / norms[n_layers];
+    assert!(
+        raw_rel > 1e-2,
+        "our row {n_layers} must be the raw block output, not the normed one"
+    );
+
+    // Row 10 and 20, last position, first five values.
+    let d = smollm().model.config.d_model;
+    for row in [0usize, 10, 20] {
+        let want = floats(&f32r[format!("hidden_states[{row}]")]["last_position_first5"]);
+        let last = &hidden[row][hidden[row].len() - d..];
+        for (i, w) in want.iter().enumerate() {
+            let tol = 1e-4 * w.abs().max(1.0) * 10.0;
+            assert!(
+                (last[i] as f64 - w).abs() < tol,
+                "row {row} dim {i}: {} vs {w}",
+                last[i]
+            );
+        }
+    }
+}
+
+fn greedy(prompts: &[Vec<u32>], batch_size: usize) -> Vec<Vec<u32>> {
+    let m = smollm();
+    let opts = GenerateOptions {
+        max_new_tokens: 10,
+        sampling: Sampling::Greedy,
+        seed: 0,
+        batch_size,
+        steering: vec![],
+    };
+    generate(
+        &m.model,
+        prompts,
+        &m.codec.stop_ids,
+        m.codec.pad_id,
+        &opts,
+        |_| {},
+    )
+    .unwrap()
+    .into_iter()
+    .map(|g| g.tokens)
+    .collect()
+}
+
+const PARIS: [u32; 8] = [504, 3575, 282, 4649, 314, 7042, 30, 2];
+
+#[test]
+fn greedy_continuation_with_kv_cache_batch_one() {
+    let out = greedy(&[reference_ids()], 1);
+    assert_eq!(out[0], PARIS);
+    let m = smollm();
+    assert_eq!(
+        m.codec.decode(&out[0]).unwrap(),
+        "The capital of France is Paris.<|im_end|>"
+    );
+}
+
+#[test]
+fn greedy_continuation_without_cache() {
+    let m = smollm();
+    let mut ids = reference_ids();
+    let mut new = Vec::new();
+    for _ in 0..PARIS.len() {
+        let batch = Batch::new(
+            &[Sequence {
+                prompt: ids.clone(),
+                response: vec![],
+            }],
+            PadSide::Left,
+            m.codec.pad_id,
+        )
+        .unwrap();
+        let args = ForwardArgs {
+            cache: None,
+            steering: &[],
+            capture: &CaptureRequest::none(),
+            logits: Logits::Last,
+        };
+        let l = m
+            .model
+            .forward(&batch, args)
+            .unwrap()
+            .logits
+            .unwrap()
+            .into_data()
+            .try_into_vec::<f32>()
+            .unwrap();
+        let next = l
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .unwrap()
+            .0 as u32;
+        new.push(next);
+        ids.push(next);
+        if m.codec.stop_ids.contains(&next) {
+            break;
+        }
+    }
+    assert_eq!(new, PARIS);
+}
+
+#[test]
+fn greedy_continuation_inside_a_padded_batch_of_four() {
+    let m = smollm();
+    let others = [
+        "Hi!",
+        "Write a haiku about the sea and the wind over the water at night.",
+        "2+2=?",
+    ];
+    let mut prompts = vec![reference_ids()];
+    for o in others {
+        let text = m.codec.render(&[Message::user(o)], true).unwrap();
+        prompts.push(m.codec.encode(&text).unwrap());
+    }
+    // Lengths differ, so the reference prompt is padded in the batch.
+    assert!(prompts.iter().any(|p| p.len() > prompts[0].len()));
+    let out = greedy(&prompts, 4);
+    assert_eq!(out[0], PARIS);
+    // The others match their own batch-1 runs.
+    let alone = greedy(&prompts[1..], 1);
+    assert_eq!(&out[1..], &alone[..]);
+}
