@@ -3,7 +3,7 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 
 # Run the whole test suite (fetches the embedded model first when missing).
 test: fetch-model
-    cargo test --workspace
+    cargo test --workspace --release
 
 # Fetch the embedded SmolLM2-135M-Instruct GGUF into the model cache (checkpoints/models/).
 fetch-model:

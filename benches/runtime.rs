@@ -40,6 +40,10 @@ fn main() {
         2.0 * (per_layer * c.n_layers + c.d_model * c.vocab_size) as f64 / 1e9
     };
 
+    // `BENCH_ONLY=prefill|decode` runs one part (for profiling).
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let want = |part: &str| only.is_empty() || only == part;
+
     // Prefill: batch 8 x 128, logits at the last position (as generation uses it).
     let rows: Vec<Sequence> = (0..8)
         .map(|s| Sequence {
@@ -64,22 +68,26 @@ fn main() {
             .unwrap();
         out.logits.unwrap().into_data();
     };
-    run();
-    let reps = 3;
-    let t = Instant::now();
-    for _ in 0..reps {
+    if want("prefill") {
         run();
+        let reps = 3;
+        let t = Instant::now();
+        for _ in 0..reps {
+            run();
+        }
+        let secs = t.elapsed().as_secs_f64() / reps as f64;
+        let tps = 8.0 * 128.0 / secs;
+        let body_gflop = gflop_per_token
+            - 2.0 * (m.model.config.d_model * m.model.config.vocab_size) as f64 / 1e9;
+        println!(
+            "prefill 8x128: {tps:.0} tokens/s ({:.0} GFLOP/s in the blocks)",
+            tps * body_gflop
+        );
     }
-    let secs = t.elapsed().as_secs_f64() / reps as f64;
-    let tps = 8.0 * 128.0 / secs;
-    let body_gflop =
-        gflop_per_token - 2.0 * (m.model.config.d_model * m.model.config.vocab_size) as f64 / 1e9;
-    println!(
-        "prefill 8x128: {tps:.0} tokens/s ({:.0} GFLOP/s in the blocks)",
-        tps * body_gflop
-    );
-
     for batch_size in [1usize, 16] {
+        if !want(&format!("decode{batch_size}")) {
+            continue;
+        }
         let prompts: Vec<Vec<u32>> = (0..batch_size).map(|s| prompt(16, s)).collect();
         let opts = GenerateOptions {
             max_new_tokens: 128,

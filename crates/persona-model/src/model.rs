@@ -95,17 +95,17 @@ impl Linear {
     }
 }
 
-/// One decoder block; field names follow the HF checkpoint keys.
+/// One decoder block; field names follow the HF checkpoint keys. HF's
+/// `q_proj`/`k_proj`/`v_proj` are concatenated at load into one `qkv_proj`
+/// (output columns `[q | k | v]`), and `gate_proj`/`up_proj` into
+/// `gate_up_proj` (`[gate | up]`): one matmul instead of three or two.
 #[derive(Debug, Clone)]
 pub(crate) struct Block {
     pub input_layernorm: Tensor<1>,
-    pub q_proj: Linear,
-    pub k_proj: Linear,
-    pub v_proj: Linear,
+    pub qkv_proj: Linear,
     pub o_proj: Linear,
     pub post_attention_layernorm: Tensor<1>,
-    pub gate_proj: Linear,
-    pub up_proj: Linear,
+    pub gate_up_proj: Linear,
     pub down_proj: Linear,
 }
 
@@ -173,51 +173,79 @@ fn host_to_tensor<const D: usize>(t: &HostTensor, device: &Device) -> Tensor<D> 
     Tensor::from_data(TensorData::new(t.data.clone(), t.shape.clone()), device)
 }
 
-/// `[out, in]` host weight -> `[in, out]` tensor.
-fn transposed(t: &HostTensor, device: &Device) -> Tensor<2> {
-    let (out, inp) = (t.shape[0], t.shape[1]);
-    let mut data = vec![0f32; t.data.len()];
-    data.par_chunks_mut(out).enumerate().for_each(|(i, row)| {
-        for (o, v) in row.iter_mut().enumerate() {
-            *v = t.data[o * inp + i];
+/// `[out_j, in]` host weights -> one `[in, sum_j out_j]` tensor: the
+/// transposed weights side by side, so `x @ W` gives their outputs concatenated.
+fn transposed_concat(parts: &[&HostTensor], device: &Device) -> Tensor<2> {
+    let inp = parts[0].shape[1];
+    let total: usize = parts.iter().map(|t| t.shape[0]).sum();
+    let mut data = vec![0f32; inp * total];
+    data.par_chunks_mut(total).enumerate().for_each(|(i, row)| {
+        let mut col = 0;
+        for t in parts {
+            let out = t.shape[0];
+            for o in 0..out {
+                row[col + o] = t.data[o * inp + i];
+            }
+            col += out;
         }
     });
-    Tensor::from_data(TensorData::new(data, [inp, out]), device)
+    Tensor::from_data(TensorData::new(data, [inp, total]), device)
+}
+
+/// Concatenated biases, if the projections have them.
+fn concat_bias(parts: &[Option<&HostTensor>], device: &Device) -> Option<Tensor<1>> {
+    let parts: Option<Vec<&HostTensor>> = parts.iter().copied().collect();
+    parts.map(|ps| {
+        let data: Vec<f32> = ps.iter().flat_map(|t| t.data.iter().copied()).collect();
+        let n = data.len();
+        Tensor::from_data(TensorData::new(data, [n]), device)
+    })
 }
 
 impl Model {
     /// Builds the model from HF-named weights; strict about keys and shapes.
     pub fn from_weights(config: ModelConfig, w: &WeightMap, device: &Device) -> Result<Self> {
         check_strict(&config, w)?;
-        let lin = |name: &str| Linear {
-            weight: transposed(&w[&format!("{name}.weight")], device),
-            bias: w
-                .get(&format!("{name}.bias"))
-                .map(|b| host_to_tensor::<1>(b, device)),
+        // Several HF projections fused into one linear map.
+        let lin = |names: &[String]| Linear {
+            weight: transposed_concat(
+                &names
+                    .iter()
+                    .map(|n| &w[&format!("{n}.weight")])
+                    .collect::<Vec<_>>(),
+                device,
+            ),
+            bias: concat_bias(
+                &names
+                    .iter()
+                    .map(|n| w.get(&format!("{n}.bias")))
+                    .collect::<Vec<_>>(),
+                device,
+            ),
         };
         let layers = (0..config.n_layers)
             .map(|l| {
                 let p = format!("model.layers.{l}");
+                let attn = |m: &str| format!("{p}.self_attn.{m}");
+                let mlp = |m: &str| format!("{p}.mlp.{m}");
                 Block {
                     input_layernorm: host_to_tensor(
                         &w[&format!("{p}.input_layernorm.weight")],
                         device,
                     ),
-                    q_proj: lin(&format!("{p}.self_attn.q_proj")),
-                    k_proj: lin(&format!("{p}.self_attn.k_proj")),
-                    v_proj: lin(&format!("{p}.self_attn.v_proj")),
-                    o_proj: lin(&format!("{p}.self_attn.o_proj")),
+                    qkv_proj: lin(&[attn("q_proj"), attn("k_proj"), attn("v_proj")]),
+                    o_proj: lin(&[attn("o_proj")]),
                     post_attention_layernorm: host_to_tensor(
                         &w[&format!("{p}.post_attention_layernorm.weight")],
                         device,
                     ),
-                    gate_proj: lin(&format!("{p}.mlp.gate_proj")),
-                    up_proj: lin(&format!("{p}.mlp.up_proj")),
-                    down_proj: lin(&format!("{p}.mlp.down_proj")),
+                    gate_up_proj: lin(&[mlp("gate_proj"), mlp("up_proj")]),
+                    down_proj: lin(&[mlp("down_proj")]),
                 }
             })
             .collect();
-        let lm_head = (!config.tie_embeddings).then(|| transposed(&w["lm_head.weight"], device));
+        let lm_head =
+            (!config.tie_embeddings).then(|| transposed_concat(&[&w["lm_head.weight"]], device));
         Ok(Self {
             rope: Rope::new(&config, device),
             embed_tokens: host_to_tensor(&w["model.embed_tokens.weight"], device),
@@ -340,17 +368,24 @@ impl Model {
         // future; every query sees itself, so a padding query's softmax has
         // at least one entry (a fully masked row would give NaN, and NaN
         // values would leak into real rows through 0 * NaN in P @ V).
-        let mut mask = vec![false; b_n * s_n * total];
+        // Repeated for the query heads that share a KV head (see `block`).
+        let rep = cfg.n_heads / cfg.n_kv_heads;
+        let mut mask = vec![false; b_n * rep * s_n * total];
         for b in 0..b_n {
             for q in 0..s_n {
                 let qa = past + q;
-                for k in 0..total {
-                    mask[(b * s_n + q) * total + k] = k > qa || (!key_valid[b][k] && k != qa);
+                let row: Vec<bool> = (0..total)
+                    .map(|k| k > qa || (!key_valid[b][k] && k != qa))
+                    .collect();
+                for r in 0..rep {
+                    let at = ((b * rep + r) * s_n + q) * total;
+                    mask[at..at + total].copy_from_slice(&row);
                 }
             }
         }
         let dev = &self.device;
-        let mask = Tensor::<4, Bool>::from_data(TensorData::new(mask, [b_n, 1, s_n, total]), dev);
+        let mask =
+            Tensor::<4, Bool>::from_data(TensorData::new(mask, [b_n, 1, rep * s_n, total]), dev);
         let pos = Tensor::<1, Int>::from_data(TensorData::new(pos_ids, [b_n * s_n]), dev);
         let hd = cfg.head_dim;
         let cos = self
@@ -518,7 +553,7 @@ impl Model {
     /// keys/values concatenated after the cached ones.
     ///
     /// # Shapes
-    /// `h`: `[b*s, d]`; `cos`/`sin`: `[b, 1, s, hd]`; `mask`: `[b, 1, s, past+s]`;
+    /// `h`: `[b*s, d]`; `cos`/`sin`: `[b, 1, s, hd]`; `mask`: `[b, 1, rep*s, past+s]`;
     /// cached k/v: `[b, kv_heads, past, hd]`.
     #[allow(clippy::too_many_arguments)]
     fn block(
@@ -535,37 +570,34 @@ impl Model {
         let cfg = &self.config;
         let (nh, nkv, hd) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
         let x = self.rms_norm(h.clone(), &layer.input_layernorm);
+        let (q_w, kv_w) = (nh * hd, nkv * hd);
+        let qkv = layer.qkv_proj.forward(x); // # (b*s, q_w + 2 kv_w)
         let heads = |t: Tensor<2>, n: usize| t.reshape([b_n, s_n, n, hd]).swap_dims(1, 2); // # (b, n, s, hd)
         let q = Rope::apply(
-            heads(layer.q_proj.forward(x.clone()), nh),
+            heads(qkv.clone().narrow(1, 0, q_w), nh),
             cos.clone(),
             sin.clone(),
         );
         let mut k = Rope::apply(
-            heads(layer.k_proj.forward(x.clone()), nkv),
+            heads(qkv.clone().narrow(1, q_w, kv_w), nkv),
             cos.clone(),
             sin.clone(),
         );
-        let mut v = heads(layer.v_proj.forward(x), nkv);
+        let mut v = heads(qkv.narrow(1, q_w + kv_w, kv_w), nkv);
         if let (Some(kp), Some(vp)) = (k_past, v_past) {
             k = Tensor::cat(vec![kp, k], 2);
             v = Tensor::cat(vec![vp, v], 2);
         }
-        let [_, _, t_n, _] = k.dims();
-        // Grouped-query attention: each KV head serves n_heads / n_kv_heads query heads.
+        // Grouped-query attention without copying K/V: query heads are
+        // ordered kv_head * rep + r, so the `rep` query heads that share a KV
+        // head stack along the sequence axis. `mask` is laid out to match:
+        // `[b, 1, rep * s, past + s]`.
         let rep = nh / nkv;
-        let expand = |t: Tensor<4>| -> Tensor<4> {
-            if rep == 1 {
-                return t;
-            }
-            t.unsqueeze_dim::<5>(2)
-                .expand([b_n, nkv, rep, t_n, hd])
-                .reshape([b_n, nh, t_n, hd])
-        };
+        let q = q.reshape([b_n, nkv, rep * s_n, hd]);
         let attn = attention(
             q,
-            expand(k.clone()),
-            expand(v.clone()),
+            k.clone(),
+            v.clone(),
             Some(mask.clone()),
             None,
             AttentionModuleOptions {
@@ -573,13 +605,18 @@ impl Model {
                 softcap: None,
                 is_causal: false,
             },
-        ); // # (b, nh, s, hd)
-        let attn = attn.swap_dims(1, 2).reshape([b_n * s_n, nh * hd]);
+        ); // # (b, nkv, rep*s, hd) == (b, nh, s, hd)
+        let attn = attn
+            .reshape([b_n, nh, s_n, hd])
+            .swap_dims(1, 2)
+            .reshape([b_n * s_n, nh * hd]);
         let h = h + layer.o_proj.forward(attn);
         let x = self.rms_norm(h.clone(), &layer.post_attention_layernorm);
+        let gate_up = layer.gate_up_proj.forward(x); // # (b*s, 2 ff)
+        let ff = cfg.d_ff;
         let mlp = layer
             .down_proj
-            .forward(silu(layer.gate_proj.forward(x.clone())) * layer.up_proj.forward(x));
+            .forward(silu(gate_up.clone().narrow(1, 0, ff)) * gate_up.narrow(1, ff, ff));
         (h + mlp, k, v)
     }
 }
