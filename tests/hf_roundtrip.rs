@@ -106,3 +106,49 @@ fn rope_scaling_is_rejected_explicitly() {
         .to_string();
     assert!(e.contains("MistralForCausalLM"), "{e}");
 }
+
+#[test]
+fn qwen2_directory_with_qkv_bias_and_untied_head_loads() {
+    use persona_model::testing::{random_weights, tiny_config};
+    use persona_model::{Architecture, Model};
+    let mut cfg = tiny_config();
+    cfg.architecture = Architecture::Qwen2;
+    cfg.qkv_bias = true;
+    cfg.tie_embeddings = false;
+    let weights = random_weights(&cfg, 3);
+    assert!(weights.contains_key("model.layers.0.self_attn.q_proj.bias"));
+    assert!(weights.contains_key("lm_head.weight"));
+    // Any tokenizer will do for the weights; borrow the embedded model's.
+    let mut host = load_host(persona_model::DEFAULT_MODEL).unwrap();
+    host.config = cfg.clone();
+    host.weights = weights.clone();
+    let dir = tempfile::tempdir().unwrap();
+    host.write_hf_dir(dir.path()).unwrap();
+    let config_json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap()).unwrap();
+    assert_eq!(config_json["architectures"][0], "Qwen2ForCausalLM");
+
+    let loaded = load(dir.path().to_str().unwrap(), &Device::flex()).unwrap();
+    assert_eq!(loaded.model.config, cfg);
+    let direct = Model::from_weights(cfg, &weights, &Device::flex()).unwrap();
+    let batch = Batch::new(&[Sequence { prompt: vec![5, 17, 3, 90], response: vec![8] }], PadSide::Right, 0).unwrap();
+    let a = direct.forward(&batch, ForwardArgs::plain()).unwrap().logits.unwrap();
+    let b = loaded.model.forward(&batch, ForwardArgs::plain()).unwrap().logits.unwrap();
+    assert_eq!(a.into_data().try_into_vec::<f32>().unwrap(), b.into_data().try_into_vec::<f32>().unwrap());
+    // The biases matter: zeroing them changes the output.
+    let mut no_bias = weights.clone();
+    for (k, t) in no_bias.iter_mut() {
+        if k.ends_with(".bias") {
+            t.data.iter_mut().for_each(|x| *x = 0.0);
+        }
+    }
+    let c = Model::from_weights(loaded.model.config.clone(), &no_bias, &Device::flex())
+        .unwrap()
+        .forward(&batch, ForwardArgs::plain())
+        .unwrap()
+        .logits
+        .unwrap();
+    let a = direct.forward(&batch, ForwardArgs::plain()).unwrap().logits.unwrap();
+    let diff = (a - c).abs().max().into_scalar::<f32>();
+    assert!(diff > 1e-4, "q/k/v biases had no effect");
+}

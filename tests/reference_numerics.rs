@@ -126,6 +126,15 @@ fn logits_hidden_norms_and_row_convention_match_reference() {
     let (logits, hidden, normed) = reference_forward();
 
     let first5 = floats(&f32r["logits_last_first5"]);
+    let mut worst_logit: f64 = 0.0;
+    for pair in f32r["logits_last_top5"].as_array().unwrap() {
+        let id = pair[0].as_u64().unwrap() as usize;
+        worst_logit = worst_logit.max((logits[id] as f64 - pair[1].as_f64().unwrap()).abs());
+    }
+    for (i, want) in first5.iter().enumerate() {
+        worst_logit = worst_logit.max((logits[i] as f64 - want).abs());
+    }
+    eprintln!("worst absolute logit error (first5 + top5): {worst_logit:e}");
     for (i, want) in first5.iter().enumerate() {
         let got = logits[i] as f64;
         assert!((got - want).abs() < 2e-3, "logit {i}: {got} vs {want}");
@@ -288,4 +297,26 @@ fn greedy_continuation_inside_a_padded_batch_of_four() {
     // The others match their own batch-1 runs.
     let alone = greedy(&prompts[1..], 1);
     assert_eq!(&out[1..], &alone[..]);
+}
+
+#[test]
+fn sampling_is_reproducible_from_the_seed() {
+    let m = smollm();
+    let text = m.codec.render(&[Message::user("Tell me a short story about a cat.")], true).unwrap();
+    let ids = m.codec.encode(&text).unwrap();
+    let run = |seed: u64, batch_size: usize, prompts: Vec<Vec<u32>>| {
+        let opts = GenerateOptions {
+            max_new_tokens: 16,
+            sampling: Sampling::Temperature { temperature: 1.0, top_p: 1.0 },
+            seed,
+            batch_size,
+            steering: vec![],
+        };
+        generate(&m.model, &prompts, &m.codec.stop_ids, m.codec.pad_id, &opts, |_| {}).unwrap()
+    };
+    let a = run(7, 1, vec![ids.clone()]);
+    let b = run(7, 1, vec![ids.clone()]);
+    assert_eq!(a, b);
+    let c = run(8, 1, vec![ids.clone()]);
+    assert_ne!(a[0].tokens, c[0].tokens, "different seeds gave the same 16 sampled tokens");
 }
