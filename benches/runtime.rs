@@ -63,6 +63,7 @@ fn main() {
                     steering: &[],
                     capture: &none,
                     logits: Logits::Last,
+                    lora: None,
                 },
             )
             .unwrap();

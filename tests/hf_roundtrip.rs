@@ -125,16 +125,37 @@ fn qwen2_directory_with_qkv_bias_and_untied_head_loads() {
     let dir = tempfile::tempdir().unwrap();
     host.write_hf_dir(dir.path()).unwrap();
     let config_json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap())
+            .unwrap();
     assert_eq!(config_json["architectures"][0], "Qwen2ForCausalLM");
 
     let loaded = load(dir.path().to_str().unwrap(), &Device::flex()).unwrap();
     assert_eq!(loaded.model.config, cfg);
     let direct = Model::from_weights(cfg, &weights, &Device::flex()).unwrap();
-    let batch = Batch::new(&[Sequence { prompt: vec![5, 17, 3, 90], response: vec![8] }], PadSide::Right, 0).unwrap();
-    let a = direct.forward(&batch, ForwardArgs::plain()).unwrap().logits.unwrap();
-    let b = loaded.model.forward(&batch, ForwardArgs::plain()).unwrap().logits.unwrap();
-    assert_eq!(a.into_data().try_into_vec::<f32>().unwrap(), b.into_data().try_into_vec::<f32>().unwrap());
+    let batch = Batch::new(
+        &[Sequence {
+            prompt: vec![5, 17, 3, 90],
+            response: vec![8],
+        }],
+        PadSide::Right,
+        0,
+    )
+    .unwrap();
+    let a = direct
+        .forward(&batch, ForwardArgs::plain())
+        .unwrap()
+        .logits
+        .unwrap();
+    let b = loaded
+        .model
+        .forward(&batch, ForwardArgs::plain())
+        .unwrap()
+        .logits
+        .unwrap();
+    assert_eq!(
+        a.into_data().try_into_vec::<f32>().unwrap(),
+        b.into_data().try_into_vec::<f32>().unwrap()
+    );
     // The biases matter: zeroing them changes the output.
     let mut no_bias = weights.clone();
     for (k, t) in no_bias.iter_mut() {
@@ -148,7 +169,11 @@ fn qwen2_directory_with_qkv_bias_and_untied_head_loads() {
         .unwrap()
         .logits
         .unwrap();
-    let a = direct.forward(&batch, ForwardArgs::plain()).unwrap().logits.unwrap();
+    let a = direct
+        .forward(&batch, ForwardArgs::plain())
+        .unwrap()
+        .logits
+        .unwrap();
     let diff = (a - c).abs().max().into_scalar::<f32>();
     assert!(diff > 1e-4, "q/k/v biases had no effect");
 }

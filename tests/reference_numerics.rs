@@ -85,6 +85,7 @@ fn reference_forward() -> (Vec<f32>, Vec<Vec<f32>>, Vec<f32>) {
                 steering: &[],
                 capture: &req,
                 logits: Logits::Last,
+                lora: None,
             },
         )
         .unwrap();
@@ -252,6 +253,7 @@ fn greedy_continuation_without_cache() {
             steering: &[],
             capture: &CaptureRequest::none(),
             logits: Logits::Last,
+            lora: None,
         };
         let l = m
             .model
@@ -302,21 +304,38 @@ fn greedy_continuation_inside_a_padded_batch_of_four() {
 #[test]
 fn sampling_is_reproducible_from_the_seed() {
     let m = smollm();
-    let text = m.codec.render(&[Message::user("Tell me a short story about a cat.")], true).unwrap();
+    let text = m
+        .codec
+        .render(&[Message::user("Tell me a short story about a cat.")], true)
+        .unwrap();
     let ids = m.codec.encode(&text).unwrap();
     let run = |seed: u64, batch_size: usize, prompts: Vec<Vec<u32>>| {
         let opts = GenerateOptions {
             max_new_tokens: 16,
-            sampling: Sampling::Temperature { temperature: 1.0, top_p: 1.0 },
+            sampling: Sampling::Temperature {
+                temperature: 1.0,
+                top_p: 1.0,
+            },
             seed,
             batch_size,
             steering: vec![],
         };
-        generate(&m.model, &prompts, &m.codec.stop_ids, m.codec.pad_id, &opts, |_| {}).unwrap()
+        generate(
+            &m.model,
+            &prompts,
+            &m.codec.stop_ids,
+            m.codec.pad_id,
+            &opts,
+            |_| {},
+        )
+        .unwrap()
     };
     let a = run(7, 1, vec![ids.clone()]);
     let b = run(7, 1, vec![ids.clone()]);
     assert_eq!(a, b);
     let c = run(8, 1, vec![ids.clone()]);
-    assert_ne!(a[0].tokens, c[0].tokens, "different seeds gave the same 16 sampled tokens");
+    assert_ne!(
+        a[0].tokens, c[0].tokens,
+        "different seeds gave the same 16 sampled tokens"
+    );
 }

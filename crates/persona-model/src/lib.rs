@@ -15,6 +15,7 @@ pub mod error;
 pub mod generate;
 pub mod gguf;
 pub mod load;
+pub mod lora;
 pub mod model;
 pub mod quant;
 pub mod sites;
@@ -34,6 +35,7 @@ pub use load::{
     DEFAULT_MODEL, HostModel, LoadedModel, ModelIdentity, load, load_host, model_cache,
     persona_home,
 };
+pub use lora::{Lora, Scaling, Target};
 pub use model::{ForwardArgs, ForwardOutput, Logits, Model};
 pub use sites::{
     Batch, CaptureRequest, PadSide, Positions, Reduction, Role, Sequence, SteerOp, Steering,

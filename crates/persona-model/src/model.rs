@@ -13,6 +13,7 @@ use rayon::prelude::*;
 use crate::cache::KvCache;
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
+use crate::lora::{Lora, Target};
 use crate::sites::{
     Batch, CaptureRequest, Reduction, Role, SteerOp, Steering, position_mask, reduction_weights,
 };
@@ -37,6 +38,9 @@ pub struct ForwardArgs<'a> {
     pub steering: &'a [Steering],
     pub capture: &'a CaptureRequest,
     pub logits: Logits,
+    /// LoRA adapters to add to the projections (training, or an unmerged
+    /// fine-tuned model).
+    pub lora: Option<&'a Lora>,
 }
 
 impl<'a> ForwardArgs<'a> {
@@ -47,6 +51,7 @@ impl<'a> ForwardArgs<'a> {
             steering: &[],
             capture: &NO_CAPTURE,
             logits: Logits::All,
+            lora: None,
         }
     }
 
@@ -57,6 +62,7 @@ impl<'a> ForwardArgs<'a> {
             steering,
             capture: &NO_CAPTURE,
             logits: Logits::Last,
+            lora: None,
         }
     }
 }
@@ -257,6 +263,11 @@ impl Model {
         })
     }
 
+    #[cfg(test)]
+    pub(crate) fn embed_tokens_for_tests(&self) -> &Tensor<2> {
+        &self.embed_tokens
+    }
+
     pub fn device(&self) -> &Device {
         &self.device
     }
@@ -310,6 +321,15 @@ impl Model {
         let cfg = &self.config;
         let (b_n, s_n, d) = (batch.n_rows, batch.seq_len, cfg.d_model);
         self.check_steering(args.steering)?;
+        if let Some(l) = args.lora
+            && l.layers.len() != cfg.n_layers
+        {
+            return Err(ModelError::Input(format!(
+                "LoRA adapters have {} layers but the model has {}",
+                l.layers.len(),
+                cfg.n_layers
+            )));
+        }
         for &row in &args.capture.rows {
             if row > cfg.n_layers {
                 return Err(ModelError::LayerOutOfRange {
@@ -468,8 +488,17 @@ impl Model {
                     ),
                     _ => (None, None),
                 };
-                let (out, k, v) =
-                    self.block(layer, h, [b_n, s_n], &cos, &sin, &mask, k_past, v_past);
+                let (out, k, v) = self.block(
+                    layer,
+                    (row - 1, args.lora),
+                    h,
+                    [b_n, s_n],
+                    &cos,
+                    &sin,
+                    &mask,
+                    k_past,
+                    v_past,
+                );
                 h = out;
                 new_keys.push(k);
                 new_values.push(v);
@@ -559,6 +588,7 @@ impl Model {
     fn block(
         &self,
         layer: &Block,
+        (index, lora): (usize, Option<&Lora>),
         h: Tensor<2>,
         [b_n, s_n]: [usize; 2],
         cos: &Tensor<4>,
@@ -571,19 +601,21 @@ impl Model {
         let (nh, nkv, hd) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
         let x = self.rms_norm(h.clone(), &layer.input_layernorm);
         let (q_w, kv_w) = (nh * hd, nkv * hd);
-        let qkv = layer.qkv_proj.forward(x); // # (b*s, q_w + 2 kv_w)
+        // The frozen projection plus, when adapted, its LoRA branch.
+        let adapt = |t: Target, x: &Tensor<2>, base: Tensor<2>| match lora
+            .and_then(|l| l.delta(index, t, x.clone()))
+        {
+            Some(d) => base + d,
+            None => base,
+        };
+        let qkv = layer.qkv_proj.forward(x.clone()); // # (b*s, q_w + 2 kv_w)
+        let q = adapt(Target::Q, &x, qkv.clone().narrow(1, 0, q_w));
+        let k = adapt(Target::K, &x, qkv.clone().narrow(1, q_w, kv_w));
+        let v = adapt(Target::V, &x, qkv.narrow(1, q_w + kv_w, kv_w));
         let heads = |t: Tensor<2>, n: usize| t.reshape([b_n, s_n, n, hd]).swap_dims(1, 2); // # (b, n, s, hd)
-        let q = Rope::apply(
-            heads(qkv.clone().narrow(1, 0, q_w), nh),
-            cos.clone(),
-            sin.clone(),
-        );
-        let mut k = Rope::apply(
-            heads(qkv.clone().narrow(1, q_w, kv_w), nkv),
-            cos.clone(),
-            sin.clone(),
-        );
-        let mut v = heads(qkv.narrow(1, q_w + kv_w, kv_w), nkv);
+        let q = Rope::apply(heads(q, nh), cos.clone(), sin.clone());
+        let mut k = Rope::apply(heads(k, nkv), cos.clone(), sin.clone());
+        let mut v = heads(v, nkv);
         if let (Some(kp), Some(vp)) = (k_past, v_past) {
             k = Tensor::cat(vec![kp, k], 2);
             v = Tensor::cat(vec![vp, v], 2);
@@ -610,13 +642,14 @@ impl Model {
             .reshape([b_n, nh, s_n, hd])
             .swap_dims(1, 2)
             .reshape([b_n * s_n, nh * hd]);
-        let h = h + layer.o_proj.forward(attn);
+        let h = h + adapt(Target::O, &attn, layer.o_proj.forward(attn.clone()));
         let x = self.rms_norm(h.clone(), &layer.post_attention_layernorm);
-        let gate_up = layer.gate_up_proj.forward(x); // # (b*s, 2 ff)
+        let gate_up = layer.gate_up_proj.forward(x.clone()); // # (b*s, 2 ff)
         let ff = cfg.d_ff;
-        let mlp = layer
-            .down_proj
-            .forward(silu(gate_up.clone().narrow(1, 0, ff)) * gate_up.narrow(1, ff, ff));
+        let gate = adapt(Target::Gate, &x, gate_up.clone().narrow(1, 0, ff));
+        let up = adapt(Target::Up, &x, gate_up.narrow(1, ff, ff));
+        let act = silu(gate) * up;
+        let mlp = adapt(Target::Down, &act, layer.down_proj.forward(act.clone()));
         (h + mlp, k, v)
     }
 }

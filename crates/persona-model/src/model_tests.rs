@@ -58,6 +58,7 @@ fn capture(
                 steering,
                 capture: &req,
                 logits: Logits::None,
+                lora: None,
             },
         )
         .unwrap();
@@ -156,6 +157,7 @@ fn steering_with_zero_coefficient_is_bit_identical() {
                 steering: &steer,
                 capture: &req,
                 logits: Logits::All,
+                lora: None,
             },
         )
         .unwrap()
@@ -289,6 +291,7 @@ fn counts_report_empty_response_sets() {
                 steering: &[],
                 capture: &req,
                 logits: Logits::None,
+                lora: None,
             },
         )
         .unwrap();
@@ -309,6 +312,7 @@ fn out_of_range_rows_and_wrong_widths_are_errors() {
                 steering: &bad_row,
                 capture: &CaptureRequest::none(),
                 logits: Logits::All,
+                lora: None,
             },
         )
         .err()
@@ -323,6 +327,7 @@ fn out_of_range_rows_and_wrong_widths_are_errors() {
                 steering: &bad_width,
                 capture: &CaptureRequest::none(),
                 logits: Logits::All,
+                lora: None,
             },
         )
         .err()
@@ -344,4 +349,149 @@ fn strict_loading_lists_missing_and_unexpected_keys() {
         e.contains("model.layers.1.mlp.up_proj.weight") && e.contains("upp_proj"),
         "{e}"
     );
+}
+
+mod lora {
+    use super::*;
+    use crate::lora::{Lora, Scaling, Target};
+
+    fn with_lora(m: &Model, b: &Batch, lora: &Lora) -> Vec<f32> {
+        let req = CaptureRequest::none();
+        host(
+            m.forward(
+                b,
+                ForwardArgs {
+                    cache: None,
+                    steering: &[],
+                    capture: &req,
+                    logits: Logits::All,
+                    lora: Some(lora),
+                },
+            )
+            .unwrap()
+            .logits
+            .unwrap(),
+        )
+    }
+
+    fn randomise_b(lora: &mut Lora, dev: &Device) {
+        for (i, map) in lora.layers.iter_mut().enumerate() {
+            for (j, pair) in map.values_mut().enumerate() {
+                let [r, c] = pair.b.dims();
+                let data: Vec<f32> = (0..r * c)
+                    .map(|k| ((k * 31 + i * 7 + j) as f32 * 0.37).sin() * 0.05)
+                    .collect();
+                pair.b = Tensor::from_data(burn::tensor::TensorData::new(data, [r, c]), dev);
+            }
+        }
+    }
+
+    #[test]
+    fn fresh_adapters_leave_logits_bit_identical() {
+        let m = model();
+        let dev = Device::flex();
+        let lora = Lora::init(&m.config, &Target::ALL, 4, 8.0, Scaling::Rslora, 0, &dev).unwrap();
+        let b = Batch::new(&[seq(&[3, 4, 5], &[6, 7])], PadSide::Right, 0).unwrap();
+        assert_eq!(with_lora(&m, &b, &lora), logits_all(&m, &b));
+    }
+
+    #[test]
+    fn merged_weights_match_the_adapter_branch() {
+        let cfg = tiny_config();
+        let dev = Device::flex();
+        let w = random_weights(&cfg, 1);
+        let m = Model::from_weights(cfg.clone(), &w, &dev).unwrap();
+        let mut lora = Lora::init(&cfg, &Target::ALL, 4, 16.0, Scaling::Classic, 5, &dev).unwrap();
+        randomise_b(&mut lora, &dev);
+        let b = Batch::new(&[seq(&[3, 4, 5, 9], &[6, 7])], PadSide::Right, 0).unwrap();
+        let unmerged = with_lora(&m, &b, &lora);
+        assert!(
+            max_diff(&unmerged, &logits_all(&m, &b)) > 1e-3,
+            "adapters must change the output"
+        );
+        let mut merged_w = w.clone();
+        lora.merge_into(&mut merged_w).unwrap();
+        let merged = logits_all(&Model::from_weights(cfg, &merged_w, &dev).unwrap(), &b);
+        assert!(
+            max_diff(&merged, &unmerged) < 1e-4,
+            "{}",
+            max_diff(&merged, &unmerged)
+        );
+    }
+
+    #[test]
+    fn peft_layout_round_trips() {
+        let cfg = tiny_config();
+        let dev = Device::flex();
+        let mut lora = Lora::init(
+            &cfg,
+            &[Target::Q, Target::Down],
+            2,
+            4.0,
+            Scaling::Rslora,
+            9,
+            &dev,
+        )
+        .unwrap();
+        randomise_b(&mut lora, &dev);
+        let peft = lora.to_peft().unwrap();
+        assert_eq!(
+            peft["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"].shape,
+            vec![2, 32]
+        );
+        assert_eq!(
+            peft["base_model.model.model.layers.2.mlp.down_proj.lora_B.weight"].shape,
+            vec![32, 2]
+        );
+        let back = Lora::from_peft(&cfg, &peft, 2, 4.0, Scaling::Rslora, &dev).unwrap();
+        assert_eq!(back.targets(), vec![Target::Q, Target::Down]);
+        assert_eq!(back.to_peft().unwrap(), peft);
+    }
+
+    #[test]
+    fn gradients_reach_adapters_only() {
+        let cfg = tiny_config();
+        let dev = Device::flex().autodiff();
+        let m = Model::from_weights(cfg.clone(), &random_weights(&cfg, 1), &dev).unwrap();
+        let mut lora = Lora::init(
+            &cfg,
+            &[Target::V, Target::Up],
+            2,
+            4.0,
+            Scaling::Rslora,
+            3,
+            &dev,
+        )
+        .unwrap();
+        for t in lora.tensors_mut() {
+            *t = t.clone().require_grad();
+        }
+        let b = Batch::new(&[seq(&[3, 4, 5], &[6, 7])], PadSide::Right, 0).unwrap();
+        let req = CaptureRequest::none();
+        let logits = m
+            .forward(
+                &b,
+                ForwardArgs {
+                    cache: None,
+                    steering: &[],
+                    capture: &req,
+                    logits: Logits::All,
+                    lora: Some(&lora),
+                },
+            )
+            .unwrap()
+            .logits
+            .unwrap();
+        let grads = logits.sum().backward();
+        let pair = &lora.layers[1][&Target::Up];
+        let gb = pair.b.grad(&grads).expect("B has a gradient");
+        assert!(gb.abs().sum().into_scalar::<f32>() > 0.0);
+        // With B = 0 the gradient of A is exactly zero (PEFT's init property).
+        let ga = pair.a.grad(&grads).expect("A has a gradient");
+        assert_eq!(ga.abs().sum().into_scalar::<f32>(), 0.0);
+        assert!(
+            m.embed_tokens_for_tests().grad(&grads).is_none(),
+            "base weights must stay frozen"
+        );
+    }
 }

@@ -1,0 +1,326 @@
+//! LoRA adapters: a trainable low-rank update `x A B * scale` added to the
+//! output of chosen projections, passed to the forward as an argument (the
+//! base weights are never changed).
+//!
+//! Written as a visible branch over the frozen base rather than burn's
+//! `apply_lora` reparameterisation: BURN-NOTES measured the built-in one
+//! 40% slower (it rebuilds the full weight every forward and computes a full
+//! weight gradient), and it scales by alpha/r only, without rsLoRA.
+
+use std::collections::BTreeMap;
+
+use burn::tensor::{Device, Tensor, TensorData};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::config::ModelConfig;
+use crate::error::{ModelError, Result};
+use crate::weights::{HostTensor, WeightMap};
+
+/// A projection LoRA can adapt, named as in HF/PEFT (`q_proj`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    #[serde(rename = "q_proj")]
+    Q,
+    #[serde(rename = "k_proj")]
+    K,
+    #[serde(rename = "v_proj")]
+    V,
+    #[serde(rename = "o_proj")]
+    O,
+    #[serde(rename = "gate_proj")]
+    Gate,
+    #[serde(rename = "up_proj")]
+    Up,
+    #[serde(rename = "down_proj")]
+    Down,
+}
+
+impl Target {
+    pub const ALL: [Target; 7] = [
+        Self::Q,
+        Self::K,
+        Self::V,
+        Self::O,
+        Self::Gate,
+        Self::Up,
+        Self::Down,
+    ];
+
+    /// The HF module path inside a block: `self_attn.q_proj`, `mlp.up_proj`, ...
+    pub fn module_path(self) -> &'static str {
+        match self {
+            Self::Q => "self_attn.q_proj",
+            Self::K => "self_attn.k_proj",
+            Self::V => "self_attn.v_proj",
+            Self::O => "self_attn.o_proj",
+            Self::Gate => "mlp.gate_proj",
+            Self::Up => "mlp.up_proj",
+            Self::Down => "mlp.down_proj",
+        }
+    }
+
+    pub fn short_name(self) -> &'static str {
+        self.module_path().rsplit('.').next().unwrap_or("")
+    }
+
+    /// `(d_in, d_out)` of this projection.
+    pub fn dims(self, cfg: &ModelConfig) -> (usize, usize) {
+        let (d, q, kv, ff) = (
+            cfg.d_model,
+            cfg.n_heads * cfg.head_dim,
+            cfg.n_kv_heads * cfg.head_dim,
+            cfg.d_ff,
+        );
+        match self {
+            Self::Q => (d, q),
+            Self::K | Self::V => (d, kv),
+            Self::O => (q, d),
+            Self::Gate | Self::Up => (d, ff),
+            Self::Down => (ff, d),
+        }
+    }
+}
+
+/// How the low-rank update is scaled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scaling {
+    /// `alpha / r` (the original LoRA).
+    Classic,
+    /// `alpha / sqrt(r)` (rsLoRA; the paper's setting).
+    Rslora,
+}
+
+/// The adapter pair of one projection.
+///
+/// # Shapes
+/// `a`: `[d_in, rank]`, `b`: `[rank, d_out]` (PEFT stores their transposes).
+#[derive(Debug, Clone)]
+pub struct LoraPair {
+    pub a: Tensor<2>,
+    pub b: Tensor<2>,
+}
+
+/// Adapters for a whole model.
+#[derive(Debug, Clone)]
+pub struct Lora {
+    pub rank: usize,
+    pub alpha: f64,
+    pub scaling: Scaling,
+    /// One map per block.
+    pub layers: Vec<BTreeMap<Target, LoraPair>>,
+}
+
+impl Lora {
+    /// PEFT-style initialisation: `A` Kaiming-uniform (bound `1/sqrt(d_in)`,
+    /// PEFT's `kaiming_uniform_(a=sqrt(5))`), `B` zero, so a fresh adapter
+    /// leaves the model unchanged.
+    pub fn init(
+        cfg: &ModelConfig,
+        targets: &[Target],
+        rank: usize,
+        alpha: f64,
+        scaling: Scaling,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Self> {
+        if rank == 0 {
+            return Err(ModelError::Input("LoRA rank must be at least 1".into()));
+        }
+        if targets.is_empty() {
+            return Err(ModelError::Input(
+                "LoRA needs at least one target projection".into(),
+            ));
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let layers = (0..cfg.n_layers)
+            .map(|_| {
+                targets
+                    .iter()
+                    .map(|&t| {
+                        let (d_in, d_out) = t.dims(cfg);
+                        let bound = 1.0 / (d_in as f32).sqrt();
+                        let a: Vec<f32> = (0..d_in * rank)
+                            .map(|_| rng.random_range(-bound..bound))
+                            .collect();
+                        let pair = LoraPair {
+                            a: Tensor::from_data(TensorData::new(a, [d_in, rank]), device),
+                            b: Tensor::zeros([rank, d_out], device),
+                        };
+                        (t, pair)
+                    })
+                    .collect()
+            })
+            .collect();
+        Ok(Self {
+            rank,
+            alpha,
+            scaling,
+            layers,
+        })
+    }
+
+    /// The factor multiplying `x A B`.
+    pub fn scale(&self) -> f64 {
+        match self.scaling {
+            Scaling::Classic => self.alpha / self.rank as f64,
+            Scaling::Rslora => self.alpha / (self.rank as f64).sqrt(),
+        }
+    }
+
+    /// `x A B * scale` for one projection, if it is adapted.
+    ///
+    /// # Shapes
+    /// `x`: `[n, d_in]` -> `[n, d_out]`
+    pub fn delta(&self, layer: usize, target: Target, x: Tensor<2>) -> Option<Tensor<2>> {
+        let pair = self.layers.get(layer)?.get(&target)?;
+        Some(
+            x.matmul(pair.a.clone())
+                .matmul(pair.b.clone())
+                .mul_scalar(self.scale()),
+        )
+    }
+
+    /// Every adapter tensor with its PEFT key, in a fixed order.
+    pub fn named_tensors(&self) -> Vec<(String, &Tensor<2>)> {
+        let mut out = Vec::new();
+        for (l, map) in self.layers.iter().enumerate() {
+            for (t, pair) in map {
+                let base = format!("base_model.model.model.layers.{l}.{}", t.module_path());
+                out.push((format!("{base}.lora_A.weight"), &pair.a));
+                out.push((format!("{base}.lora_B.weight"), &pair.b));
+            }
+        }
+        out
+    }
+
+    /// Mutable access to every adapter tensor, in the order of [`Lora::named_tensors`].
+    pub fn tensors_mut(&mut self) -> Vec<&mut Tensor<2>> {
+        let mut out = Vec::new();
+        for map in self.layers.iter_mut() {
+            for pair in map.values_mut() {
+                out.push(&mut pair.a);
+                out.push(&mut pair.b);
+            }
+        }
+        out
+    }
+
+    /// The adapted projections.
+    pub fn targets(&self) -> Vec<Target> {
+        self.layers
+            .first()
+            .map(|m| m.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Host copies in PEFT layout: `lora_A.weight` `[rank, d_in]`, `lora_B.weight` `[d_out, rank]`.
+    pub fn to_peft(&self) -> Result<WeightMap> {
+        self.named_tensors()
+            .into_iter()
+            .map(|(name, t)| {
+                let t = t.clone().transpose();
+                let [r, c] = t.dims();
+                let data = t
+                    .into_data()
+                    .try_into_vec::<f32>()
+                    .map_err(|e| ModelError::Data(format!("{e:?}")))?;
+                Ok((
+                    name,
+                    HostTensor {
+                        shape: vec![r, c],
+                        data,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// Rebuilds adapters from PEFT-layout tensors (see [`Lora::to_peft`]).
+    pub fn from_peft(
+        cfg: &ModelConfig,
+        weights: &WeightMap,
+        rank: usize,
+        alpha: f64,
+        scaling: Scaling,
+        device: &Device,
+    ) -> Result<Self> {
+        let targets: Vec<Target> = Target::ALL
+            .into_iter()
+            .filter(|t| {
+                weights.contains_key(&format!(
+                    "base_model.model.model.layers.0.{}.lora_A.weight",
+                    t.module_path()
+                ))
+            })
+            .collect();
+        let mut lora = Self::init(cfg, &targets, rank, alpha, scaling, 0, device)?;
+        let want: Vec<String> = lora.named_tensors().into_iter().map(|(n, _)| n).collect();
+        let extra: Vec<String> = weights
+            .keys()
+            .filter(|k| !want.contains(k))
+            .cloned()
+            .collect();
+        let missing: Vec<String> = want
+            .iter()
+            .filter(|k| !weights.contains_key(*k))
+            .cloned()
+            .collect();
+        if !missing.is_empty() || !extra.is_empty() {
+            return Err(ModelError::KeyMismatch {
+                missing,
+                unexpected: extra,
+            });
+        }
+        for (name, slot) in want.iter().zip(lora.tensors_mut()) {
+            let h = &weights[name];
+            let [r, c] = [h.shape[0], h.shape[1]];
+            let expected = slot.dims();
+            if [c, r] != expected {
+                return Err(ModelError::ShapeMismatch {
+                    name: name.clone(),
+                    found: h.shape.clone(),
+                    expected: vec![expected[1], expected[0]],
+                });
+            }
+            *slot =
+                Tensor::<2>::from_data(TensorData::new(h.data.clone(), [r, c]), device).transpose();
+        }
+        Ok(lora)
+    }
+
+    /// Folds the adapters into HF-layout base weights: `W[out, in] += scale * (A B)^T`.
+    pub fn merge_into(&self, weights: &mut WeightMap) -> Result<()> {
+        let s = self.scale();
+        for (l, map) in self.layers.iter().enumerate() {
+            for (t, pair) in map {
+                let key = format!("model.layers.{l}.{}.weight", t.module_path());
+                let delta = pair
+                    .a
+                    .clone()
+                    .matmul(pair.b.clone())
+                    .transpose()
+                    .mul_scalar(s); // # (out, in)
+                let delta = delta
+                    .into_data()
+                    .try_into_vec::<f32>()
+                    .map_err(|e| ModelError::Data(format!("{e:?}")))?;
+                let w = weights.get_mut(&key).ok_or_else(|| {
+                    ModelError::Input(format!("cannot merge: base weights have no {key}"))
+                })?;
+                if w.data.len() != delta.len() {
+                    return Err(ModelError::ShapeMismatch {
+                        name: key,
+                        found: w.shape.clone(),
+                        expected: vec![delta.len()],
+                    });
+                }
+                w.data.iter_mut().zip(delta).for_each(|(w, d)| *w += d);
+            }
+        }
+        Ok(())
+    }
+}
