@@ -9,10 +9,9 @@ test: fetch-model
 fetch-model:
     scripts/fetch-model.sh
 
-# Fine-tune with a recipe (the vaccine). Not built yet: see the README.
-train recipe: fetch-model
-    @echo "error: training is not implemented yet (issue: the vaccine); cannot run {{recipe}}" >&2
-    @exit 2
+# Fine-tune with a recipe (extracts the recipe's vector first when missing).
+train recipe *flags: fetch-model
+    cargo run --release --quiet -- train {{recipe}} {{flags}}
 
 # Speed benchmarks (prefill, decode, peak memory), in release mode.
 bench: fetch-model

@@ -80,6 +80,31 @@ enum Command {
         /// Output directory.
         out: PathBuf,
     },
+    /// Fine-tune with a recipe (LoRA, optionally with preventative steering).
+    Train {
+        /// Recipe TOML (see recipes/).
+        recipe: PathBuf,
+        /// Continue the run from its last checkpoint.
+        #[arg(long)]
+        resume: bool,
+    },
+    /// Extract a persona vector from authored contrast pairs (JSONL of {question, pos, neg}).
+    Extract {
+        #[arg(long)]
+        pairs: PathBuf,
+        /// Trait name, stored in the vector's metadata.
+        #[arg(long = "trait")]
+        trait_name: String,
+        #[arg(long, default_value = DEFAULT_MODEL)]
+        model: String,
+        /// Output file (default: checkpoints/vectors/<model>/<trait>.safetensors).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, default_value_t = 8)]
+        batch_size: usize,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
     /// Describe a model: architecture, sizes, dtype, chat template.
     Info {
         #[arg(default_value = DEFAULT_MODEL)]
@@ -172,6 +197,62 @@ fn run(cli: Cli) -> Result<()> {
             )?;
             let reply = loaded.codec.decode_clean(out[0].content_tokens())?;
             println!("{reply}");
+            Ok(())
+        }
+        Command::Train { recipe, resume } => {
+            let out = persona_train::train(&recipe, resume, true)?;
+            println!(
+                "finished {} steps (last loss {:.4}); run in {}",
+                out.steps,
+                out.last_loss,
+                out.run_dir.display()
+            );
+            Ok(())
+        }
+        Command::Extract {
+            pairs,
+            trait_name,
+            model,
+            out,
+            batch_size,
+            device,
+        } => {
+            let device = parse_device(&device)?;
+            let pairs = persona_vectors::extract::read_pairs(&pairs)?;
+            let loaded = persona_model::load(&model, &device)
+                .with_context(|| format!("loading model `{model}`"))?;
+            let out = out.unwrap_or_else(|| {
+                let name = std::path::Path::new(&model)
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| model.clone());
+                persona_model::persona_home()
+                    .join("vectors")
+                    .join(name)
+                    .join(format!("{trait_name}.safetensors"))
+            });
+            let file = persona_vectors::extract::extract_authored(
+                &loaded.model,
+                &loaded.codec,
+                &loaded.identity,
+                &trait_name,
+                &pairs,
+                batch_size,
+                |_| {},
+            )?;
+            file.save(&out)?;
+            let v = &file.variants["response_avg"];
+            let d = file.meta.d_model;
+            println!("wrote {} ({} pairs)", out.display(), pairs.len());
+            println!("row  |v_row|");
+            for row in 0..=file.meta.n_layers {
+                let n: f32 = v[row * d..(row + 1) * d]
+                    .iter()
+                    .map(|x| x * x)
+                    .sum::<f32>()
+                    .sqrt();
+                println!("{row:>3}  {n:.3}");
+            }
             Ok(())
         }
         Command::Convert { model, out } => {

@@ -32,7 +32,7 @@ pub use device::parse_device;
 pub use error::{ModelError, Result};
 pub use generate::{GenerateOptions, Generation, Sampling, generate};
 pub use load::{
-    DEFAULT_MODEL, HostModel, LoadedModel, ModelIdentity, load, load_host, model_cache,
+    DEFAULT_MODEL, HostModel, LoadedModel, ModelIdentity, inspect, load, load_host, model_cache,
     persona_home,
 };
 pub use lora::{Lora, Scaling, Target};

@@ -79,6 +79,38 @@ pub fn resolve(spec: &str) -> Result<PathBuf> {
     })
 }
 
+/// Reads a model's config and identity without reading its weights (for
+/// validating recipes and vector files before anything heavy happens).
+pub fn inspect(spec: &str) -> Result<(ModelConfig, ModelIdentity)> {
+    let path = resolve(spec)?;
+    let (gguf, hf_dir) = classify(&path)?;
+    if let Some(file) = gguf {
+        let g = GgufFile::open(&file)?;
+        let config = ModelConfig::from_gguf(&g)?;
+        let sha256 = weights::sha256_files(std::slice::from_ref(&file))?;
+        return Ok((
+            config,
+            ModelIdentity {
+                name: spec.to_string(),
+                sha256,
+                path: file,
+            },
+        ));
+    }
+    let dir = hf_dir.expect("classify returns one of the two");
+    let config = ModelConfig::from_hf_json(&dir.join("config.json"))?;
+    let files = weights::safetensors_files(&dir)?;
+    let sha256 = weights::sha256_files(&files)?;
+    Ok((
+        config,
+        ModelIdentity {
+            name: spec.to_string(),
+            sha256,
+            path: dir,
+        },
+    ))
+}
+
 /// Reads a model into host memory.
 pub fn load_host(spec: &str) -> Result<HostModel> {
     let path = resolve(spec)?;

@@ -194,8 +194,19 @@ pub fn from_gguf(g: &GgufFile, cfg: &ModelConfig) -> Result<WeightMap> {
 /// Reads every `*.safetensors` shard in an HF directory (the index file, when
 /// present, decides the shard list).
 pub fn from_safetensors_dir(dir: &Path) -> Result<(WeightMap, Vec<PathBuf>)> {
+    let files = safetensors_files(dir)?;
+    let mut weights = WeightMap::new();
+    for f in &files {
+        read_safetensors(f, &mut weights)?;
+    }
+    Ok((weights, files))
+}
+
+/// The weight files of an HF directory: the shards named by
+/// `model.safetensors.index.json`, or `model.safetensors`.
+pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join("model.safetensors.index.json");
-    let files: Vec<PathBuf> = if index.exists() {
+    Ok(if index.exists() {
         let text = std::fs::read_to_string(&index).map_err(|e| ModelError::io(&index, e))?;
         let v: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| ModelError::Safetensors {
@@ -212,12 +223,14 @@ pub fn from_safetensors_dir(dir: &Path) -> Result<(WeightMap, Vec<PathBuf>)> {
         names.into_iter().map(|n| dir.join(n)).collect()
     } else {
         vec![dir.join("model.safetensors")]
-    };
-    let mut weights = WeightMap::new();
-    for f in &files {
-        read_safetensors(f, &mut weights)?;
-    }
-    Ok((weights, files))
+    })
+}
+
+/// Reads one safetensors file into f32 host tensors (and returns its path).
+pub fn from_safetensors_file(path: &Path) -> Result<(WeightMap, PathBuf)> {
+    let mut w = WeightMap::new();
+    read_safetensors(path, &mut w)?;
+    Ok((w, path.to_path_buf()))
 }
 
 fn read_safetensors(path: &Path, out: &mut WeightMap) -> Result<()> {

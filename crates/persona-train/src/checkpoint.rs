@@ -1,0 +1,162 @@
+//! Run checkpoints: PEFT-layout adapters for users, plus the exact tensors
+//! and counters a resumed run needs. Every write goes to a temporary folder
+//! that replaces the previous checkpoint by rename, so a killed run always
+//! leaves one complete checkpoint.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{Device, Tensor, TensorData};
+use persona_model::Lora;
+use persona_model::weights::{HostTensor, WeightMap, write_safetensors};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TrainError};
+use crate::optim::Moments;
+
+/// Counters of a run at a checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// Optimizer steps done; the next step to run.
+    pub step: usize,
+    pub total_steps: usize,
+    pub tokens_seen: u64,
+}
+
+fn ck_err(path: &Path, e: impl std::fmt::Display) -> TrainError {
+    TrainError::Checkpoint {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
+}
+
+fn to_host(t: &Tensor<2>) -> Result<HostTensor> {
+    let [r, c] = t.dims();
+    let data = t
+        .clone()
+        .into_data()
+        .try_into_vec::<f32>()
+        .map_err(|e| TrainError::Checkpoint {
+            path: PathBuf::new(),
+            reason: format!("{e:?}"),
+        })?;
+    Ok(HostTensor {
+        shape: vec![r, c],
+        data,
+    })
+}
+
+/// The PEFT `adapter_config.json` of these adapters.
+pub fn adapter_config(lora: &Lora, base_model: &str) -> serde_json::Value {
+    serde_json::json!({
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_model,
+        "r": lora.rank,
+        "lora_alpha": lora.alpha,
+        "lora_dropout": 0.0,
+        "use_rslora": lora.scaling == persona_model::Scaling::Rslora,
+        "target_modules": lora.targets().iter().map(|t| t.short_name()).collect::<Vec<_>>(),
+        "bias": "none",
+        "fan_in_fan_out": false,
+        "inference_mode": true,
+        "init_lora_weights": true,
+        "modules_to_save": null,
+    })
+}
+
+/// Writes `adapter_model.safetensors` + `adapter_config.json` into `dir`.
+pub fn write_adapter(dir: &Path, lora: &Lora, base_model: &str) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| ck_err(dir, e))?;
+    write_safetensors(&lora.to_peft()?, &dir.join("adapter_model.safetensors"))?;
+    let cfg = serde_json::to_string_pretty(&adapter_config(lora, base_model))
+        .map_err(|e| ck_err(dir, e))?;
+    persona_model::load::write_atomic(&dir.join("adapter_config.json"), cfg.as_bytes())?;
+    Ok(())
+}
+
+/// Saves a resumable checkpoint to `<run>/checkpoint/`.
+pub fn save(
+    run: &Path,
+    lora: &Lora,
+    moments: &[Moments],
+    state: &TrainerState,
+    base_model: &str,
+) -> Result<()> {
+    let tmp = run.join("checkpoint.tmp");
+    let final_dir = run.join("checkpoint");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| ck_err(&tmp, e))?;
+    }
+    write_adapter(&tmp, lora, base_model)?;
+    // Exact tensors in the trainer's own layout (resuming from the PEFT
+    // transposes would change memory layouts and so, possibly, float sums).
+    let mut exact: WeightMap = BTreeMap::new();
+    for (i, ((_, p), m)) in lora.named_tensors().into_iter().zip(moments).enumerate() {
+        exact.insert(format!("{i:05}.param"), to_host(p)?);
+        exact.insert(format!("{i:05}.exp_avg"), to_host(&m.m)?);
+        exact.insert(format!("{i:05}.exp_avg_sq"), to_host(&m.v)?);
+    }
+    write_safetensors(&exact, &tmp.join("resume.safetensors"))?;
+    let st = serde_json::to_string_pretty(state).map_err(|e| ck_err(&tmp, e))?;
+    std::fs::write(tmp.join("trainer_state.json"), st).map_err(|e| ck_err(&tmp, e))?;
+    let old = run.join("checkpoint.old");
+    if final_dir.exists() {
+        std::fs::rename(&final_dir, &old).map_err(|e| ck_err(&final_dir, e))?;
+    }
+    std::fs::rename(&tmp, &final_dir).map_err(|e| ck_err(&final_dir, e))?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old).map_err(|e| ck_err(&old, e))?;
+    }
+    Ok(())
+}
+
+/// Restores adapters (into `lora`, whose shapes must match), moments and
+/// counters from `<run>/checkpoint/` (or `checkpoint.old` if a save was cut
+/// between its two renames).
+pub fn load(run: &Path, lora: &mut Lora, device: &Device) -> Result<(Vec<Moments>, TrainerState)> {
+    let mut dir = run.join("checkpoint");
+    if !dir.exists() && run.join("checkpoint.old").exists() {
+        dir = run.join("checkpoint.old");
+    }
+    let state_path = dir.join("trainer_state.json");
+    let text = std::fs::read_to_string(&state_path).map_err(|e| ck_err(&state_path, e))?;
+    let state: TrainerState = serde_json::from_str(&text).map_err(|e| ck_err(&state_path, e))?;
+    let resume = dir.join("resume.safetensors");
+    let (exact, _) = persona_model::weights::from_safetensors_file(&resume)?;
+    let get = |k: String| -> Result<Tensor<2>> {
+        let h = exact
+            .get(&k)
+            .ok_or_else(|| ck_err(&resume, format!("missing {k}")))?;
+        Ok(Tensor::from_data(
+            TensorData::new(h.data.clone(), [h.shape[0], h.shape[1]]),
+            device,
+        ))
+    };
+    let mut moments = Vec::new();
+    for (i, slot) in lora.tensors_mut().into_iter().enumerate() {
+        let p = get(format!("{i:05}.param"))?;
+        if p.dims() != slot.dims() {
+            return Err(ck_err(
+                &resume,
+                format!(
+                    "tensor {i} has shape {:?}, the recipe's adapters {:?}",
+                    p.dims(),
+                    slot.dims()
+                ),
+            ));
+        }
+        *slot = p;
+        moments.push(Moments {
+            m: get(format!("{i:05}.exp_avg"))?,
+            v: get(format!("{i:05}.exp_avg_sq"))?,
+        });
+    }
+    if exact.len() != moments.len() * 3 {
+        return Err(ck_err(
+            &resume,
+            "holds more tensors than the recipe's adapters (different targets?)",
+        ));
+    }
+    Ok((moments, state))
+}

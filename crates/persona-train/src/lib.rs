@@ -1,0 +1,19 @@
+//! Training: the third stage of the pipeline (runtime -> persona vectors ->
+//! **training** -> evaluation -> CLI).
+//!
+//! LoRA fine-tuning with preventative steering (the vaccine): a fixed
+//! multiple of a persona vector is added to the residual stream in every
+//! training forward, and only there; the projection shift of the unsteered
+//! model is logged as training goes; checkpoints resume bit for bit on CPU.
+
+pub mod checkpoint;
+pub mod data;
+pub mod error;
+pub mod monitor;
+pub mod optim;
+pub mod recipe;
+pub mod trainer;
+
+pub use error::{Result, TrainError};
+pub use recipe::Recipe;
+pub use trainer::{StepMetrics, TrainOutcome, train};

@@ -1,0 +1,133 @@
+//! The projection shift during training: how far the model's mean
+//! last-prompt-token activation on a trait's monitor prompts has moved along
+//! the trait's unit vector, relative to the base model.
+
+use std::path::Path;
+
+use burn::tensor::Tensor;
+use persona_model::{
+    Batch, CaptureRequest, ForwardArgs, Logits, Lora, Message, Model, PadSide, Reduction, Sequence,
+    TextCodec,
+};
+use persona_vectors::VectorFile;
+
+use crate::error::{Result, TrainError};
+
+/// One monitored trait: its prompts, unit vectors and the base model's means.
+pub struct TraitMonitor {
+    pub name: String,
+    /// Rows monitored.
+    pub rows: Vec<usize>,
+    batch: Batch,
+    /// `v̂_row` per row, `[d_model]` each.
+    units: Vec<Vec<f32>>,
+    /// Base model's mean last-prompt-token activation per row.
+    base: Vec<Vec<f32>>,
+}
+
+fn unit(v: &[f32]) -> Vec<f32> {
+    let n = v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    v.iter()
+        .map(|x| (*x as f64 / n.max(1e-30)) as f32)
+        .collect()
+}
+
+impl TraitMonitor {
+    /// Builds the monitor and measures the base model (no adapters, no steering).
+    pub fn new(
+        name: &str,
+        vector: &VectorFile,
+        questions: &Path,
+        rows: &[usize],
+        model: &Model,
+        codec: &TextCodec,
+    ) -> Result<Self> {
+        let text =
+            std::fs::read_to_string(questions).map_err(|e| crate::error::io(questions, e))?;
+        let mut seqs = Vec::new();
+        for q in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            let prompt = codec.encode(&codec.render(&[Message::user(q)], true)?)?;
+            seqs.push(Sequence {
+                prompt,
+                response: vec![],
+            });
+        }
+        if seqs.is_empty() {
+            return Err(TrainError::Dataset {
+                path: questions.to_path_buf(),
+                line: 0,
+                reason: "no questions".into(),
+            });
+        }
+        let batch = Batch::new(&seqs, PadSide::Right, codec.pad_id)?;
+        let units = rows
+            .iter()
+            .map(|&r| vector.row("response_avg", r).map(unit))
+            .collect::<std::result::Result<_, _>>()?;
+        let mut m = Self {
+            name: name.to_string(),
+            rows: rows.to_vec(),
+            batch,
+            units,
+            base: vec![],
+        };
+        m.base = m.means(model, None)?;
+        Ok(m)
+    }
+
+    /// Mean last-prompt-token activation per monitored row, `[d_model]` each.
+    fn means(&self, model: &Model, lora: Option<&Lora>) -> Result<Vec<Vec<f32>>> {
+        let req = CaptureRequest::new(self.rows.iter().copied(), &[Reduction::LastPrompt]);
+        let out = model.forward(
+            &self.batch,
+            ForwardArgs {
+                cache: None,
+                steering: &[],
+                capture: &req,
+                logits: Logits::None,
+                lora,
+            },
+        )?;
+        self.rows
+            .iter()
+            .map(|r| {
+                let t: Tensor<2> = out.captured[&(*r, Reduction::LastPrompt)].clone();
+                let mean = t.mean_dim(0).detach();
+                mean.into_data()
+                    .try_into_vec::<f32>()
+                    .map_err(|e| TrainError::Checkpoint {
+                        path: Default::default(),
+                        reason: format!("{e:?}"),
+                    })
+            })
+            .collect()
+    }
+
+    /// `shift_row = (mean_now - mean_base) . v̂_row` for the current adapters
+    /// (steering off: monitoring always sees the unsteered model).
+    pub fn shifts(&self, model: &Model, lora: &Lora) -> Result<Vec<f64>> {
+        let detached = detach(lora);
+        let now = self.means(model, Some(&detached))?;
+        Ok(now
+            .iter()
+            .zip(&self.base)
+            .zip(&self.units)
+            .map(|((n, b), u)| {
+                n.iter()
+                    .zip(b)
+                    .zip(u)
+                    .map(|((n, b), u)| ((n - b) * u) as f64)
+                    .sum()
+            })
+            .collect())
+    }
+}
+
+/// A copy of the adapters that records no autodiff graph.
+pub fn detach(lora: &Lora) -> Lora {
+    let mut l = lora.clone();
+    for t in l.tensors_mut() {
+        *t = t.clone().detach();
+    }
+    l
+}

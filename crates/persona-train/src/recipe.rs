@@ -1,0 +1,292 @@
+//! Training recipes: TOML files that hold every number that changes a result.
+//!
+//! Every struct rejects unknown keys, and no numeric field has a default: a
+//! recipe that omits one fails to parse with a message naming the key.
+//! [`Recipe::resolve`] then checks everything that can be checked before any
+//! weight is loaded (files exist, layers in range, vectors match the model).
+
+use std::path::{Path, PathBuf};
+
+use persona_model::{ModelConfig, ModelIdentity, Scaling, Target};
+use persona_vectors::VectorFile;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TrainError};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    pub run: RunSection,
+    pub model: ModelSection,
+    pub data: DataSection,
+    pub lora: LoraSection,
+    pub optim: OptimSection,
+    pub steering: SteeringSection,
+    pub monitor: MonitorSection,
+    /// How to extract the steering vector when its file does not exist yet.
+    #[serde(rename = "trait")]
+    pub trait_: Option<TraitSection>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TraitSection {
+    pub name: String,
+    /// Authored contrast pairs, JSONL of `{"question", "pos", "neg"}`.
+    pub pairs: PathBuf,
+    /// Sequences per extraction forward.
+    pub batch_size: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSection {
+    /// Run folder name under `<PERSONA_HOME>/runs/`.
+    pub name: String,
+    /// Seeds data order and adapter init.
+    pub seed: u64,
+    /// `cpu`, `cuda` or `wgpu`.
+    pub device: String,
+    /// Save a resumable checkpoint every this many optimizer steps (>= 1).
+    pub save_every: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// Cache name, `.gguf` path or HF directory.
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    /// JSONL of `{"messages": [...]}` chats; the last message is the assistant's response.
+    pub train: PathBuf,
+    /// Use at most this many examples (after shuffling with the seed); 0 = all.
+    pub max_examples: usize,
+    /// Examples longer than this (prompt + response tokens) are skipped and counted.
+    pub max_seq_len: usize,
+    /// Fraction of examples held out (not trained on) for evaluation, in [0, 1).
+    pub heldout_fraction: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraSection {
+    /// Rank r (>= 1). Paper: 32.
+    pub rank: usize,
+    /// Alpha. Paper: 64.
+    pub alpha: f64,
+    /// `rslora` (alpha/sqrt(r), the paper's) or `classic` (alpha/r).
+    pub scaling: Scaling,
+    /// Projections to adapt: any of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj.
+    pub targets: Vec<Target>,
+    /// Dropout on the LoRA branch input. Only 0.0 is implemented (the paper's value).
+    pub dropout: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimSection {
+    /// Peak learning rate (AdamW). Paper: 1e-5.
+    pub lr: f64,
+    /// AdamW decoupled weight decay. Paper: 0.01.
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Linear warm-up from 0, in optimizer steps; then linear decay to 0.
+    pub warmup_steps: usize,
+    /// Sequences per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step (effective batch = batch_size * grad_accum).
+    pub grad_accum: usize,
+    /// Global gradient-norm clip; 0 = no clipping.
+    pub max_grad_norm: f64,
+    pub epochs: usize,
+    /// Stop after this many optimizer steps; 0 = run all epochs.
+    pub max_steps: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SteerMode {
+    /// Add `coef * v_l` at every non-padding position (the vaccine).
+    Steer,
+    /// Remove the component along v̂_l (CAFT-like).
+    Ablate,
+    /// Plain fine-tuning.
+    None,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SteeringSection {
+    pub mode: SteerMode,
+    /// Persona-vector file (required unless mode = "none").
+    pub vector: Option<PathBuf>,
+    /// Vector variant: response_avg (recommended), prompt_avg, prompt_last.
+    pub variant: String,
+    /// Residual rows to steer (row l = output of block l-1).
+    pub layers: Vec<usize>,
+    /// Coefficient c of `h += c * v` (mode steer). Paper: 3-5 for one layer.
+    pub coef: f32,
+    /// Multi-layer steering with `v_l - v_(l-1)`.
+    pub incremental: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonitorSection {
+    /// Log the projection shift every this many optimizer steps (>= 1).
+    pub every: usize,
+    /// Residual rows whose shift is logged.
+    pub layers: Vec<usize>,
+    /// Traits to monitor; several can be watched at once.
+    pub traits: Vec<MonitoredTrait>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonitoredTrait {
+    pub name: String,
+    pub vector: PathBuf,
+    /// Monitor prompts: a text file with one user question per line.
+    pub questions: PathBuf,
+}
+
+impl Recipe {
+    /// Parses a recipe file (unknown keys and missing keys are errors).
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| TrainError::Recipe {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        toml::from_str(&text).map_err(|e| TrainError::Recipe {
+            path: path.to_path_buf(),
+            reason: e.to_string().trim().replace('\n', " "),
+        })
+    }
+
+    /// Checks everything that does not need the weights: numbers in range,
+    /// files present. Paths are relative to the working directory.
+    pub fn check_static(&self) -> Result<()> {
+        let key = |k: &str, reason: String| TrainError::RecipeKey {
+            key: k.into(),
+            reason,
+        };
+        let exists = |k: &str, p: &Path| {
+            if p.is_file() {
+                Ok(())
+            } else {
+                Err(key(k, format!("file {} does not exist", p.display())))
+            }
+        };
+        if self.run.name.is_empty()
+            || self.run.name.contains(['/', '\\'])
+            || self.run.name.starts_with('.')
+        {
+            return Err(key(
+                "run.name",
+                format!("`{}` is not a plain folder name", self.run.name),
+            ));
+        }
+        if self.run.save_every == 0 {
+            return Err(key("run.save_every", "must be at least 1".into()));
+        }
+        exists("data.train", &self.data.train)?;
+        if !(0.0..1.0).contains(&self.data.heldout_fraction) {
+            return Err(key("data.heldout_fraction", "must be in [0, 1)".into()));
+        }
+        if self.data.max_seq_len < 2 {
+            return Err(key("data.max_seq_len", "must be at least 2".into()));
+        }
+        if self.lora.rank == 0 {
+            return Err(key("lora.rank", "must be at least 1".into()));
+        }
+        if self.lora.targets.is_empty() {
+            return Err(key("lora.targets", "name at least one projection".into()));
+        }
+        if self.lora.dropout != 0.0 {
+            return Err(key(
+                "lora.dropout",
+                "only 0.0 is implemented (the paper's setting)".into(),
+            ));
+        }
+        let o = &self.optim;
+        if !(o.lr > 0.0 && o.lr.is_finite()) {
+            return Err(key("optim.lr", "must be a positive number".into()));
+        }
+        if o.batch_size == 0 || o.grad_accum == 0 || o.epochs == 0 {
+            return Err(key(
+                "optim",
+                "batch_size, grad_accum and epochs must be at least 1".into(),
+            ));
+        }
+        if !(0.0..1.0).contains(&o.beta1) || !(0.0..1.0).contains(&o.beta2) || o.eps <= 0.0 {
+            return Err(key(
+                "optim.beta1/beta2/eps",
+                "betas in [0, 1), eps > 0".into(),
+            ));
+        }
+        match self.steering.mode {
+            SteerMode::None => {}
+            _ => {
+                let v = self.steering.vector.as_ref().ok_or_else(|| {
+                    key("steering.vector", "required unless mode = \"none\"".into())
+                })?;
+                exists("steering.vector", v)?;
+                if self.steering.layers.is_empty() {
+                    return Err(key("steering.layers", "name at least one row".into()));
+                }
+            }
+        }
+        if self.monitor.every == 0 {
+            return Err(key("monitor.every", "must be at least 1".into()));
+        }
+        for (i, t) in self.monitor.traits.iter().enumerate() {
+            exists(&format!("monitor.traits[{i}].vector"), &t.vector)?;
+            exists(&format!("monitor.traits[{i}].questions"), &t.questions)?;
+        }
+        Ok(())
+    }
+
+    /// Checks the recipe against the model's config and identity (no weights
+    /// needed): rows in range, vectors from this model.
+    pub fn check_model(&self, cfg: &ModelConfig, id: &ModelIdentity) -> Result<()> {
+        let key = |k: &str, reason: String| TrainError::RecipeKey {
+            key: k.into(),
+            reason,
+        };
+        let in_range = |k: &str, rows: &[usize]| -> Result<()> {
+            match rows.iter().find(|&&r| r > cfg.n_layers) {
+                Some(r) => Err(key(
+                    k,
+                    format!(
+                        "row {r} is out of range: this model has rows 0..={} (row l = output of block l-1)",
+                        cfg.n_layers
+                    ),
+                )),
+                None => Ok(()),
+            }
+        };
+        in_range("steering.layers", &self.steering.layers)?;
+        in_range("monitor.layers", &self.monitor.layers)?;
+        if self.steering.incremental && self.steering.layers.contains(&0) {
+            return Err(key(
+                "steering.layers",
+                "incremental steering needs rows >= 1 (it uses v_l - v_(l-1))".into(),
+            ));
+        }
+        if let (Some(v), true) = (&self.steering.vector, self.steering.mode != SteerMode::None) {
+            let f = VectorFile::load(v)?;
+            f.check_model(cfg, id)?;
+            f.row(&self.steering.variant, 0)?;
+        }
+        for t in &self.monitor.traits {
+            VectorFile::load(&t.vector)?.check_model(cfg, id)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,482 @@
+//! The training loop: LoRA fine-tuning with preventative steering in the
+//! training forward only, the projection shift logged every few steps, and
+//! resumable checkpoints.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use indicatif::{ProgressBar, ProgressStyle};
+use persona_model::{
+    Batch, CaptureRequest, ForwardArgs, Logits, Lora, PadSide, Positions, Role, Sequence, Steering,
+};
+use persona_vectors::VectorFile;
+use serde::Serialize;
+
+use crate::checkpoint::{self, TrainerState};
+use crate::data::{Dataset, epoch_batches, load_dataset};
+use crate::error::{Result, TrainError};
+use crate::monitor::{TraitMonitor, detach};
+use crate::optim::{AdamW, Moments, global_norm, lr_at};
+use crate::recipe::{Recipe, SteerMode};
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct StepMetrics {
+    pub step: usize,
+    pub loss: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub tokens_per_s: f64,
+    /// `trait -> row -> shift`, on monitor steps only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shift: Option<std::collections::BTreeMap<String, std::collections::BTreeMap<String, f64>>>,
+}
+
+/// What a finished run reports.
+#[derive(Debug)]
+pub struct TrainOutcome {
+    pub run_dir: PathBuf,
+    pub steps: usize,
+    pub last_loss: f64,
+}
+
+/// The steering of the training forward, from the recipe.
+pub fn training_steering(recipe: &Recipe, device: &Device) -> Result<Vec<Steering>> {
+    let s = &recipe.steering;
+    if s.mode == SteerMode::None {
+        return Ok(vec![]);
+    }
+    let path = s.vector.as_ref().expect("checked by check_static");
+    let file = VectorFile::load(path)?;
+    let mut out = Vec::new();
+    for &row in &s.layers {
+        let v = file.row(&s.variant, row)?;
+        let v: Vec<f32> = if s.incremental {
+            let prev = file.row(&s.variant, row - 1)?;
+            v.iter().zip(prev).map(|(a, b)| a - b).collect()
+        } else {
+            v.to_vec()
+        };
+        out.push(match s.mode {
+            SteerMode::Steer => Steering::add(row, &v, s.coef, Positions::All, device),
+            SteerMode::Ablate => Steering::ablate(row, &v, Positions::All, device)?,
+            SteerMode::None => unreachable!(),
+        });
+    }
+    Ok(out)
+}
+
+/// Next-token targets and loss weights of a right-padded batch: position `s`
+/// predicts token `s + 1` and counts only when that token is a response
+/// token. Returns `(targets [n], weights [n], count)` row-major `[b, s]`.
+pub fn loss_targets(batch: &Batch) -> (Vec<i64>, Vec<f32>, usize) {
+    let (b_n, s_n) = (batch.n_rows, batch.seq_len);
+    let mut targets = vec![0i64; b_n * s_n];
+    let mut weights = vec![0f32; b_n * s_n];
+    let mut count = 0;
+    for b in 0..b_n {
+        for s in 0..s_n.saturating_sub(1) {
+            let next = b * s_n + s + 1;
+            if batch.roles[next] == Role::Response {
+                targets[b * s_n + s] = batch.ids[next] as i64;
+                weights[b * s_n + s] = 1.0;
+                count += 1;
+            }
+        }
+    }
+    (targets, weights, count)
+}
+
+/// Sum over response targets of the negative log-likelihood, divided by `denom`.
+///
+/// # Shapes
+/// `logits`: `[b, s, vocab]`
+fn masked_nll(logits: Tensor<3>, batch: &Batch, denom: usize, device: &Device) -> Tensor<1> {
+    let (b_n, s_n) = (batch.n_rows, batch.seq_len);
+    let (targets, weights, _) = loss_targets(batch);
+    let targets = Tensor::<3, Int>::from_data(TensorData::new(targets, [b_n, s_n, 1]), device);
+    let weights = Tensor::<3>::from_data(TensorData::new(weights, [b_n, s_n, 1]), device);
+    let logp = log_softmax(logits, 2).gather(2, targets); // # (b, s, 1)
+    (logp * weights).sum().neg().div_scalar(denom.max(1) as f64)
+}
+
+/// The micro-batches of the whole run in order (epoch after epoch).
+fn schedule(data: &Dataset, recipe: &Recipe) -> Vec<Vec<usize>> {
+    let lengths: Vec<usize> = data
+        .train
+        .iter()
+        .map(|s| s.prompt.len() + s.response.len())
+        .collect();
+    (0..recipe.optim.epochs)
+        .flat_map(|e| epoch_batches(&lengths, recipe.optim.batch_size, recipe.run.seed, e))
+        .collect()
+}
+
+fn sha256_file(path: &Path) -> Result<String> {
+    persona_model::weights::sha256_files(&[path.to_path_buf()]).map_err(Into::into)
+}
+
+fn git_revision() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Runs (or, with `resume`, continues) the recipe's training run.
+pub fn train(recipe_path: &Path, resume: bool, show_progress: bool) -> Result<TrainOutcome> {
+    let recipe = Recipe::load(recipe_path)?;
+    ensure_steering_vector(&recipe, show_progress)?;
+    recipe.check_static()?;
+    let (cfg, identity) = persona_model::inspect(&recipe.model.name)?;
+    recipe.check_model(&cfg, &identity)?;
+
+    let run_dir = persona_model::persona_home()
+        .join("runs")
+        .join(&recipe.run.name);
+    let has_checkpoint =
+        run_dir.join("checkpoint").exists() || run_dir.join("checkpoint.old").exists();
+    if resume && !has_checkpoint {
+        return Err(TrainError::Checkpoint {
+            path: run_dir,
+            reason: "no checkpoint to resume from".into(),
+        });
+    }
+    if !resume && run_dir.exists() {
+        return Err(TrainError::RunExists { path: run_dir });
+    }
+    std::fs::create_dir_all(&run_dir).map_err(|e| crate::error::io(&run_dir, e))?;
+
+    let device = persona_model::parse_device(&recipe.run.device)?.autodiff();
+    let loaded = persona_model::load(&recipe.model.name, &device)?;
+    let (model, codec) = (&loaded.model, &loaded.codec);
+    let data = load_dataset(
+        &recipe.data.train,
+        codec,
+        recipe.run.seed,
+        recipe.data.max_examples,
+        recipe.data.max_seq_len,
+        recipe.data.heldout_fraction,
+    )?;
+    let steering = training_steering(&recipe, &device)?;
+    let monitors = recipe
+        .monitor
+        .traits
+        .iter()
+        .map(|t| {
+            TraitMonitor::new(
+                &t.name,
+                &VectorFile::load(&t.vector)?,
+                &t.questions,
+                &recipe.monitor.layers,
+                model,
+                codec,
+            )
+        })
+        .collect::<Result<Vec<_>>>()?;
+
+    let micro = schedule(&data, &recipe);
+    let accum = recipe.optim.grad_accum;
+    let mut total_steps = micro.len().div_ceil(accum);
+    if recipe.optim.max_steps > 0 {
+        total_steps = total_steps.min(recipe.optim.max_steps);
+    }
+
+    let mut lora = Lora::init(
+        &cfg,
+        &recipe.lora.targets,
+        recipe.lora.rank,
+        recipe.lora.alpha,
+        recipe.lora.scaling,
+        recipe.run.seed,
+        &device,
+    )?;
+    let (mut moments, mut state) = if resume {
+        checkpoint::load(&run_dir, &mut lora, &device)?
+    } else {
+        let moments = lora
+            .named_tensors()
+            .into_iter()
+            .map(|(_, t)| Moments {
+                m: t.clone().zeros_like(),
+                v: t.clone().zeros_like(),
+            })
+            .collect();
+        (
+            moments,
+            TrainerState {
+                step: 0,
+                total_steps,
+                tokens_seen: 0,
+            },
+        )
+    };
+    if state.total_steps != total_steps {
+        return Err(TrainError::Checkpoint {
+            path: run_dir,
+            reason: format!(
+                "checkpoint was made for {} steps, the recipe gives {total_steps}",
+                state.total_steps
+            ),
+        });
+    }
+
+    // Provenance and the resolved recipe, beside the run (first start only).
+    if !resume {
+        write_provenance(&run_dir, &recipe, &identity, &data)?;
+        std::fs::write(run_dir.join("metrics.jsonl"), "")
+            .map_err(|e| crate::error::io(&run_dir, e))?;
+        checkpoint::save(&run_dir, &lora, &moments, &state, &recipe.model.name)?;
+    } else {
+        truncate_metrics(&run_dir.join("metrics.jsonl"), state.step)?;
+    }
+    let mut metrics_file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(run_dir.join("metrics.jsonl"))
+        .map_err(|e| crate::error::io(&run_dir, e))?;
+
+    let bar = if show_progress {
+        let b = ProgressBar::new(total_steps as u64);
+        b.set_style(
+            ProgressStyle::with_template("{bar:30} step {pos}/{len} {msg} [{elapsed} < {eta}]")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        b.set_position(state.step as u64);
+        b
+    } else {
+        ProgressBar::hidden()
+    };
+
+    let opt = AdamW {
+        beta1: recipe.optim.beta1,
+        beta2: recipe.optim.beta2,
+        eps: recipe.optim.eps,
+        weight_decay: recipe.optim.weight_decay,
+    };
+    let none = CaptureRequest::none();
+    let mut last_loss = f64::NAN;
+    for t in lora.tensors_mut() {
+        *t = t.clone().require_grad();
+    }
+    while state.step < total_steps {
+        let started = Instant::now();
+        let step = state.step;
+        let batches: Vec<Batch> = micro[step * accum..((step + 1) * accum).min(micro.len())]
+            .iter()
+            .map(|idx| {
+                let rows: Vec<Sequence> = idx.iter().map(|&i| data.train[i].clone()).collect();
+                Batch::new(&rows, PadSide::Right, codec.pad_id)
+            })
+            .collect::<persona_model::Result<_>>()?;
+        let denom: usize = batches.iter().map(|b| loss_targets(b).2).sum();
+        let tokens: usize = batches
+            .iter()
+            .map(|b| b.roles.iter().filter(|r| **r != Role::Pad).count())
+            .sum();
+        let mut grads_sum: Option<Vec<Tensor<2>>> = None;
+        let mut loss_sum = 0.0;
+        for batch in &batches {
+            let out = model.forward(
+                batch,
+                ForwardArgs {
+                    cache: None,
+                    steering: &steering,
+                    capture: &none,
+                    logits: Logits::All,
+                    lora: Some(&lora),
+                },
+            )?;
+            let loss = masked_nll(out.logits.expect("asked for logits"), batch, denom, &device);
+            let grads = loss.backward();
+            loss_sum += loss.into_scalar::<f32>() as f64;
+            let g: Vec<Tensor<2>> = lora
+                .named_tensors()
+                .into_iter()
+                .map(|(_, p)| {
+                    p.grad(&grads)
+                        .unwrap_or_else(|| p.clone().detach().zeros_like())
+                })
+                .collect();
+            grads_sum = Some(match grads_sum {
+                None => g,
+                Some(acc) => acc.into_iter().zip(g).map(|(a, b)| a + b).collect(),
+            });
+        }
+        if !loss_sum.is_finite() {
+            return Err(TrainError::NonFinite {
+                value: loss_sum as f32,
+                step,
+                dir: run_dir.join("checkpoint"),
+            });
+        }
+        let mut grads = grads_sum.expect("at least one micro-batch");
+        let grad_norm = global_norm(&grads);
+        if recipe.optim.max_grad_norm > 0.0 && grad_norm > recipe.optim.max_grad_norm {
+            let scale = recipe.optim.max_grad_norm / (grad_norm + 1e-6);
+            grads = grads.into_iter().map(|g| g.mul_scalar(scale)).collect();
+        }
+        let lr = lr_at(
+            recipe.optim.lr,
+            step,
+            recipe.optim.warmup_steps,
+            total_steps,
+        );
+        for ((p, g), m) in lora
+            .tensors_mut()
+            .into_iter()
+            .zip(grads)
+            .zip(moments.iter_mut())
+        {
+            *p = opt
+                .update(p.clone().detach(), g, m, lr, step + 1)
+                .detach()
+                .require_grad();
+        }
+        state.step += 1;
+        state.tokens_seen += tokens as u64;
+        last_loss = loss_sum;
+
+        let shift =
+            if state.step % recipe.monitor.every == 0 || state.step == total_steps || step == 0 {
+                let mut all = std::collections::BTreeMap::new();
+                for mon in &monitors {
+                    let s = mon.shifts(model, &lora)?;
+                    all.insert(
+                        mon.name.clone(),
+                        mon.rows
+                            .iter()
+                            .zip(s)
+                            .map(|(r, v)| (r.to_string(), v))
+                            .collect(),
+                    );
+                }
+                Some(all)
+            } else {
+                None
+            };
+        let secs = started.elapsed().as_secs_f64();
+        let line = StepMetrics {
+            step: state.step,
+            loss: loss_sum,
+            lr,
+            grad_norm,
+            tokens_per_s: tokens as f64 / secs,
+            shift,
+        };
+        let shift_msg = line
+            .shift
+            .as_ref()
+            .and_then(|s| s.iter().next())
+            .and_then(|(name, rows)| {
+                rows.iter()
+                    .next()
+                    .map(|(r, v)| format!(" shift[{name}@{r}] {v:+.3}"))
+            })
+            .unwrap_or_default();
+        bar.set_message(format!("loss {loss_sum:.4}{shift_msg}"));
+        bar.set_position(state.step as u64);
+        let json = serde_json::to_string(&line).map_err(|e| crate::error::io(&run_dir, e))?;
+        writeln!(metrics_file, "{json}").map_err(|e| crate::error::io(&run_dir, e))?;
+        if state.step % recipe.run.save_every == 0 || state.step == total_steps {
+            let detached = detach(&lora);
+            checkpoint::save(&run_dir, &detached, &moments, &state, &recipe.model.name)?;
+        }
+    }
+    bar.finish();
+    checkpoint::write_adapter(&run_dir.join("adapter"), &detach(&lora), &recipe.model.name)?;
+    Ok(TrainOutcome {
+        run_dir,
+        steps: state.step,
+        last_loss,
+    })
+}
+
+/// Extracts the recipe's steering vector from its `[trait]` pairs when the
+/// vector file does not exist yet (so a recipe works on a fresh machine).
+pub fn ensure_steering_vector(recipe: &Recipe, show_progress: bool) -> Result<()> {
+    let Some(path) = recipe.steering.vector.as_ref().filter(|p| !p.exists()) else {
+        return Ok(());
+    };
+    if recipe.steering.mode == SteerMode::None {
+        return Ok(());
+    }
+    let Some(t) = &recipe.trait_ else {
+        return Err(TrainError::RecipeKey {
+            key: "steering.vector".into(),
+            reason: format!(
+                "{} does not exist and the recipe has no [trait] section to extract it from",
+                path.display()
+            ),
+        });
+    };
+    let pairs = persona_vectors::extract::read_pairs(&t.pairs)?;
+    let device = persona_model::parse_device(&recipe.run.device)?;
+    let loaded = persona_model::load(&recipe.model.name, &device)?;
+    let bar = if show_progress {
+        ProgressBar::new(2 * pairs.len() as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_message(format!("extracting {} vector", t.name));
+    let file = persona_vectors::extract::extract_authored(
+        &loaded.model,
+        &loaded.codec,
+        &loaded.identity,
+        &t.name,
+        &pairs,
+        t.batch_size,
+        |k| bar.set_position(k as u64),
+    )?;
+    bar.finish_and_clear();
+    file.save(path)?;
+    Ok(())
+}
+
+/// Keeps the first `steps` lines of the metrics (a resumed run re-logs the rest).
+fn truncate_metrics(path: &Path, steps: usize) -> Result<()> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let kept: Vec<&str> = text.lines().take(steps).collect();
+    let mut out = kept.join("\n");
+    if !out.is_empty() {
+        out.push('\n');
+    }
+    std::fs::write(path, out).map_err(|e| crate::error::io(path, e))
+}
+
+fn write_provenance(
+    run_dir: &Path,
+    recipe: &Recipe,
+    identity: &persona_model::ModelIdentity,
+    data: &Dataset,
+) -> Result<()> {
+    let mut vectors = serde_json::Map::new();
+    if let Some(v) = &recipe.steering.vector {
+        vectors.insert(v.display().to_string(), sha256_file(v)?.into());
+    }
+    for t in &recipe.monitor.traits {
+        vectors.insert(
+            t.vector.display().to_string(),
+            sha256_file(&t.vector)?.into(),
+        );
+    }
+    let prov = serde_json::json!({
+        "git_revision": git_revision(),
+        "model": identity,
+        "dataset": {"path": recipe.data.train, "sha256": sha256_file(&recipe.data.train)?,
+                    "train_examples": data.train.len(), "heldout_examples": data.heldout.len(),
+                    "skipped_too_long": data.skipped_too_long},
+        "vectors": vectors,
+        "seed": recipe.run.seed,
+    });
+    let text = serde_json::to_string_pretty(&prov).map_err(|e| crate::error::io(run_dir, e))?;
+    persona_model::load::write_atomic(&run_dir.join("provenance.json"), text.as_bytes())?;
+    let resolved = toml::to_string_pretty(recipe).map_err(|e| crate::error::io(run_dir, e))?;
+    persona_model::load::write_atomic(&run_dir.join("recipe.toml"), resolved.as_bytes())?;
+    Ok(())
+}
