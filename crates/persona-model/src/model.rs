@@ -391,11 +391,11 @@ impl Model {
         // Repeated for the query heads that share a KV head (see `block`).
         let rep = cfg.n_heads / cfg.n_kv_heads;
         let mut mask = vec![false; b_n * rep * s_n * total];
-        for b in 0..b_n {
+        for (b, valid) in key_valid.iter().enumerate() {
             for q in 0..s_n {
                 let qa = past + q;
                 let row: Vec<bool> = (0..total)
-                    .map(|k| k > qa || (!key_valid[b][k] && k != qa))
+                    .map(|k| k > qa || (!valid[k] && k != qa))
                     .collect();
                 for r in 0..rep {
                     let at = ((b * rep + r) * s_n + q) * total;

@@ -61,7 +61,7 @@ impl GgmlType {
 
     /// Bytes taken by `n` values, or `None` when `n` is not a whole number of blocks.
     pub fn n_bytes(self, n: usize) -> Option<usize> {
-        let blocks = |size: usize| (n % BLOCK == 0).then_some(n / BLOCK * size);
+        let blocks = |size: usize| n.is_multiple_of(BLOCK).then_some(n / BLOCK * size);
         match self {
             Self::F32 => Some(n * 4),
             Self::F16 | Self::BF16 => Some(n * 2),

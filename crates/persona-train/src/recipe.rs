@@ -183,6 +183,26 @@ impl Recipe {
                 Err(key(k, format!("file {} does not exist", p.display())))
             }
         };
+        if let Some(t) = &self.trait_ {
+            exists("trait.pairs", &t.pairs)?;
+            if t.batch_size == 0 {
+                return Err(key("trait.batch_size", "must be at least 1".into()));
+            }
+        }
+        // A vector that `[trait]` will extract before training may be missing now.
+        let vector_ok = |k: &str, p: &Path| -> Result<()> {
+            if p.is_file() || self.extracts(p) {
+                Ok(())
+            } else {
+                Err(key(
+                    k,
+                    format!(
+                        "file {} does not exist (extract it with `persona extract`, or add a [trait] section)",
+                        p.display()
+                    ),
+                ))
+            }
+        };
         if self.run.name.is_empty()
             || self.run.name.contains(['/', '\\'])
             || self.run.name.starts_with('.')
@@ -236,7 +256,7 @@ impl Recipe {
                 let v = self.steering.vector.as_ref().ok_or_else(|| {
                     key("steering.vector", "required unless mode = \"none\"".into())
                 })?;
-                exists("steering.vector", v)?;
+                vector_ok("steering.vector", v)?;
                 if self.steering.layers.is_empty() {
                     return Err(key("steering.layers", "name at least one row".into()));
                 }
@@ -246,7 +266,7 @@ impl Recipe {
             return Err(key("monitor.every", "must be at least 1".into()));
         }
         for (i, t) in self.monitor.traits.iter().enumerate() {
-            exists(&format!("monitor.traits[{i}].vector"), &t.vector)?;
+            vector_ok(&format!("monitor.traits[{i}].vector"), &t.vector)?;
             exists(&format!("monitor.traits[{i}].questions"), &t.questions)?;
         }
         Ok(())
@@ -279,14 +299,24 @@ impl Recipe {
                 "incremental steering needs rows >= 1 (it uses v_l - v_(l-1))".into(),
             ));
         }
-        if let (Some(v), true) = (&self.steering.vector, self.steering.mode != SteerMode::None) {
+        if let (Some(v), true) = (&self.steering.vector, self.steering.mode != SteerMode::None)
+            && v.exists()
+        {
             let f = VectorFile::load(v)?;
             f.check_model(cfg, id)?;
             f.row(&self.steering.variant, 0)?;
         }
-        for t in &self.monitor.traits {
+        for t in self.monitor.traits.iter().filter(|t| t.vector.exists()) {
             VectorFile::load(&t.vector)?.check_model(cfg, id)?;
         }
         Ok(())
+    }
+
+    /// Whether `path` is the steering vector that the `[trait]` section
+    /// extracts when it is missing.
+    pub fn extracts(&self, path: &Path) -> bool {
+        self.trait_.is_some()
+            && self.steering.mode != SteerMode::None
+            && self.steering.vector.as_deref() == Some(path)
     }
 }

@@ -1,0 +1,263 @@
+//! The vaccine end to end on the embedded model: the smoke recipe, resume
+//! after a kill, recipe validation, and every shipped recipe resolving.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use persona_train::Recipe;
+use persona_train::trainer::StepMetrics;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A PERSONA_HOME in a temporary folder that shares the real model cache.
+fn temp_home() -> tempfile::TempDir {
+    let home = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(
+        repo().join("checkpoints/models").canonicalize().unwrap(),
+        home.path().join("models"),
+    )
+    .unwrap();
+    home
+}
+
+/// The smoke recipe with its run name, vector path and a few keys changed.
+fn smoke_recipe(home: &Path, name: &str, edit: impl FnOnce(&mut toml::Table)) -> PathBuf {
+    let text = std::fs::read_to_string(repo().join("recipes/smoke.toml")).unwrap();
+    let mut t: toml::Table = toml::from_str(&text).unwrap();
+    let vector = home.join("vectors/smoke.safetensors").display().to_string();
+    t["run"]["name"] = name.into();
+    t["steering"]["vector"] = vector.clone().into();
+    t["monitor"]["traits"][0]["vector"] = vector.into();
+    edit(&mut t);
+    let p = home.join(format!("{name}.toml"));
+    std::fs::write(&p, toml::to_string(&t).unwrap()).unwrap();
+    p
+}
+
+fn persona(home: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_persona"));
+    c.env("PERSONA_HOME", home).current_dir(repo());
+    c
+}
+
+fn metrics(run: &Path) -> Vec<StepMetrics> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn smoke_recipe_trains_logs_shift_and_resumes_bit_identically_after_a_kill() {
+    let home = temp_home();
+    let recipe = smoke_recipe(home.path(), "full", |t| t["run"]["save_every"] = 1.into());
+    let out = persona(home.path())
+        .args(["train", recipe.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = home.path().join("runs/full");
+    let m = metrics(&run);
+    assert_eq!(
+        m.iter().map(|s| s.step).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4]
+    );
+    assert!(
+        m.iter()
+            .all(|s| s.loss.is_finite() && s.grad_norm > 0.0 && s.tokens_per_s > 0.0)
+    );
+    // Step 1 runs at lr 0 (warm-up), so the adapters are still zero-effect:
+    // a shift of exactly 0 shows the training steering (coef 4) never
+    // reaches the monitor pass.
+    let shift = |s: &StepMetrics| s.shift.as_ref().unwrap()["sycophantic"]["15"];
+    assert_eq!(shift(&m[0]), 0.0);
+    assert!(
+        shift(&m[3]).abs() > 1e-3,
+        "training must move the projection"
+    );
+    let cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.join("adapter/adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(cfg["use_rslora"], true);
+    assert_eq!(cfg["r"], 4);
+    for f in [
+        "provenance.json",
+        "recipe.toml",
+        "adapter/adapter_model.safetensors",
+        "checkpoint/resume.safetensors",
+    ] {
+        assert!(run.join(f).is_file(), "{f}");
+    }
+    let prov: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("provenance.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        prov["model"]["sha256"],
+        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+    );
+
+    // The same run, killed once a checkpoint of step >= 2 exists, then resumed.
+    let recipe = smoke_recipe(home.path(), "killed", |t| t["run"]["save_every"] = 1.into());
+    let killed = home.path().join("runs/killed");
+    let mut child = persona(home.path())
+        .args(["train", recipe.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let state = killed.join("checkpoint/trainer_state.json");
+    let start = Instant::now();
+    loop {
+        let step = std::fs::read_to_string(&state)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["step"].as_u64())
+            .unwrap_or(0);
+        if step >= 2 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "no checkpoint appeared"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let again = persona(home.path())
+        .args(["train", recipe.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        !again.status.success(),
+        "restarting without --resume must refuse"
+    );
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
+    let out = persona(home.path())
+        .args(["train", recipe.to_str().unwrap(), "--resume"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let a = std::fs::read(run.join("adapter/adapter_model.safetensors")).unwrap();
+    let b = std::fs::read(killed.join("adapter/adapter_model.safetensors")).unwrap();
+    assert!(a == b, "resumed adapters differ from the uninterrupted run");
+    let (ma, mb) = (metrics(&run), metrics(&killed));
+    assert_eq!(ma.len(), mb.len());
+    for (x, y) in ma.iter().zip(&mb) {
+        assert_eq!(
+            (x.step, x.loss, x.grad_norm, &x.shift),
+            (y.step, y.loss, y.grad_norm, &y.shift)
+        );
+    }
+}
+
+fn check(recipe: &Path) -> Result<(), String> {
+    let r = Recipe::load(recipe).map_err(|e| e.to_string())?;
+    r.check_static().map_err(|e| e.to_string())?;
+    let (cfg, id) = persona_model::inspect(&r.model.name).map_err(|e| e.to_string())?;
+    r.check_model(&cfg, &id).map_err(|e| e.to_string())
+}
+
+#[test]
+fn every_shipped_recipe_resolves() {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "toml") {
+                out.push(p);
+            }
+        }
+    }
+    let mut recipes = Vec::new();
+    walk(&repo().join("recipes"), &mut recipes);
+    assert!(!recipes.is_empty());
+    std::env::set_current_dir(repo()).unwrap();
+    for r in recipes {
+        check(&r).unwrap_or_else(|e| panic!("{}: {e}", r.display()));
+    }
+}
+
+#[test]
+fn bad_recipes_fail_with_errors_naming_the_key() {
+    std::env::set_current_dir(repo()).unwrap();
+    let home = temp_home();
+    type Edit = Box<dyn FnOnce(&mut toml::Table)>;
+    let cases: Vec<(&str, Edit, &str)> = vec![
+        (
+            "unknown-key",
+            Box::new(|t| {
+                t["optim"]
+                    .as_table_mut()
+                    .unwrap()
+                    .insert("learning_rate".into(), 0.1.into());
+            }),
+            "unknown field `learning_rate`",
+        ),
+        (
+            "missing-key",
+            Box::new(|t| {
+                t["lora"].as_table_mut().unwrap().remove("rank");
+            }),
+            "missing field `rank`",
+        ),
+        (
+            "wrong-layer",
+            Box::new(|t| t["steering"]["layers"] = toml::Value::Array(vec![31.into()])),
+            "row 31 is out of range",
+        ),
+        (
+            "missing-dataset",
+            Box::new(|t| t["data"]["train"] = "datasets/nope.jsonl".into()),
+            "data.train",
+        ),
+        (
+            "no-vector",
+            Box::new(|t| {
+                t.remove("trait");
+            }),
+            "steering.vector",
+        ),
+    ];
+    for (name, edit, want) in cases {
+        let p = smoke_recipe(home.path(), name, edit);
+        let e = check(&p).expect_err(name);
+        assert!(e.contains(want), "{name}: {e}");
+    }
+    // A vector of the wrong width (made for another model) is refused before training.
+    let tiny = persona_model::testing::tiny_config();
+    let mut f = persona_vectors::VectorFile::new(persona_vectors::VectorMeta {
+        format_version: persona_vectors::file::FORMAT_VERSION,
+        row_convention: persona_vectors::file::ROW_CONVENTION.into(),
+        model_name: "tiny".into(),
+        model_sha256: "x".into(),
+        d_model: tiny.d_model,
+        n_layers: tiny.n_layers,
+        extra: serde_json::Value::Null,
+    });
+    f.variants.insert(
+        "response_avg".into(),
+        vec![0.0; (tiny.n_layers + 1) * tiny.d_model],
+    );
+    let v = home.path().join("vectors/smoke.safetensors");
+    f.save(&v).unwrap();
+    let p = smoke_recipe(home.path(), "wrong-width", |t| {
+        t["steering"]["layers"] = toml::Value::Array(vec![2.into()])
+    });
+    let e = check(&p).unwrap_err();
+    assert!(e.contains("another model"), "{e}");
+}
