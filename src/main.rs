@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
+use burn::tensor::Device;
 use clap::{Parser, Subcommand, ValueEnum};
 use persona_model::{
     DEFAULT_MODEL, GenerateOptions, Message, Positions, Sampling, Steering, generate, load_host,
@@ -105,6 +106,17 @@ enum Command {
         #[arg(long, default_value = "cpu")]
         device: String,
     },
+    /// Fold LoRA adapters into the base weights and write an HF directory.
+    Merge {
+        /// A run folder (uses its `adapter/`) or an adapter folder (PEFT layout).
+        adapter: PathBuf,
+        /// The base model the adapters were trained on.
+        #[arg(long, default_value = DEFAULT_MODEL)]
+        model: String,
+        /// Output directory (must not exist or be empty).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Describe a model: architecture, sizes, dtype, chat template.
     Info {
         #[arg(default_value = DEFAULT_MODEL)]
@@ -121,6 +133,20 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn ensure_empty(out: &std::path::Path) -> Result<()> {
+    if out.exists()
+        && std::fs::read_dir(out)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
+        bail!(
+            "{} exists and is not empty; choose a new directory",
+            out.display()
+        );
+    }
+    Ok(())
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -255,17 +281,32 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Merge {
+            adapter,
+            model,
+            out,
+        } => {
+            ensure_empty(&out)?;
+            let dir = if adapter.join("adapter").is_dir() {
+                adapter.join("adapter")
+            } else {
+                adapter
+            };
+            let mut host = load_host(&model).with_context(|| format!("loading model `{model}`"))?;
+            let lora =
+                persona_train::checkpoint::read_adapter(&dir, &host.config, &Device::flex())?;
+            lora.merge_into(&mut host.weights)?;
+            host.write_hf_dir(&out)?;
+            println!(
+                "merged {} into {}; wrote {}",
+                dir.display(),
+                model,
+                out.display()
+            );
+            Ok(())
+        }
         Command::Convert { model, out } => {
-            if out.exists()
-                && std::fs::read_dir(&out)
-                    .map(|mut d| d.next().is_some())
-                    .unwrap_or(true)
-            {
-                bail!(
-                    "{} exists and is not empty; choose a new directory",
-                    out.display()
-                );
-            }
+            ensure_empty(&out)?;
             let host = load_host(&model).with_context(|| format!("loading model `{model}`"))?;
             host.write_hf_dir(&out)?;
             println!(

@@ -261,3 +261,107 @@ fn bad_recipes_fail_with_errors_naming_the_key() {
     let e = check(&p).unwrap_err();
     assert!(e.contains("another model"), "{e}");
 }
+
+#[test]
+fn merge_folds_adapters_into_weights() {
+    use burn::tensor::{Device, Tensor, TensorData};
+    use persona_model::{Batch, ForwardArgs, Logits, PadSide, Scaling, Sequence, Target};
+    let m = persona_model::load(persona_model::DEFAULT_MODEL, &Device::flex()).unwrap();
+    let mut lora = persona_model::Lora::init(
+        &m.model.config,
+        &[Target::V, Target::Down],
+        2,
+        4.0,
+        Scaling::Rslora,
+        1,
+        &Device::flex(),
+    )
+    .unwrap();
+    for (i, t) in lora.tensors_mut().into_iter().enumerate() {
+        if i % 2 == 1 {
+            let [r, c] = t.dims();
+            let data: Vec<f32> = (0..r * c)
+                .map(|k| ((k + i) as f32 * 0.71).sin() * 0.02)
+                .collect();
+            *t = Tensor::from_data(TensorData::new(data, [r, c]), &Device::flex());
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    persona_train::checkpoint::write_adapter(
+        &dir.path().join("adapter"),
+        &lora,
+        "smollm2-135m-instruct",
+    )
+    .unwrap();
+    let out = dir.path().join("merged");
+    let res = Command::new(env!("CARGO_BIN_EXE_persona"))
+        .current_dir(repo())
+        .args([
+            "merge",
+            dir.path().to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let merged = persona_model::load(out.to_str().unwrap(), &Device::flex()).unwrap();
+    let ids = m
+        .codec
+        .encode(
+            &m.codec
+                .render(&[persona_model::Message::user("Hello there")], true)
+                .unwrap(),
+        )
+        .unwrap();
+    let batch = Batch::new(
+        &[Sequence {
+            prompt: ids,
+            response: vec![],
+        }],
+        PadSide::Left,
+        m.codec.pad_id,
+    )
+    .unwrap();
+    let none = persona_model::CaptureRequest::none();
+    let a = m
+        .model
+        .forward(
+            &batch,
+            ForwardArgs {
+                cache: None,
+                steering: &[],
+                capture: &none,
+                logits: Logits::Last,
+                lora: Some(&lora),
+            },
+        )
+        .unwrap()
+        .logits
+        .unwrap();
+    let base = m
+        .model
+        .forward(&batch, ForwardArgs::plain())
+        .unwrap()
+        .logits
+        .unwrap();
+    let b = merged
+        .model
+        .forward(&batch, ForwardArgs::plain())
+        .unwrap()
+        .logits
+        .unwrap();
+    let b_last = b.clone().narrow(1, b.dims()[1] - 1, 1);
+    let base_last = base.clone().narrow(1, base.dims()[1] - 1, 1);
+    let diff = (a.clone() - b_last).abs().max().into_scalar::<f32>();
+    let moved = (a - base_last).abs().max().into_scalar::<f32>();
+    assert!(
+        moved > 1e-2,
+        "the adapters must change the logits ({moved})"
+    );
+    assert!(diff < 1e-3, "merged vs unmerged: {diff}");
+}

@@ -75,6 +75,30 @@ pub fn write_adapter(dir: &Path, lora: &Lora, base_model: &str) -> Result<()> {
     Ok(())
 }
 
+/// Reads adapters written by [`write_adapter`] (or by PEFT, for the
+/// projections this runtime knows) from `dir`.
+pub fn read_adapter(dir: &Path, cfg: &persona_model::ModelConfig, device: &Device) -> Result<Lora> {
+    let cfg_path = dir.join("adapter_config.json");
+    let text = std::fs::read_to_string(&cfg_path).map_err(|e| ck_err(&cfg_path, e))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ck_err(&cfg_path, e))?;
+    let rank = v["r"]
+        .as_u64()
+        .ok_or_else(|| ck_err(&cfg_path, "no integer `r`"))? as usize;
+    let alpha = v["lora_alpha"]
+        .as_f64()
+        .ok_or_else(|| ck_err(&cfg_path, "no `lora_alpha`"))?;
+    let scaling = if v["use_rslora"].as_bool().unwrap_or(false) {
+        persona_model::Scaling::Rslora
+    } else {
+        persona_model::Scaling::Classic
+    };
+    let (weights, _) =
+        persona_model::weights::from_safetensors_file(&dir.join("adapter_model.safetensors"))?;
+    Ok(Lora::from_peft(
+        cfg, &weights, rank, alpha, scaling, device,
+    )?)
+}
+
 /// Saves a resumable checkpoint to `<run>/checkpoint/`.
 pub fn save(
     run: &Path,
