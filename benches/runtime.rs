@@ -107,5 +107,80 @@ fn main() {
             n as f64 / secs
         );
     }
+    if want("train") {
+        train_bench();
+    }
     println!("peak RSS: {:.0} MB", peak_rss_mb());
+}
+
+/// LoRA r16 on all seven projections, batch 8 x 128 (64 prompt + 64
+/// response tokens per row), preventative steering at row 15, AdamW:
+/// tokens/s of full optimizer steps (forward, backward, update).
+fn train_bench() {
+    use persona_model::{Lora, Positions, Scaling, Steering, Target};
+    use persona_train::optim::{AdamW, Moments};
+    use persona_train::trainer::{clip, loss_and_grads};
+    let device = Device::flex().autodiff();
+    let m = load(DEFAULT_MODEL, &device).expect("run `just fetch-model` first");
+    let cfg = &m.model.config;
+    let mut lora = Lora::init(cfg, &Target::ALL, 16, 32.0, Scaling::Rslora, 0, &device).unwrap();
+    for t in lora.tensors_mut() {
+        *t = t.clone().require_grad();
+    }
+    let mut moments: Vec<Moments> = lora
+        .named_tensors()
+        .into_iter()
+        .map(|(_, t)| Moments {
+            m: t.clone().detach().zeros_like(),
+            v: t.clone().detach().zeros_like(),
+        })
+        .collect();
+    let v: Vec<f32> = (0..cfg.d_model).map(|i| (i as f32 * 0.1).sin()).collect();
+    let steering = [Steering::add(15, &v, 4.0, Positions::All, &device)];
+    let rows: Vec<Sequence> = (0..8)
+        .map(|s| Sequence {
+            prompt: prompt(64, s),
+            response: prompt(64, s + 100),
+        })
+        .collect();
+    let batch = Batch::new(&rows, PadSide::Right, m.codec.pad_id).unwrap();
+    let opt = AdamW {
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.01,
+    };
+    let mut step = |t: usize| {
+        let (_, grads) = loss_and_grads(
+            &m.model,
+            &lora,
+            std::slice::from_ref(&batch),
+            &steering,
+            &device,
+        )
+        .unwrap();
+        let (grads, _) = clip(grads, 1.0);
+        for ((p, g), mo) in lora
+            .tensors_mut()
+            .into_iter()
+            .zip(grads)
+            .zip(moments.iter_mut())
+        {
+            *p = opt
+                .update(p.clone().detach(), g, mo, 1e-4, t)
+                .detach()
+                .require_grad();
+        }
+    };
+    step(1);
+    let reps = 3;
+    let t = Instant::now();
+    for i in 0..reps {
+        step(i + 2);
+    }
+    let secs = t.elapsed().as_secs_f64() / reps as f64;
+    println!(
+        "train LoRA r16, 8x128, AdamW: {:.0} tokens/s ({secs:.2} s/step)",
+        8.0 * 128.0 / secs
+    );
 }

@@ -103,6 +103,65 @@ fn masked_nll(logits: Tensor<3>, batch: &Batch, denom: usize, device: &Device) -
     (logp * weights).sum().neg().div_scalar(denom.max(1) as f64)
 }
 
+/// Loss (mean NLL over the response tokens of all `batches`) and the summed
+/// gradient of every adapter tensor, in [`Lora::named_tensors`] order. The
+/// steering applies here, in the training forward, and nowhere else.
+pub fn loss_and_grads(
+    model: &persona_model::Model,
+    lora: &Lora,
+    batches: &[Batch],
+    steering: &[Steering],
+    device: &Device,
+) -> Result<(f64, Vec<Tensor<2>>)> {
+    let none = CaptureRequest::none();
+    let denom: usize = batches.iter().map(|b| loss_targets(b).2).sum();
+    let mut grads_sum: Option<Vec<Tensor<2>>> = None;
+    let mut loss_sum = 0.0;
+    for batch in batches {
+        let out = model.forward(
+            batch,
+            ForwardArgs {
+                cache: None,
+                steering,
+                capture: &none,
+                logits: Logits::All,
+                lora: Some(lora),
+            },
+        )?;
+        let loss = masked_nll(out.logits.expect("asked for logits"), batch, denom, device);
+        let grads = loss.backward();
+        loss_sum += loss.into_scalar::<f32>() as f64;
+        let g: Vec<Tensor<2>> = lora
+            .named_tensors()
+            .into_iter()
+            .map(|(_, p)| {
+                p.grad(&grads)
+                    .unwrap_or_else(|| p.clone().detach().zeros_like())
+            })
+            .collect();
+        grads_sum = Some(match grads_sum {
+            None => g,
+            Some(acc) => acc.into_iter().zip(g).map(|(a, b)| a + b).collect(),
+        });
+    }
+    Ok((loss_sum, grads_sum.unwrap_or_default()))
+}
+
+/// Scales gradients so their global norm is at most `max_norm` (0 = no
+/// clipping); returns them with the norm before clipping.
+pub fn clip(grads: Vec<Tensor<2>>, max_norm: f64) -> (Vec<Tensor<2>>, f64) {
+    let norm = global_norm(&grads);
+    if max_norm > 0.0 && norm > max_norm {
+        let scale = max_norm / (norm + 1e-6);
+        (
+            grads.into_iter().map(|g| g.mul_scalar(scale)).collect(),
+            norm,
+        )
+    } else {
+        (grads, norm)
+    }
+}
+
 /// The micro-batches of the whole run in order (epoch after epoch).
 fn schedule(data: &Dataset, recipe: &Recipe) -> Vec<Vec<usize>> {
     let lengths: Vec<usize> = data
@@ -259,7 +318,6 @@ pub fn train(recipe_path: &Path, resume: bool, show_progress: bool) -> Result<Tr
         eps: recipe.optim.eps,
         weight_decay: recipe.optim.weight_decay,
     };
-    let none = CaptureRequest::none();
     let mut last_loss = f64::NAN;
     for t in lora.tensors_mut() {
         *t = t.clone().require_grad();
@@ -274,40 +332,11 @@ pub fn train(recipe_path: &Path, resume: bool, show_progress: bool) -> Result<Tr
                 Batch::new(&rows, PadSide::Right, codec.pad_id)
             })
             .collect::<persona_model::Result<_>>()?;
-        let denom: usize = batches.iter().map(|b| loss_targets(b).2).sum();
         let tokens: usize = batches
             .iter()
             .map(|b| b.roles.iter().filter(|r| **r != Role::Pad).count())
             .sum();
-        let mut grads_sum: Option<Vec<Tensor<2>>> = None;
-        let mut loss_sum = 0.0;
-        for batch in &batches {
-            let out = model.forward(
-                batch,
-                ForwardArgs {
-                    cache: None,
-                    steering: &steering,
-                    capture: &none,
-                    logits: Logits::All,
-                    lora: Some(&lora),
-                },
-            )?;
-            let loss = masked_nll(out.logits.expect("asked for logits"), batch, denom, &device);
-            let grads = loss.backward();
-            loss_sum += loss.into_scalar::<f32>() as f64;
-            let g: Vec<Tensor<2>> = lora
-                .named_tensors()
-                .into_iter()
-                .map(|(_, p)| {
-                    p.grad(&grads)
-                        .unwrap_or_else(|| p.clone().detach().zeros_like())
-                })
-                .collect();
-            grads_sum = Some(match grads_sum {
-                None => g,
-                Some(acc) => acc.into_iter().zip(g).map(|(a, b)| a + b).collect(),
-            });
-        }
+        let (loss_sum, grads) = loss_and_grads(model, &lora, &batches, &steering, &device)?;
         if !loss_sum.is_finite() {
             return Err(TrainError::NonFinite {
                 value: loss_sum as f32,
@@ -315,12 +344,7 @@ pub fn train(recipe_path: &Path, resume: bool, show_progress: bool) -> Result<Tr
                 dir: run_dir.join("checkpoint"),
             });
         }
-        let mut grads = grads_sum.expect("at least one micro-batch");
-        let grad_norm = global_norm(&grads);
-        if recipe.optim.max_grad_norm > 0.0 && grad_norm > recipe.optim.max_grad_norm {
-            let scale = recipe.optim.max_grad_norm / (grad_norm + 1e-6);
-            grads = grads.into_iter().map(|g| g.mul_scalar(scale)).collect();
-        }
+        let (grads, grad_norm) = clip(grads, recipe.optim.max_grad_norm);
         let lr = lr_at(
             recipe.optim.lr,
             step,
