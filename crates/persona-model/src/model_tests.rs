@@ -8,11 +8,11 @@ use crate::model::{ForwardArgs, Logits, Model};
 use crate::sites::{
     Batch, CaptureRequest, PadSide, Positions, Reduction, Role, Sequence, Steering,
 };
-use crate::testing::{random_weights, tiny_config};
+use crate::testing::{random_weights, test_device, tiny_config};
 
 fn model() -> Model {
     let cfg = tiny_config();
-    Model::from_weights(cfg.clone(), &random_weights(&cfg, 1), &Device::flex()).unwrap()
+    Model::from_weights(cfg.clone(), &random_weights(&cfg, 1), &test_device()).unwrap()
 }
 
 fn host(t: Tensor<3>) -> Vec<f32> {
@@ -145,7 +145,7 @@ fn steering_with_zero_coefficient_is_bit_identical() {
     )
     .unwrap();
     let v: Vec<f32> = (0..32).map(|i| (i as f32 * 0.37).sin()).collect();
-    let dev = Device::flex();
+    let dev = test_device();
     let steer = [Steering::add(2, &v, 0.0, Positions::All, &dev)];
     let plain = logits_all(&m, &b);
     let req = CaptureRequest::none();
@@ -172,7 +172,7 @@ fn steering_adds_coef_times_vector_at_its_row_only() {
     let m = model();
     let b = Batch::new(&[seq(&[3, 4, 5], &[6, 7])], PadSide::Right, 0).unwrap();
     let v: Vec<f32> = (0..32).map(|i| (i as f32 * 0.37).cos()).collect();
-    let dev = Device::flex();
+    let dev = test_device();
     let coef = 2.5;
     let steer = [Steering::add(2, &v, coef, Positions::Response, &dev)];
     let base = capture(&m, &b, &[], &[1, 2, 3], Reduction::Full);
@@ -194,7 +194,7 @@ fn steering_adds_coef_times_vector_at_its_row_only() {
 #[test]
 fn padding_is_never_steered() {
     let m = model();
-    let dev = Device::flex();
+    let dev = test_device();
     let v: Vec<f32> = (0..32).map(|i| (i as f32 * 0.11).sin()).collect();
     let steer = [Steering::add(1, &v, 4.0, Positions::All, &dev)];
     let alone = Batch::new(&[seq(&[3, 4], &[5])], PadSide::Right, 0).unwrap();
@@ -215,7 +215,7 @@ fn padding_is_never_steered() {
 #[test]
 fn ablation_removes_the_component_along_the_vector() {
     let m = model();
-    let dev = Device::flex();
+    let dev = test_device();
     let v: Vec<f32> = (0..32).map(|i| (i as f32 * 0.7).sin() + 0.3).collect();
     let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
     let steer = [Steering::ablate(2, &v, Positions::All, &dev).unwrap()];
@@ -301,7 +301,7 @@ fn counts_report_empty_response_sets() {
 #[test]
 fn out_of_range_rows_and_wrong_widths_are_errors() {
     let m = model();
-    let dev = Device::flex();
+    let dev = test_device();
     let b = Batch::new(&[seq(&[3], &[])], PadSide::Right, 0).unwrap();
     let bad_row = [Steering::add(4, &[0.0; 32], 1.0, Positions::All, &dev)];
     let e = m
@@ -341,7 +341,7 @@ fn strict_loading_lists_missing_and_unexpected_keys() {
     let mut w = random_weights(&cfg, 1);
     let t = w.remove("model.layers.1.mlp.up_proj.weight").unwrap();
     w.insert("model.layers.1.mlp.upp_proj.weight".into(), t);
-    let e = Model::from_weights(cfg, &w, &Device::flex())
+    let e = Model::from_weights(cfg, &w, &test_device())
         .err()
         .unwrap()
         .to_string();
@@ -389,7 +389,7 @@ mod lora {
     #[test]
     fn fresh_adapters_leave_logits_bit_identical() {
         let m = model();
-        let dev = Device::flex();
+        let dev = test_device();
         let lora = Lora::init(&m.config, &Target::ALL, 4, 8.0, Scaling::Rslora, 0, &dev).unwrap();
         let b = Batch::new(&[seq(&[3, 4, 5], &[6, 7])], PadSide::Right, 0).unwrap();
         assert_eq!(with_lora(&m, &b, &lora), logits_all(&m, &b));
@@ -398,7 +398,7 @@ mod lora {
     #[test]
     fn merged_weights_match_the_adapter_branch() {
         let cfg = tiny_config();
-        let dev = Device::flex();
+        let dev = test_device();
         let w = random_weights(&cfg, 1);
         let m = Model::from_weights(cfg.clone(), &w, &dev).unwrap();
         let mut lora = Lora::init(&cfg, &Target::ALL, 4, 16.0, Scaling::Classic, 5, &dev).unwrap();
@@ -422,7 +422,7 @@ mod lora {
     #[test]
     fn peft_layout_round_trips() {
         let cfg = tiny_config();
-        let dev = Device::flex();
+        let dev = test_device();
         let mut lora = Lora::init(
             &cfg,
             &[Target::Q, Target::Down],
@@ -451,7 +451,7 @@ mod lora {
     #[test]
     fn gradients_reach_adapters_only() {
         let cfg = tiny_config();
-        let dev = Device::flex().autodiff();
+        let dev = test_device().autodiff();
         let m = Model::from_weights(cfg.clone(), &random_weights(&cfg, 1), &dev).unwrap();
         let mut lora = Lora::init(
             &cfg,

@@ -1,6 +1,7 @@
 //! A tiny randomly initialised model for fast tests (here and in the crates
 //! downstream): a few layers, small dims, grouped-query attention.
 
+use burn::tensor::Device;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -42,4 +43,11 @@ pub fn random_weights(cfg: &ModelConfig, seed: u64) -> WeightMap {
             (name, HostTensor { shape, data })
         })
         .collect()
+}
+
+/// The device unit tests run on: `PERSONA_TEST_DEVICE` (`cpu`, `cuda`,
+/// `wgpu`; default `cpu`), so the same tests can check a GPU build.
+pub fn test_device() -> Device {
+    let name = std::env::var("PERSONA_TEST_DEVICE").unwrap_or_else(|_| "cpu".into());
+    crate::device::parse_device(&name).unwrap_or_else(|e| panic!("PERSONA_TEST_DEVICE: {e}"))
 }
