@@ -30,7 +30,8 @@ fn smoke_recipe(home: &Path, name: &str, edit: impl FnOnce(&mut toml::Table)) ->
     let vector = home.join("vectors/smoke.safetensors").display().to_string();
     t["run"]["name"] = name.into();
     t["steering"]["vector"] = vector.clone().into();
-    t["monitor"]["traits"][0]["vector"] = vector.into();
+    t["monitor"]["traits"][0]["vector"] = vector.clone().into();
+    t["trait"]["vector"] = vector.into();
     edit(&mut t);
     let p = home.join(format!("{name}.toml"));
     std::fs::write(&p, toml::to_string(&t).unwrap()).unwrap();

@@ -32,6 +32,8 @@ pub struct Recipe {
 #[serde(deny_unknown_fields)]
 pub struct TraitSection {
     pub name: String,
+    /// The vector file this section makes when it does not exist yet.
+    pub vector: PathBuf,
     /// Authored contrast pairs, JSONL of `{"question", "pos", "neg"}`.
     pub pairs: PathBuf,
     /// Sequences per extraction forward.
@@ -312,11 +314,9 @@ impl Recipe {
         Ok(())
     }
 
-    /// Whether `path` is the steering vector that the `[trait]` section
-    /// extracts when it is missing.
+    /// Whether `path` is the vector that the `[trait]` section extracts
+    /// when it is missing.
     pub fn extracts(&self, path: &Path) -> bool {
-        self.trait_.is_some()
-            && self.steering.mode != SteerMode::None
-            && self.steering.vector.as_deref() == Some(path)
+        self.trait_.as_ref().is_some_and(|t| t.vector == path)
     }
 }

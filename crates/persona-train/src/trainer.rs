@@ -191,7 +191,7 @@ fn git_revision() -> String {
 /// Runs (or, with `resume`, continues) the recipe's training run.
 pub fn train(recipe_path: &Path, resume: bool, show_progress: bool) -> Result<TrainOutcome> {
     let recipe = Recipe::load(recipe_path)?;
-    ensure_steering_vector(&recipe, show_progress)?;
+    ensure_trait_vector(&recipe, show_progress)?;
     recipe.check_static()?;
     let (cfg, identity) = persona_model::inspect(&recipe.model.name)?;
     recipe.check_model(&cfg, &identity)?;
@@ -421,24 +421,13 @@ pub fn train(recipe_path: &Path, resume: bool, show_progress: bool) -> Result<Tr
     })
 }
 
-/// Extracts the recipe's steering vector from its `[trait]` pairs when the
-/// vector file does not exist yet (so a recipe works on a fresh machine).
-pub fn ensure_steering_vector(recipe: &Recipe, show_progress: bool) -> Result<()> {
-    let Some(path) = recipe.steering.vector.as_ref().filter(|p| !p.exists()) else {
+/// Extracts the `[trait]` section's vector from its pairs when the vector
+/// file does not exist yet (so a recipe works on a fresh machine).
+pub fn ensure_trait_vector(recipe: &Recipe, show_progress: bool) -> Result<()> {
+    let Some(t) = recipe.trait_.as_ref().filter(|t| !t.vector.exists()) else {
         return Ok(());
     };
-    if recipe.steering.mode == SteerMode::None {
-        return Ok(());
-    }
-    let Some(t) = &recipe.trait_ else {
-        return Err(TrainError::RecipeKey {
-            key: "steering.vector".into(),
-            reason: format!(
-                "{} does not exist and the recipe has no [trait] section to extract it from",
-                path.display()
-            ),
-        });
-    };
+    let path = &t.vector;
     let pairs = persona_vectors::extract::read_pairs(&t.pairs)?;
     let device = persona_model::parse_device(&recipe.run.device)?;
     let loaded = persona_model::load(&recipe.model.name, &device)?;
