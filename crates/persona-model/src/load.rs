@@ -82,82 +82,80 @@ pub fn resolve(spec: &str) -> Result<PathBuf> {
 /// Reads a model's config and identity without reading its weights (for
 /// validating recipes and vector files before anything heavy happens).
 pub fn inspect(spec: &str) -> Result<(ModelConfig, ModelIdentity)> {
+    Ok(match open_header(spec)? {
+        Header::Gguf(_, config, id) => (config, id),
+        Header::Hf(_, config, id, _) => (config, id),
+    })
+}
+
+/// A model file opened far enough to know its config and identity.
+enum Header {
+    Gguf(GgufFile, ModelConfig, ModelIdentity),
+    /// The directory, its config, identity and weight files.
+    Hf(PathBuf, ModelConfig, ModelIdentity, Vec<PathBuf>),
+}
+
+fn open_header(spec: &str) -> Result<Header> {
     let path = resolve(spec)?;
     let (gguf, hf_dir) = classify(&path)?;
     if let Some(file) = gguf {
         let g = GgufFile::open(&file)?;
         let config = ModelConfig::from_gguf(&g)?;
         let sha256 = weights::sha256_files(std::slice::from_ref(&file))?;
-        return Ok((
-            config,
-            ModelIdentity {
-                name: spec.to_string(),
-                sha256,
-                path: file,
-            },
-        ));
+        let id = ModelIdentity {
+            name: spec.to_string(),
+            sha256,
+            path: file,
+        };
+        return Ok(Header::Gguf(g, config, id));
     }
     let dir = hf_dir.expect("classify returns one of the two");
     let config = ModelConfig::from_hf_json(&dir.join("config.json"))?;
     let files = weights::safetensors_files(&dir)?;
     let sha256 = weights::sha256_files(&files)?;
-    Ok((
-        config,
-        ModelIdentity {
-            name: spec.to_string(),
-            sha256,
-            path: dir,
-        },
-    ))
+    let id = ModelIdentity {
+        name: spec.to_string(),
+        sha256,
+        path: dir.clone(),
+    };
+    Ok(Header::Hf(dir, config, id, files))
 }
 
 /// Reads a model into host memory.
 pub fn load_host(spec: &str) -> Result<HostModel> {
-    let path = resolve(spec)?;
-    let (gguf, hf_dir) = classify(&path)?;
-    if let Some(file) = gguf {
-        let g = GgufFile::open(&file)?;
-        let config = ModelConfig::from_gguf(&g)?;
-        let weights = weights::from_gguf(&g, &config)?;
-        let codec = TextCodec::from_gguf(&g)?;
-        let sha256 = weights::sha256_files(std::slice::from_ref(&file))?;
-        let mut types = std::collections::BTreeMap::new();
-        for t in &g.tensors {
-            *types.entry(t.ggml_type.name()).or_insert(0usize) += 1;
+    match open_header(spec)? {
+        Header::Gguf(g, config, identity) => {
+            let weights = weights::from_gguf(&g, &config)?;
+            let codec = TextCodec::from_gguf(&g)?;
+            let mut types = std::collections::BTreeMap::new();
+            for t in &g.tensors {
+                *types.entry(t.ggml_type.name()).or_insert(0usize) += 1;
+            }
+            let types: Vec<String> = types.iter().map(|(k, n)| format!("{k} x{n}")).collect();
+            Ok(HostModel {
+                source_format: format!("GGUF ({})", types.join(", ")),
+                config,
+                weights,
+                codec,
+                identity,
+            })
         }
-        let types: Vec<String> = types.iter().map(|(k, n)| format!("{k} x{n}")).collect();
-        return Ok(HostModel {
-            source_format: format!("GGUF ({})", types.join(", ")),
-            config,
-            weights,
-            codec,
-            identity: ModelIdentity {
-                name: spec.to_string(),
-                sha256,
-                path: file,
-            },
-        });
+        Header::Hf(dir, config, identity, files) => {
+            let (mut weights, _) = weights::from_safetensors_dir(&dir)?;
+            // A tied checkpoint may still carry a copy of the head; HF ignores it too.
+            if config.tie_embeddings {
+                weights.remove("lm_head.weight");
+            }
+            let codec = TextCodec::from_hf_dir(&dir)?;
+            Ok(HostModel {
+                source_format: format!("HF safetensors ({} file(s))", files.len()),
+                config,
+                weights,
+                codec,
+                identity,
+            })
+        }
     }
-    let dir = hf_dir.expect("classify returns one of the two");
-    let config = ModelConfig::from_hf_json(&dir.join("config.json"))?;
-    let (mut weights, files) = weights::from_safetensors_dir(&dir)?;
-    // A tied checkpoint may still carry a copy of the head; HF ignores it too.
-    if config.tie_embeddings {
-        weights.remove("lm_head.weight");
-    }
-    let codec = TextCodec::from_hf_dir(&dir)?;
-    let sha256 = weights::sha256_files(&files)?;
-    Ok(HostModel {
-        source_format: format!("HF safetensors ({} file(s))", files.len()),
-        config,
-        weights,
-        codec,
-        identity: ModelIdentity {
-            name: spec.to_string(),
-            sha256,
-            path: dir,
-        },
-    })
 }
 
 /// `(gguf file, hf dir)`: exactly one is `Some`.

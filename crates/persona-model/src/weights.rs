@@ -14,13 +14,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use half::{bf16, f16};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
 use crate::config::{Architecture, ModelConfig};
 use crate::error::{ModelError, Result};
 use crate::gguf::GgufFile;
+use crate::quant::{GgmlType, dequantize};
 
 /// One f32 tensor on the host, row-major, in PyTorch shape order.
 #[derive(Debug, Clone, PartialEq)]
@@ -248,25 +248,18 @@ fn read_safetensors(path: &Path, out: &mut WeightMap) -> Result<()> {
         .map(|(name, view)| {
             use safetensors::Dtype;
             let b = view.data();
-            let data: Vec<f32> = match view.dtype() {
-                Dtype::F32 => b
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
-                Dtype::F16 => b
-                    .chunks_exact(2)
-                    .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
-                    .collect(),
-                Dtype::BF16 => b
-                    .chunks_exact(2)
-                    .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                    .collect(),
+            // Same conversions as GGUF's float types.
+            let ggml = match view.dtype() {
+                Dtype::F32 => GgmlType::F32,
+                Dtype::F16 => GgmlType::F16,
+                Dtype::BF16 => GgmlType::BF16,
                 other => {
                     return Err(bad(format!(
                         "tensor {name} has unsupported dtype {other:?}"
                     )));
                 }
             };
+            let data = dequantize(ggml, b, &name)?;
             Ok((
                 name,
                 HostTensor {
