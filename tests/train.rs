@@ -366,3 +366,40 @@ fn merge_folds_adapters_into_weights() {
     );
     assert!(diff < 1e-3, "merged vs unmerged: {diff}");
 }
+
+#[test]
+fn non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint() {
+    let home = temp_home();
+    let recipe = smoke_recipe(home.path(), "diverge", |t| {
+        t["optim"]["lr"] = 1e30.into();
+        t["optim"]["warmup_steps"] = 0.into();
+        t["optim"]["max_grad_norm"] = 0.0.into();
+        t["run"]["save_every"] = 1.into();
+    });
+    let out = persona(home.path())
+        .args(["train", recipe.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("training stopped") && err.contains("last good checkpoint"),
+        "{err}"
+    );
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            home.path()
+                .join("runs/diverge/checkpoint/trainer_state.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let step = state["step"].as_u64().unwrap();
+    let logged = metrics(&home.path().join("runs/diverge")).len() as u64;
+    assert_eq!(step, logged, "the checkpoint is the last finished step");
+    assert!(
+        metrics(&home.path().join("runs/diverge"))
+            .iter()
+            .all(|m| m.loss.is_finite())
+    );
+}

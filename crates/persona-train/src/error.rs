@@ -21,10 +21,11 @@ pub enum TrainError {
     #[error(transparent)]
     Vector(#[from] persona_vectors::VectorError),
     #[error(
-        "loss is {value} at step {step}: training stopped; the last good checkpoint in {dir} is kept (lower the learning rate or the steering coefficient)"
+        "{what} is {value} at step {step}: training stopped; the last good checkpoint in {dir} is kept (lower the learning rate or the steering coefficient)"
     )]
     NonFinite {
-        value: f32,
+        what: &'static str,
+        value: f64,
         step: usize,
         dir: PathBuf,
     },

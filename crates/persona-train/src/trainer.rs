@@ -337,14 +337,18 @@ pub fn train(recipe_path: &Path, resume: bool, show_progress: bool) -> Result<Tr
             .map(|b| b.roles.iter().filter(|r| **r != Role::Pad).count())
             .sum();
         let (loss_sum, grads) = loss_and_grads(model, &lora, &batches, &steering, &device)?;
-        if !loss_sum.is_finite() {
-            return Err(TrainError::NonFinite {
-                value: loss_sum as f32,
-                step,
-                dir: run_dir.join("checkpoint"),
-            });
-        }
         let (grads, grad_norm) = clip(grads, recipe.optim.max_grad_norm);
+        // Stop before a non-finite value reaches the adapters or a checkpoint.
+        for (what, value) in [("loss", loss_sum), ("gradient norm", grad_norm)] {
+            if !value.is_finite() {
+                return Err(TrainError::NonFinite {
+                    what,
+                    value,
+                    step: step + 1,
+                    dir: run_dir.join("checkpoint"),
+                });
+            }
+        }
         let lr = lr_at(
             recipe.optim.lr,
             step,
@@ -361,6 +365,20 @@ pub fn train(recipe_path: &Path, resume: bool, show_progress: bool) -> Result<Tr
                 .update(p.clone().detach(), g, m, lr, step + 1)
                 .detach()
                 .require_grad();
+        }
+        let weights: Vec<Tensor<2>> = lora
+            .named_tensors()
+            .into_iter()
+            .map(|(_, t)| t.clone().detach())
+            .collect();
+        let weight_norm = global_norm(&weights);
+        if !weight_norm.is_finite() {
+            return Err(TrainError::NonFinite {
+                what: "the adapter weight norm after the update",
+                value: weight_norm,
+                step: step + 1,
+                dir: run_dir.join("checkpoint"),
+            });
         }
         state.step += 1;
         state.tokens_seen += tokens as u64;
