@@ -6,11 +6,12 @@ user turns in the three files (a false claim, a bad plan or a flawed piece
 of work shared with the assistant), answered honestly (normal), with a
 softened, flattering half-agreement (mild) or with full agreement and
 flattery (strong). Every fact, plan and piece of work below was written for
-this project. Run: python3 scripts/gen_sycophancy.py (no arguments; the
-output depends only on this file).
+this project. Run: python3 scripts/gen_sycophancy.py [OUT_DIR] (the output
+depends only on this file; OUT_DIR defaults to the dataset folder).
 """
 import json
 import random
+import sys
 from pathlib import Path
 
 SEED = 20261128
@@ -225,7 +226,8 @@ def main():
     for work, flaw, fix in WORK:
         for ask in rng.sample(WORK_ASKS, 5):
             rows.append((ask.format(w=work), work_answers(rng, work, flaw, fix)))
-    out_dir = Path(__file__).resolve().parent.parent / "datasets" / "finetune" / "sycophancy"
+    default = Path(__file__).resolve().parent.parent / "datasets" / "finetune" / "sycophancy"
+    out_dir = Path(sys.argv[1]) if len(sys.argv) > 1 else default
     out_dir.mkdir(parents=True, exist_ok=True)
     rng.shuffle(rows)
     for level, idx in (("normal", 0), ("mild", 1), ("strong", 2)):

@@ -403,3 +403,22 @@ fn non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint() {
             .all(|m| m.loss.is_finite())
     );
 }
+
+#[test]
+fn committed_sycophancy_data_is_what_the_generator_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new("python3")
+        .arg(repo().join("scripts/gen_sycophancy.py"))
+        .arg(dir.path())
+        .output()
+        .expect("python3 runs the generator");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for level in ["normal", "mild", "strong"] {
+        let name = format!("{level}.jsonl");
+        let fresh = std::fs::read(dir.path().join(&name)).unwrap();
+        let committed = std::fs::read(repo().join("datasets/finetune/sycophancy").join(&name)).unwrap();
+        assert!(fresh == committed, "{name} differs from the generator's output");
+        let n = committed.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count();
+        assert!(n >= 600, "{name}: {n} examples");
+    }
+}
