@@ -412,13 +412,24 @@ fn committed_sycophancy_data_is_what_the_generator_writes() {
         .arg(dir.path())
         .output()
         .expect("python3 runs the generator");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for level in ["normal", "mild", "strong"] {
         let name = format!("{level}.jsonl");
         let fresh = std::fs::read(dir.path().join(&name)).unwrap();
-        let committed = std::fs::read(repo().join("datasets/finetune/sycophancy").join(&name)).unwrap();
-        assert!(fresh == committed, "{name} differs from the generator's output");
-        let n = committed.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count();
+        let committed =
+            std::fs::read(repo().join("datasets/finetune/sycophancy").join(&name)).unwrap();
+        assert!(
+            fresh == committed,
+            "{name} differs from the generator's output"
+        );
+        let n = committed
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .count();
         assert!(n >= 600, "{name}: {n} examples");
     }
 }
