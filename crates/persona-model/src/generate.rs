@@ -12,7 +12,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::cache::KvCache;
 use crate::error::{ModelError, Result};
-use crate::model::{ForwardArgs, Model};
+use crate::model::{ForwardArgs, Model, host_vec};
 use crate::sites::{Batch, PadSide, Role, Sequence, Steering};
 
 /// How the next token is chosen.
@@ -154,12 +154,10 @@ pub fn generate(
         let mut active: Vec<usize> = (0..chunk.len()).collect();
         while !active.is_empty() && opts.max_new_tokens > 0 {
             let out = model.forward(&batch, ForwardArgs::decode(&mut cache, &opts.steering))?;
-            let logits = out
-                .logits
-                .ok_or_else(|| ModelError::Data("forward returned no logits".into()))?
-                .into_data()
-                .try_into_vec::<f32>()
-                .map_err(|e| ModelError::Data(format!("{e:?}")))?;
+            let logits = host_vec(
+                out.logits
+                    .ok_or_else(|| ModelError::Data("forward returned no logits".into()))?,
+            )?;
             let vocab = model.config.vocab_size;
             let mut keep = Vec::new();
             let mut next = Vec::new();

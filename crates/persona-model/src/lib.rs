@@ -36,7 +36,7 @@ pub use load::{
     persona_home,
 };
 pub use lora::{Lora, Scaling, Target};
-pub use model::{ForwardArgs, ForwardOutput, Logits, Model};
+pub use model::{ForwardArgs, ForwardOutput, Logits, Model, host_vec};
 pub use sites::{
     Batch, CaptureRequest, PadSide, Positions, Reduction, Role, Sequence, SteerOp, Steering,
 };

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
+use crate::model::host_vec;
 use crate::weights::{HostTensor, WeightMap};
 
 /// A projection LoRA can adapt, named as in HF/PEFT (`q_proj`, ...).
@@ -224,10 +225,7 @@ impl Lora {
             .map(|(name, t)| {
                 let t = t.clone().transpose();
                 let [r, c] = t.dims();
-                let data = t
-                    .into_data()
-                    .try_into_vec::<f32>()
-                    .map_err(|e| ModelError::Data(format!("{e:?}")))?;
+                let data = host_vec(t)?;
                 Ok((
                     name,
                     HostTensor {
@@ -304,10 +302,7 @@ impl Lora {
                     .matmul(pair.b.clone())
                     .transpose()
                     .mul_scalar(s); // # (out, in)
-                let delta = delta
-                    .into_data()
-                    .try_into_vec::<f32>()
-                    .map_err(|e| ModelError::Data(format!("{e:?}")))?;
+                let delta = host_vec(delta)?;
                 let w = weights.get_mut(&key).ok_or_else(|| {
                     ModelError::Input(format!("cannot merge: base weights have no {key}"))
                 })?;

@@ -55,6 +55,18 @@ impl<'a> ForwardArgs<'a> {
         }
     }
 
+    /// A capture-only pass: no cache, steering or adapters, no logits (the
+    /// pass stops after the highest captured row).
+    pub fn capture(capture: &'a CaptureRequest, lora: Option<&'a Lora>) -> Self {
+        ForwardArgs {
+            cache: None,
+            steering: &[],
+            capture,
+            logits: Logits::None,
+            lora,
+        }
+    }
+
     /// A generation step: continue `cache`, last-position logits, no capture.
     pub fn decode(cache: &'a mut KvCache, steering: &'a [Steering]) -> Self {
         ForwardArgs {
@@ -80,6 +92,13 @@ pub struct ForwardOutput {
     /// Tokens each row averaged over, per reduction (0 = empty set: the
     /// captured row is zero and must not be used as a mean).
     pub counts: BTreeMap<Reduction, Vec<usize>>,
+}
+
+/// Copies a tensor's values to the host.
+pub fn host_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
+    t.into_data()
+        .try_into_vec::<f32>()
+        .map_err(|e| ModelError::Data(format!("{e:?}")))
 }
 
 /// A linear projection stored as `[d_in, d_out]` so the forward is `x @ W`.

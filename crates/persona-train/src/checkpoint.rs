@@ -4,7 +4,7 @@
 //! leaves one complete checkpoint.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use persona_model::Lora;
@@ -32,14 +32,7 @@ fn ck_err(path: &Path, e: impl std::fmt::Display) -> TrainError {
 
 fn to_host(t: &Tensor<2>) -> Result<HostTensor> {
     let [r, c] = t.dims();
-    let data = t
-        .clone()
-        .into_data()
-        .try_into_vec::<f32>()
-        .map_err(|e| TrainError::Checkpoint {
-            path: PathBuf::new(),
-            reason: format!("{e:?}"),
-        })?;
+    let data = persona_model::host_vec(t.clone())?;
     Ok(HostTensor {
         shape: vec![r, c],
         data,

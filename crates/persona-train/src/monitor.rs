@@ -6,8 +6,8 @@ use std::path::Path;
 
 use burn::tensor::Tensor;
 use persona_model::{
-    Batch, CaptureRequest, ForwardArgs, Logits, Lora, Message, Model, PadSide, Reduction, Sequence,
-    TextCodec,
+    Batch, CaptureRequest, ForwardArgs, Lora, Message, Model, PadSide, Reduction, Sequence,
+    TextCodec, host_vec,
 };
 use persona_vectors::VectorFile;
 
@@ -78,27 +78,12 @@ impl TraitMonitor {
     /// Mean last-prompt-token activation per monitored row, `[d_model]` each.
     fn means(&self, model: &Model, lora: Option<&Lora>) -> Result<Vec<Vec<f32>>> {
         let req = CaptureRequest::new(self.rows.iter().copied(), &[Reduction::LastPrompt]);
-        let out = model.forward(
-            &self.batch,
-            ForwardArgs {
-                cache: None,
-                steering: &[],
-                capture: &req,
-                logits: Logits::None,
-                lora,
-            },
-        )?;
+        let out = model.forward(&self.batch, ForwardArgs::capture(&req, lora))?;
         self.rows
             .iter()
             .map(|r| {
                 let t: Tensor<2> = out.captured[&(*r, Reduction::LastPrompt)].clone();
-                let mean = t.mean_dim(0).detach();
-                mean.into_data()
-                    .try_into_vec::<f32>()
-                    .map_err(|e| TrainError::Checkpoint {
-                        path: Default::default(),
-                        reason: format!("{e:?}"),
-                    })
+                Ok(host_vec(t.mean_dim(0).detach())?)
             })
             .collect()
     }

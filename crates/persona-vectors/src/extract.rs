@@ -7,8 +7,8 @@
 use std::path::Path;
 
 use persona_model::{
-    Batch, CaptureRequest, ForwardArgs, Logits, Message, Model, ModelConfig, ModelIdentity,
-    PadSide, Reduction, Sequence, TextCodec,
+    Batch, CaptureRequest, ForwardArgs, Message, Model, ModelConfig, ModelIdentity, PadSide,
+    Reduction, Sequence, TextCodec, host_vec,
 };
 use serde::Deserialize;
 
@@ -86,24 +86,13 @@ pub fn mean_response_activations(
     let mut done = 0;
     for chunk in seqs.chunks(batch_size.max(1)) {
         let batch = Batch::new(chunk, PadSide::Right, pad_id)?;
-        let out = model.forward(
-            &batch,
-            ForwardArgs {
-                cache: None,
-                steering: &[],
-                capture: &req,
-                logits: Logits::None,
-                lora: None,
-            },
-        )?;
+        let out = model.forward(&batch, ForwardArgs::capture(&req, None))?;
         for row in 0..rows {
-            let t = out.captured[&(row, Reduction::ResponseMean)]
-                .clone()
-                .sum_dim(0);
-            let v = t
-                .into_data()
-                .try_into_vec::<f32>()
-                .map_err(|e| persona_model::ModelError::Data(format!("{e:?}")))?;
+            let v = host_vec(
+                out.captured[&(row, Reduction::ResponseMean)]
+                    .clone()
+                    .sum_dim(0),
+            )?;
             for (s, x) in sum[row * d..(row + 1) * d].iter_mut().zip(v) {
                 *s += x as f64;
             }
@@ -159,6 +148,7 @@ pub fn extract_authored(
 mod tests {
     use super::*;
     use burn::tensor::Device;
+    use persona_model::Logits;
     use persona_model::testing::{random_weights, tiny_config};
 
     /// The mean-diff against a hand computation from full captures.
