@@ -12,6 +12,9 @@ use persona_model::{
 };
 use persona_vectors::VectorFile;
 
+mod monitor;
+mod screen;
+
 #[derive(Parser)]
 #[command(
     name = "persona",
@@ -117,6 +120,12 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Score training samples by how far they would push the model along a
+    /// persona vector (projection difference ΔP); optionally filter them.
+    Screen(screen::ScreenArgs),
+    /// Project prompts (graded system prompts, k-shot examples, conversation
+    /// turns) on a persona vector.
+    Monitor(monitor::MonitorArgs),
     /// Describe a model: architecture, sizes, dtype, chat template.
     Info {
         #[arg(default_value = DEFAULT_MODEL)]
@@ -316,6 +325,8 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Command::Screen(args) => screen::run(args),
+        Command::Monitor(args) => monitor::run(args),
         Command::Info { model } => {
             let host = load_host(&model).with_context(|| format!("loading model `{model}`"))?;
             let c = &host.config;

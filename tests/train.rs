@@ -5,23 +5,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{persona, repo, temp_home};
 use persona_train::Recipe;
 use persona_train::trainer::StepMetrics;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// A PERSONA_HOME in a temporary folder that shares the real model cache.
-fn temp_home() -> tempfile::TempDir {
-    let home = tempfile::tempdir().unwrap();
-    std::os::unix::fs::symlink(
-        repo().join("checkpoints/models").canonicalize().unwrap(),
-        home.path().join("models"),
-    )
-    .unwrap();
-    home
-}
 
 /// The smoke recipe with its run name, vector path and a few keys changed.
 fn smoke_recipe(home: &Path, name: &str, edit: impl FnOnce(&mut toml::Table)) -> PathBuf {
@@ -36,12 +24,6 @@ fn smoke_recipe(home: &Path, name: &str, edit: impl FnOnce(&mut toml::Table)) ->
     let p = home.join(format!("{name}.toml"));
     std::fs::write(&p, toml::to_string(&t).unwrap()).unwrap();
     p
-}
-
-fn persona(home: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_persona"));
-    c.env("PERSONA_HOME", home).current_dir(repo());
-    c
 }
 
 fn metrics(run: &Path) -> Vec<StepMetrics> {

@@ -2,7 +2,8 @@
 
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::OnceLock;
 
 use burn::tensor::Device;
@@ -33,4 +34,26 @@ pub fn floats(v: &serde_json::Value) -> Vec<f64> {
         .iter()
         .map(|x| x.as_f64().expect("number"))
         .collect()
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A PERSONA_HOME in a temporary folder that shares the real model cache.
+pub fn temp_home() -> tempfile::TempDir {
+    let home = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(
+        repo().join("checkpoints/models").canonicalize().unwrap(),
+        home.path().join("models"),
+    )
+    .unwrap();
+    home
+}
+
+/// The `persona` binary with `PERSONA_HOME = home`, run from the repository root.
+pub fn persona(home: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_persona"));
+    c.env("PERSONA_HOME", home).current_dir(repo());
+    c
 }

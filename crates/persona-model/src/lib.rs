@@ -33,7 +33,7 @@ pub use error::{ModelError, Result};
 pub use generate::{GenerateOptions, Generation, Sampling, generate};
 pub use load::{
     DEFAULT_MODEL, HostModel, LoadedModel, ModelIdentity, inspect, load, load_host, model_cache,
-    persona_home,
+    persona_home, write_atomic,
 };
 pub use lora::{Lora, Scaling, Target};
 pub use model::{ForwardArgs, ForwardOutput, Logits, Model, host_vec};

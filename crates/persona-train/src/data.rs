@@ -14,11 +14,28 @@ use crate::error::{Result, TrainError};
 #[derive(Deserialize)]
 struct ChatLine {
     messages: Vec<Message>,
+    /// Optional ground truth for screening: does this sample show the trait?
+    #[serde(default)]
+    label: Option<bool>,
 }
 
-/// One JSONL line: a conversation whose last message is the assistant's
-/// response to learn.
-pub fn read_chats(path: &Path) -> Result<Vec<Vec<Message>>> {
+/// One line of a chat JSONL file, parsed and kept verbatim.
+#[derive(Debug, Clone)]
+pub struct ChatRecord {
+    /// 1-based line number in the file.
+    pub line: usize,
+    /// The line as written (filtered datasets copy it unchanged).
+    pub raw: String,
+    /// The conversation; the last message is the assistant's.
+    pub messages: Vec<Message>,
+    /// The optional `label` field (true = shows the trait).
+    pub label: Option<bool>,
+}
+
+/// Reads a chat JSONL file: one `{"messages": [...]}` per line (optional
+/// `"label": true|false`), each a conversation whose last message is the
+/// assistant's response. Blank lines are skipped.
+pub fn read_chat_records(path: &Path) -> Result<Vec<ChatRecord>> {
     let text = std::fs::read_to_string(path).map_err(|e| crate::error::io(path, e))?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -40,7 +57,12 @@ pub fn read_chats(path: &Path) -> Result<Vec<Vec<Message>>> {
                 "a chat needs at least a user and an assistant message".into()
             ));
         }
-        out.push(chat.messages);
+        out.push(ChatRecord {
+            line: i + 1,
+            raw: line.to_string(),
+            messages: chat.messages,
+            label: chat.label,
+        });
     }
     if out.is_empty() {
         return Err(TrainError::Dataset {
@@ -90,13 +112,13 @@ pub fn load_dataset(
     max_seq_len: usize,
     heldout_fraction: f64,
 ) -> Result<Dataset> {
-    let chats = read_chats(path)?;
+    let chats = read_chat_records(path)?;
     let mut seqs = Vec::with_capacity(chats.len());
     let mut skipped = 0;
-    for (i, chat) in chats.iter().enumerate() {
-        let s = tokenize_chat(codec, chat).map_err(|e| TrainError::Dataset {
+    for chat in &chats {
+        let s = tokenize_chat(codec, &chat.messages).map_err(|e| TrainError::Dataset {
             path: path.to_path_buf(),
-            line: i + 1,
+            line: chat.line,
             reason: e.to_string(),
         })?;
         if s.prompt.len() + s.response.len() > max_seq_len {

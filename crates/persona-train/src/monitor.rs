@@ -25,13 +25,6 @@ pub struct TraitMonitor {
     base: Vec<Vec<f32>>,
 }
 
-fn unit(v: &[f32]) -> Vec<f32> {
-    let n = v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    v.iter()
-        .map(|x| (*x as f64 / n.max(1e-30)) as f32)
-        .collect()
-}
-
 impl TraitMonitor {
     /// Builds the monitor and measures the base model (no adapters, no steering).
     pub fn new(
@@ -62,7 +55,7 @@ impl TraitMonitor {
         let batch = Batch::new(&seqs, PadSide::Right, codec.pad_id)?;
         let units = rows
             .iter()
-            .map(|&r| vector.row("response_avg", r).map(unit))
+            .map(|&r| vector.unit_row("response_avg", r))
             .collect::<std::result::Result<_, _>>()?;
         let mut m = Self {
             name: name.to_string(),

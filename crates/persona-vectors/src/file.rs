@@ -50,6 +50,14 @@ pub enum VectorError {
         available: Vec<String>,
     },
     #[error(
+        "row {row} of variant `{variant}` in vector file {path} is zero, so it has no direction; pick another row"
+    )]
+    ZeroRow {
+        path: PathBuf,
+        variant: String,
+        row: usize,
+    },
+    #[error(
         "row {row} is out of range for vector file {path}: rows are 0..={max} (row 0 = embedding output, row l = output of block l-1)"
     )]
     Row {
@@ -208,6 +216,17 @@ impl VectorFile {
         Ok(())
     }
 
+    /// `v̂_row = v_row / |v_row|` of one variant (projections use the unit
+    /// vector; steering uses the raw one). A zero row is an error.
+    pub fn unit_row(&self, variant: &str, row: usize) -> Result<Vec<f32>, VectorError> {
+        let v = self.row(variant, row)?;
+        unit(v).ok_or_else(|| VectorError::ZeroRow {
+            path: self.path.clone(),
+            variant: variant.to_string(),
+            row,
+        })
+    }
+
     /// One row `[d_model]` of one variant.
     pub fn row(&self, variant: &str, row: usize) -> Result<&[f32], VectorError> {
         let data = self
@@ -228,6 +247,12 @@ impl VectorFile {
         let d = self.meta.d_model;
         Ok(&data[row * d..(row + 1) * d])
     }
+}
+
+/// `v / |v|` computed in f64; `None` for a zero (or non-finite) vector.
+pub fn unit(v: &[f32]) -> Option<Vec<f32>> {
+    let n = v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    (n > 0.0 && n.is_finite()).then(|| v.iter().map(|x| (*x as f64 / n) as f32).collect())
 }
 
 #[cfg(test)]

@@ -8,4 +8,4 @@
 pub mod extract;
 pub mod file;
 
-pub use file::{VectorError, VectorFile, VectorMeta};
+pub use file::{VectorError, VectorFile, VectorMeta, unit};

@@ -1,0 +1,243 @@
+//! Prompt monitoring: where the model's activation points along `v̂`
+//! before it answers, under graded system prompts, under k-shot examples
+//! of the trait, and at every assistant turn of a conversation.
+//!
+//! Each item is one templated prompt; its value is the last-prompt-token
+//! projection `h_row · v̂` (plus the mean response projection when the item
+//! has a response, as conversation turns do). Items are grouped (one system
+//! prompt, one k, one conversation) and group means are reported with
+//! bootstrap intervals.
+
+use persona_model::{Message, Sequence, TextCodec};
+use persona_train::data::{ChatRecord, tokenize_chat};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{MonitorError, Result};
+use crate::project::{Projection, Projector};
+use crate::stats::{BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, MeanCi, bootstrap_mean, pearson};
+
+/// One monitored prompt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MonitorRow {
+    /// The group: a system prompt, `k = 5`, or `turn 3`.
+    pub group: String,
+    /// The group's position on the x axis: grade, k, or turn.
+    pub x: f64,
+    /// The monitored question, or `line N` (the conversation) for turns.
+    pub item: String,
+    pub projection: Projection,
+}
+
+/// One group's mean last-prompt-token projection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupMean {
+    pub group: String,
+    pub x: f64,
+    pub last_prompt: MeanCi,
+    /// Mean response projection, when the group's items have responses.
+    pub response_mean: Option<MeanCi>,
+}
+
+/// A prompt to project, before tokenisation.
+struct Item {
+    group: String,
+    x: f64,
+    item: String,
+    seq: Sequence,
+}
+
+fn prompt_only(codec: &TextCodec, messages: &[Message]) -> Result<Sequence> {
+    let prompt = codec.encode(&codec.render(messages, true)?)?;
+    Ok(Sequence {
+        prompt,
+        response: Vec::new(),
+    })
+}
+
+fn need_questions(questions: &[String]) -> Result<()> {
+    if questions.is_empty() {
+        return Err(MonitorError::Input(
+            "no monitor questions: pass a questions file with one question per line".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Every question under every system prompt; prompt `i` sits at x = i, so
+/// list them in order of grade (e.g. anti-trait first, strongest last).
+fn system_prompt_items(
+    codec: &TextCodec,
+    system_prompts: &[String],
+    questions: &[String],
+) -> Result<Vec<Item>> {
+    need_questions(questions)?;
+    let mut items = Vec::new();
+    for (i, sys) in system_prompts.iter().enumerate() {
+        for q in questions {
+            items.push(Item {
+                group: sys.clone(),
+                x: i as f64,
+                item: q.clone(),
+                seq: prompt_only(codec, &[Message::system(sys), Message::user(q)])?,
+            });
+        }
+    }
+    Ok(items)
+}
+
+/// Every question after `k` earlier exchanges that show the trait, for
+/// every `k` in `ks`: the first `k` examples (in file order) that are not the
+/// question itself, as user/assistant turns.
+fn kshot_items(
+    codec: &TextCodec,
+    examples: &[(String, String)],
+    ks: &[usize],
+    questions: &[String],
+) -> Result<Vec<Item>> {
+    need_questions(questions)?;
+    let mut items = Vec::new();
+    for &k in ks {
+        for q in questions {
+            let shots: Vec<&(String, String)> =
+                examples.iter().filter(|e| &e.0 != q).take(k).collect();
+            if shots.len() < k {
+                return Err(MonitorError::Input(format!(
+                    "k = {k} needs {k} examples besides the question, but only {} are given",
+                    shots.len()
+                )));
+            }
+            let mut messages = Vec::new();
+            for (eq, ea) in shots {
+                messages.push(Message::user(eq));
+                messages.push(Message::assistant(ea));
+            }
+            messages.push(Message::user(q));
+            items.push(Item {
+                group: format!("k = {k}"),
+                x: k as f64,
+                item: q.clone(),
+                seq: prompt_only(codec, &messages)?,
+            });
+        }
+    }
+    Ok(items)
+}
+
+/// Every assistant turn of every conversation: the prompt is the
+/// conversation up to that turn, the response is the turn. Turns are
+/// grouped by number across conversations.
+fn conversation_items(codec: &TextCodec, chats: &[ChatRecord]) -> Result<Vec<Item>> {
+    let mut items = Vec::new();
+    for chat in chats {
+        let mut turn = 0;
+        for (i, m) in chat.messages.iter().enumerate() {
+            if m.role != "assistant" || i == 0 {
+                continue;
+            }
+            turn += 1;
+            items.push(Item {
+                group: format!("turn {turn}"),
+                x: turn as f64,
+                item: format!("line {}", chat.line),
+                seq: tokenize_chat(codec, &chat.messages[..=i])?,
+            });
+        }
+    }
+    Ok(items)
+}
+
+/// What to monitor.
+pub enum Probe<'a> {
+    SystemPrompts {
+        prompts: &'a [String],
+        questions: &'a [String],
+    },
+    KShot {
+        /// `(question, answer showing the trait)`.
+        examples: &'a [(String, String)],
+        ks: &'a [usize],
+        questions: &'a [String],
+    },
+    Conversations(&'a [ChatRecord]),
+}
+
+/// Rows of a monitoring run and their group means.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MonitorReport {
+    pub row: usize,
+    pub rows: Vec<MonitorRow>,
+    pub groups: Vec<GroupMean>,
+    /// Pearson r between a group's x (grade, k) and its mean projection.
+    pub r_x_projection: Option<f64>,
+}
+
+/// Projects every item of `probe`; `progress(done, total)`.
+pub fn monitor(
+    projector: &Projector<'_>,
+    codec: &TextCodec,
+    probe: Probe<'_>,
+    progress: impl FnMut(usize),
+) -> Result<MonitorReport> {
+    let items = match probe {
+        Probe::SystemPrompts { prompts, questions } => {
+            system_prompt_items(codec, prompts, questions)?
+        }
+        Probe::KShot {
+            examples,
+            ks,
+            questions,
+        } => kshot_items(codec, examples, ks, questions)?,
+        Probe::Conversations(chats) => conversation_items(codec, chats)?,
+    };
+    if items.is_empty() {
+        return Err(MonitorError::Input("nothing to monitor".into()));
+    }
+    let seqs: Vec<Sequence> = items.iter().map(|i| i.seq.clone()).collect();
+    let proj = projector.project(&seqs, progress)?;
+    let rows: Vec<MonitorRow> = items
+        .into_iter()
+        .zip(proj)
+        .map(|(i, p)| MonitorRow {
+            group: i.group,
+            x: i.x,
+            item: i.item,
+            projection: p,
+        })
+        .collect();
+    let groups = group_means(&rows);
+    let xs: Vec<f64> = groups.iter().map(|g| g.x).collect();
+    let ys: Vec<f64> = groups.iter().map(|g| g.last_prompt.mean).collect();
+    Ok(MonitorReport {
+        row: projector.row(),
+        r_x_projection: pearson(&xs, &ys),
+        rows,
+        groups,
+    })
+}
+
+/// Means per group, in order of first appearance.
+fn group_means(rows: &[MonitorRow]) -> Vec<GroupMean> {
+    let mut order: Vec<(String, f64)> = Vec::new();
+    for r in rows {
+        if !order.iter().any(|(g, _)| g == &r.group) {
+            order.push((r.group.clone(), r.x));
+        }
+    }
+    order
+        .into_iter()
+        .filter_map(|(g, x)| {
+            let mine: Vec<&MonitorRow> = rows.iter().filter(|r| r.group == g).collect();
+            let last: Vec<f64> = mine.iter().map(|r| r.projection.last_prompt).collect();
+            let resp: Vec<f64> = mine
+                .iter()
+                .filter_map(|r| r.projection.response_mean)
+                .collect();
+            Some(GroupMean {
+                group: g,
+                x,
+                last_prompt: bootstrap_mean(&last, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED)?,
+                response_mean: bootstrap_mean(&resp, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED),
+            })
+        })
+        .collect()
+}

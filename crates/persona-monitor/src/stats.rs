@@ -1,0 +1,163 @@
+//! Small, exact statistics used by monitoring and screening reports: means,
+//! a seeded percentile-bootstrap interval, AUROC and Pearson r.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+/// Resamples and seed of every bootstrap interval the reports show (fixed,
+/// so a report is reproducible; recorded next to the intervals).
+pub const BOOTSTRAP_RESAMPLES: usize = 2000;
+pub const BOOTSTRAP_SEED: u64 = 0;
+
+/// Arithmetic mean; `None` for an empty slice.
+pub fn mean(x: &[f64]) -> Option<f64> {
+    (!x.is_empty()).then(|| x.iter().sum::<f64>() / x.len() as f64)
+}
+
+/// A mean with its 95% percentile-bootstrap interval.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct MeanCi {
+    pub mean: f64,
+    pub lo: f64,
+    pub hi: f64,
+    pub n: usize,
+}
+
+/// The mean of `x` and its 95% percentile-bootstrap interval from
+/// `resamples` resamples drawn with a ChaCha8 stream seeded by `seed` (so
+/// the interval is reproducible). `None` for an empty slice.
+pub fn bootstrap_mean(x: &[f64], resamples: usize, seed: u64) -> Option<MeanCi> {
+    let m = mean(x)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut means: Vec<f64> = (0..resamples.max(1))
+        .map(|_| {
+            (0..x.len())
+                .map(|_| x[rng.random_range(0..x.len())])
+                .sum::<f64>()
+                / x.len() as f64
+        })
+        .collect();
+    means.sort_by(f64::total_cmp);
+    let at = |q: f64| means[((means.len() - 1) as f64 * q).round() as usize];
+    Some(MeanCi {
+        mean: m,
+        lo: at(0.025),
+        hi: at(0.975),
+        n: x.len(),
+    })
+}
+
+/// Area under the ROC curve of `scores` for the positives (`labels[i] ==
+/// true`): the probability that a random positive scores above a random
+/// negative, ties counting one half (the Mann-Whitney U statistic). `None`
+/// without at least one positive and one negative.
+pub fn auroc(scores: &[f64], labels: &[bool]) -> Option<f64> {
+    let pos: Vec<f64> = scores
+        .iter()
+        .zip(labels)
+        .filter(|p| *p.1)
+        .map(|p| *p.0)
+        .collect();
+    let neg: Vec<f64> = scores
+        .iter()
+        .zip(labels)
+        .filter(|p| !*p.1)
+        .map(|p| *p.0)
+        .collect();
+    if pos.is_empty() || neg.is_empty() {
+        return None;
+    }
+    let mut wins = 0.0;
+    for p in &pos {
+        for n in &neg {
+            wins += if p > n {
+                1.0
+            } else if p == n {
+                0.5
+            } else {
+                0.0
+            };
+        }
+    }
+    Some(wins / (pos.len() * neg.len()) as f64)
+}
+
+/// Pearson correlation; `None` with fewer than 2 points or a constant series.
+pub fn pearson(x: &[f64], y: &[f64]) -> Option<f64> {
+    let n = x.len().min(y.len());
+    if n < 2 {
+        return None;
+    }
+    let (mx, my) = (mean(&x[..n])?, mean(&y[..n])?);
+    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
+    for i in 0..n {
+        let (dx, dy) = (x[i] - mx, y[i] - my);
+        sxy += dx * dy;
+        sxx += dx * dx;
+        syy += dy * dy;
+    }
+    (sxx > 0.0 && syy > 0.0).then(|| sxy / (sxx * syy).sqrt())
+}
+
+/// The value at quantile `q` (0..=1) of `x`, by linear interpolation
+/// between order statistics. `None` for an empty slice.
+pub fn quantile(x: &[f64], q: f64) -> Option<f64> {
+    if x.is_empty() {
+        return None;
+    }
+    let mut s = x.to_vec();
+    s.sort_by(f64::total_cmp);
+    let pos = (s.len() - 1) as f64 * q.clamp(0.0, 1.0);
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    Some(s[lo] + (s[hi] - s[lo]) * (pos - lo as f64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auroc_counts_pairs_and_ties() {
+        assert_eq!(auroc(&[3.0, 2.0, 1.0], &[true, false, false]), Some(1.0));
+        assert_eq!(auroc(&[1.0, 2.0, 3.0], &[true, false, false]), Some(0.0));
+        // One tie (2 vs 2) out of 4 pairs, one win (3 > 1), one win (3 > 2), one loss.
+        let a = auroc(&[3.0, 2.0, 2.0, 1.0], &[true, true, false, false]).unwrap();
+        assert!((a - (1.0 + 1.0 + 0.5 + 1.0) / 4.0).abs() < 1e-12);
+        assert_eq!(auroc(&[1.0], &[true]), None);
+    }
+
+    #[test]
+    fn pearson_of_lines_and_constants() {
+        let x = [1.0, 2.0, 3.0, 4.0];
+        assert!((pearson(&x, &[2.0, 4.0, 6.0, 8.0]).unwrap() - 1.0).abs() < 1e-12);
+        assert!((pearson(&x, &[8.0, 6.0, 4.0, 2.0]).unwrap() + 1.0).abs() < 1e-12);
+        assert_eq!(pearson(&x, &[1.0; 4]), None);
+    }
+
+    #[test]
+    fn bootstrap_interval_brackets_the_mean_and_shrinks_with_n() {
+        let small: Vec<f64> = (0..20).map(|i| (i % 7) as f64).collect();
+        let large: Vec<f64> = (0..2000).map(|i| (i % 7) as f64).collect();
+        let a = bootstrap_mean(&small, 2000, 1).unwrap();
+        let b = bootstrap_mean(&large, 2000, 1).unwrap();
+        assert!(a.lo < a.mean && a.mean < a.hi);
+        assert!(b.hi - b.lo < (a.hi - a.lo) / 4.0, "{a:?} {b:?}");
+        // Roughly 1.96 standard errors each side: sd of 0..7 cycling is 2.0.
+        let se = 2.0 / (2000f64).sqrt();
+        assert!(
+            ((b.hi - b.lo) / 2.0 - 1.96 * se).abs() < 0.3 * 1.96 * se,
+            "{b:?}"
+        );
+        assert_eq!(bootstrap_mean(&small, 2000, 1), Some(a), "seeded");
+        assert_eq!(bootstrap_mean(&[], 10, 1), None);
+    }
+
+    #[test]
+    fn quantiles_interpolate() {
+        let x = [4.0, 1.0, 3.0, 2.0, 5.0];
+        assert_eq!(quantile(&x, 0.0), Some(1.0));
+        assert_eq!(quantile(&x, 0.5), Some(3.0));
+        assert!((quantile(&x, 0.9).unwrap() - 4.6).abs() < 1e-12);
+    }
+}

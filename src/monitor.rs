@@ -1,0 +1,178 @@
+//! `persona monitor`: last-prompt-token projections on a persona vector
+//! under graded system prompts, k-shot examples, or conversation turns.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use indicatif::ProgressBar;
+use persona_model::{DEFAULT_MODEL, parse_device, write_atomic};
+use persona_monitor::Projector;
+use persona_monitor::plot::{Labels, Series, line_chart};
+use persona_monitor::prompts::{Probe, monitor};
+use persona_vectors::VectorFile;
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("probe").required(true).args(["system_prompts", "kshot", "conversations"])))]
+pub struct MonitorArgs {
+    /// Persona-vector file.
+    #[arg(long)]
+    vector: PathBuf,
+    /// Residual row (row l = output of block l-1; row 0 = embeddings).
+    #[arg(long)]
+    layer: usize,
+    #[arg(long, default_value = "response_avg")]
+    variant: String,
+    #[arg(long, default_value = DEFAULT_MODEL)]
+    model: String,
+    /// Questions, one per line (for --system-prompts and --kshot).
+    #[arg(long)]
+    questions: Option<PathBuf>,
+    /// System prompts, one per line, in order of grade (anti-trait first).
+    #[arg(long)]
+    system_prompts: Option<PathBuf>,
+    /// Trait examples for k-shot prompts: JSONL of {question, pos, neg} (pos answers are used).
+    #[arg(long)]
+    kshot: Option<PathBuf>,
+    /// Numbers of examples to put before each question.
+    #[arg(long, value_delimiter = ',', default_value = "0,1,2,5,10")]
+    k: Vec<usize>,
+    /// Conversations: JSONL of {"messages": [...]}; every assistant turn is monitored.
+    #[arg(long)]
+    conversations: Option<PathBuf>,
+    /// Folder for monitor.jsonl, groups.json and monitor.svg.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+fn lines(path: &Path) -> Result<Vec<String>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let v: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect();
+    if v.is_empty() {
+        bail!("{} has no lines", path.display());
+    }
+    Ok(v)
+}
+
+pub fn run(a: MonitorArgs) -> Result<()> {
+    let device = parse_device(&a.device)?;
+    let vector = VectorFile::load(&a.vector)?;
+    let loaded = persona_model::load(&a.model, &device)
+        .with_context(|| format!("loading model `{}`", a.model))?;
+    vector.check_model(&loaded.model.config, &loaded.identity)?;
+    let projector = Projector::new(
+        &loaded.model,
+        a.layer,
+        vector.unit_row(&a.variant, a.layer)?,
+        loaded.codec.pad_id,
+        a.batch_size,
+    )?;
+    let questions = || -> Result<Vec<String>> {
+        let p = a
+            .questions
+            .as_ref()
+            .context("--questions is needed with --system-prompts and --kshot")?;
+        lines(p)
+    };
+    let (qs, prompts, examples, chats);
+    let (probe, x_name) = if let Some(p) = &a.system_prompts {
+        qs = questions()?;
+        prompts = lines(p)?;
+        (
+            Probe::SystemPrompts {
+                prompts: &prompts,
+                questions: &qs,
+            },
+            "system prompt grade (line in file, 0-based)",
+        )
+    } else if let Some(p) = &a.kshot {
+        qs = questions()?;
+        examples = persona_vectors::extract::read_pairs(p)?
+            .into_iter()
+            .map(|p| (p.question, p.pos))
+            .collect::<Vec<_>>();
+        (
+            Probe::KShot {
+                examples: &examples,
+                ks: &a.k,
+                questions: &qs,
+            },
+            "k (trait examples before the question)",
+        )
+    } else if let Some(p) = &a.conversations {
+        chats = persona_train::data::read_chat_records(p)?;
+        (Probe::Conversations(&chats), "assistant turn")
+    } else {
+        bail!("pass one of --system-prompts, --kshot, --conversations");
+    };
+    let bar = ProgressBar::new(0);
+    let report = monitor(&projector, &loaded.codec, probe, |d| {
+        bar.set_position(d as u64)
+    })?;
+    bar.finish_and_clear();
+    println!(
+        "last-prompt-token projection on v̂ at row {} ({})",
+        a.layer,
+        a.vector.display()
+    );
+    println!(
+        "{:>6}  {:>8}  {:>19}  {:>8}  group",
+        "x", "mean", "95% interval", "resp"
+    );
+    for g in &report.groups {
+        let resp = g
+            .response_mean
+            .map(|r| format!("{:+8.3}", r.mean))
+            .unwrap_or_else(|| format!("{:>8}", "-"));
+        let name: String = g.group.chars().take(70).collect();
+        println!(
+            "{:>6}  {:+8.3}  [{:+8.3}, {:+8.3}]  {resp}  {name}",
+            g.x, g.last_prompt.mean, g.last_prompt.lo, g.last_prompt.hi
+        );
+    }
+    if let Some(r) = report.r_x_projection {
+        println!("Pearson r (x vs mean projection): {r:.3}");
+    }
+    if let Some(out) = &a.out {
+        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+        let mut jsonl = String::new();
+        for r in &report.rows {
+            jsonl.push_str(&serde_json::to_string(r)?);
+            jsonl.push('\n');
+        }
+        write_atomic(&out.join("monitor.jsonl"), jsonl.as_bytes())?;
+        write_atomic(
+            &out.join("groups.json"),
+            serde_json::to_string_pretty(&report)?.as_bytes(),
+        )?;
+        let series = vec![Series {
+            name: "mean last-prompt projection".into(),
+            points: report
+                .groups
+                .iter()
+                .map(|g| (g.x, g.last_prompt.mean))
+                .collect(),
+        }];
+        let svg = line_chart(
+            Labels {
+                title: &format!("projection on v̂ at row {}", a.layer),
+                x: x_name,
+                y: "h · v̂ (last prompt token)",
+            },
+            &series,
+        )?;
+        write_atomic(&out.join("monitor.svg"), svg.as_bytes())?;
+        println!("wrote {}", out.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,166 @@
+//! `persona screen`: rank training samples by how far they would push the
+//! model along a persona vector.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use persona_model::{DEFAULT_MODEL, parse_device, persona_home};
+use persona_monitor::screen::{FilterRule, ScreenOptions, filter, screen};
+use persona_vectors::VectorFile;
+
+#[derive(Args)]
+pub struct ScreenArgs {
+    /// Chat JSONL: one {"messages": [...]} per line (optional "label": true|false).
+    #[arg(long)]
+    dataset: PathBuf,
+    /// Persona-vector file.
+    #[arg(long)]
+    vector: PathBuf,
+    /// Residual row (row l = output of block l-1; row 0 = embeddings).
+    #[arg(long)]
+    layer: usize,
+    #[arg(long, default_value = "response_avg")]
+    variant: String,
+    #[arg(long, default_value = DEFAULT_MODEL)]
+    model: String,
+    /// Output folder (default: checkpoints/screens/<dataset>-<vector>-row<L>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Longest greedy base response, in tokens.
+    #[arg(long, default_value_t = 128)]
+    max_new_tokens: usize,
+    /// Sequences per forward pass and prompts per generation batch.
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// Only the cheap variant (response minus last-prompt projection): no generation.
+    #[arg(long)]
+    cheap: bool,
+    /// Write filtered.jsonl without the top P percent of samples.
+    #[arg(long, conflicts_with = "threshold")]
+    drop_top: Option<f64>,
+    /// Write filtered.jsonl without samples scoring above T.
+    #[arg(long, allow_hyphen_values = true)]
+    threshold: Option<f64>,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+fn stem(p: &std::path::Path) -> String {
+    p.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "data".into())
+}
+
+pub fn run(a: ScreenArgs) -> Result<()> {
+    if a.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    if a.max_new_tokens == 0 && !a.cheap {
+        bail!("--max-new-tokens must be at least 1 (or pass --cheap to skip generation)");
+    }
+    let device = parse_device(&a.device)?;
+    let vector = VectorFile::load(&a.vector)?;
+    let loaded = persona_model::load(&a.model, &device)
+        .with_context(|| format!("loading model `{}`", a.model))?;
+    let out = a.out.clone().unwrap_or_else(|| {
+        persona_home().join("screens").join(format!(
+            "{}-{}-row{}{}",
+            stem(&a.dataset),
+            stem(&a.vector),
+            a.layer,
+            if a.cheap { "-cheap" } else { "" }
+        ))
+    });
+    let opts = ScreenOptions {
+        generate_base: !a.cheap,
+        max_new_tokens: a.max_new_tokens,
+        batch_size: a.batch_size,
+        base_cache: persona_home()
+            .join("cache")
+            .join("base-responses")
+            .join(format!(
+                "{}.jsonl",
+                &loaded.identity.sha256[..16.min(loaded.identity.sha256.len())]
+            )),
+    };
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} samples {msg} [{elapsed} < {eta}]")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_message(if a.cheap {
+        "projecting"
+    } else {
+        "generating base responses and projecting"
+    });
+    let (summary, scores) = screen(
+        &loaded.model,
+        &loaded.codec,
+        &loaded.identity,
+        &a.dataset,
+        &vector,
+        &a.variant,
+        a.layer,
+        &opts,
+        &out,
+        |done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        },
+    )?;
+    bar.finish_and_clear();
+    let fmt = |c: &Option<persona_monitor::stats::MeanCi>| match c {
+        Some(c) => format!("{:+.3} [{:+.3}, {:+.3}] (n {})", c.mean, c.lo, c.hi, c.n),
+        None => "-".into(),
+    };
+    println!(
+        "screened {} samples of {} at row {} ({} unscored)",
+        summary.samples,
+        a.dataset.display(),
+        a.layer,
+        summary.unscored
+    );
+    if !a.cheap {
+        println!("mean ΔP                         {}", fmt(&summary.delta_p));
+        println!(
+            "  dataset response projection   {}",
+            fmt(&summary.sample_response)
+        );
+        println!(
+            "  base response projection      {}",
+            fmt(&summary.base_response)
+        );
+    }
+    println!("mean cheap (resp - last prompt) {}", fmt(&summary.cheap));
+    if let Some(r) = summary.auroc_delta_p {
+        println!("AUROC of ΔP for label = true    {r:.3}");
+    }
+    if let Some(r) = summary.auroc_cheap {
+        println!("AUROC of cheap for label = true {r:.3}");
+    }
+    println!("highest:");
+    for s in scores.iter().take(5) {
+        let v = s.rank_score(!a.cheap).unwrap_or(f64::NAN);
+        println!("  line {:>5}  {v:+.3}  {}", s.line, s.prompt);
+    }
+    let rule = match (a.drop_top, a.threshold) {
+        (Some(p), _) => Some(FilterRule::DropTop { percent: p }),
+        (_, Some(t)) => Some(FilterRule::Threshold { threshold: t }),
+        _ => None,
+    };
+    if let Some(rule) = rule {
+        let m = filter(&out, &summary, &scores, rule)?;
+        println!(
+            "filter ({}): kept {}, removed {}; wrote {} and {}",
+            m.rule,
+            m.kept,
+            m.removed.len(),
+            out.join("filtered.jsonl").display(),
+            out.join("filter-manifest.json").display()
+        );
+    }
+    println!("results in {}", out.display());
+    Ok(())
+}
