@@ -38,6 +38,17 @@ enum SteerPositions {
     Response,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum ExportFormat {
+    LlamaCpp,
+}
+
+#[derive(Subcommand)]
+enum VectorCommand {
+    /// Metadata and per-row norms of a vector file.
+    Info { file: PathBuf },
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Generate a reply to one prompt (optionally steered).
@@ -92,13 +103,15 @@ enum Command {
         #[arg(long)]
         resume: bool,
     },
-    /// Extract a persona vector from authored contrast pairs (JSONL of {question, pos, neg}).
+    /// Extract a persona vector from a trait file (datasets/traits/<trait>.toml).
     Extract {
-        #[arg(long)]
-        pairs: PathBuf,
-        /// Trait name, stored in the vector's metadata.
+        /// Trait definition: this project's TOML layout or the common JSON one.
         #[arg(long = "trait")]
-        trait_name: String,
+        trait_file: PathBuf,
+        /// Where the contrast comes from: `authored` (the trait file's written
+        /// responses, teacher-forced). `generated` is not built yet.
+        #[arg(long, default_value = "authored")]
+        source: String,
         #[arg(long, default_value = DEFAULT_MODEL)]
         model: String,
         /// Output file (default: checkpoints/vectors/<model>/<trait>.safetensors).
@@ -108,6 +121,31 @@ enum Command {
         batch_size: usize,
         #[arg(long, default_value = "cpu")]
         device: String,
+    },
+    /// Inspect persona-vector files.
+    #[command(subcommand)]
+    Vector(VectorCommand),
+    /// Write a persona vector in another tool's format.
+    Export {
+        /// Persona-vector file.
+        #[arg(long)]
+        vector: PathBuf,
+        /// Target format (llama-cpp: a control-vector GGUF for `llama-cli --control-vector-scaled`).
+        #[arg(long, value_enum)]
+        format: ExportFormat,
+        /// Rows to export (row l = output of block l-1; llama.cpp numbers it l-1).
+        #[arg(long = "layer", required = true, num_args = 1..)]
+        layers: Vec<usize>,
+        /// Multiplier baked into the file (llama-cli can scale it again).
+        #[arg(long, default_value_t = 1.0, allow_hyphen_values = true)]
+        coef: f32,
+        #[arg(long, default_value = "response_avg")]
+        variant: String,
+        /// `controlvector.model_hint` (default: the vector's model name).
+        #[arg(long)]
+        model_hint: Option<String>,
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Fold LoRA adapters into the base weights and write an HF directory.
     Merge {
@@ -156,6 +194,26 @@ fn ensure_empty(out: &std::path::Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Per-row norms of every variant of a vector file.
+fn print_norms(file: &VectorFile) {
+    let d = file.meta.d_model;
+    let names: Vec<&String> = file.variants.keys().collect();
+    print!("row ");
+    for n in &names {
+        print!("  |{n}|");
+    }
+    println!();
+    for row in 0..=file.meta.n_layers {
+        print!("{row:>3} ");
+        for n in &names {
+            let v = &file.variants[*n][row * d..(row + 1) * d];
+            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            print!("  {norm:>w$.3}", w = n.len() + 2);
+        }
+        println!();
+    }
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -245,49 +303,52 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Extract {
-            pairs,
-            trait_name,
+            trait_file,
+            source,
             model,
             out,
             batch_size,
             device,
         } => {
+            if source != "authored" {
+                bail!(
+                    "--source {source}: only `authored` is implemented so far (the `generated` pipeline needs a judge, which is not built yet)"
+                );
+            }
             let device = parse_device(&device)?;
-            let pairs = persona_vectors::extract::read_pairs(&pairs)?;
+            let def = persona_vectors::TraitDef::load(&trait_file)?;
             let loaded = persona_model::load(&model, &device)
                 .with_context(|| format!("loading model `{model}`"))?;
             let out = out.unwrap_or_else(|| {
-                let name = std::path::Path::new(&model)
-                    .file_stem()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| model.clone());
                 persona_model::persona_home()
                     .join("vectors")
-                    .join(name)
-                    .join(format!("{trait_name}.safetensors"))
+                    .join(&loaded.identity.name)
+                    .join(format!("{}.safetensors", def.name))
             });
+            let n: usize = def
+                .responses
+                .iter()
+                .map(|r| r.pos.len() + r.neg.len())
+                .sum();
+            let bar = indicatif::ProgressBar::new(n as u64);
+            let started = std::time::Instant::now();
             let file = persona_vectors::extract::extract_authored(
                 &loaded.model,
                 &loaded.codec,
                 &loaded.identity,
-                &trait_name,
-                &pairs,
+                &def,
                 batch_size,
-                |_| {},
+                |k| bar.set_position(k as u64),
             )?;
+            bar.finish_and_clear();
             file.save(&out)?;
-            let v = &file.variants["response_avg"];
-            let d = file.meta.d_model;
-            println!("wrote {} ({} pairs)", out.display(), pairs.len());
-            println!("row  |v_row|");
-            for row in 0..=file.meta.n_layers {
-                let n: f32 = v[row * d..(row + 1) * d]
-                    .iter()
-                    .map(|x| x * x)
-                    .sum::<f32>()
-                    .sqrt();
-                println!("{row:>3}  {n:.3}");
-            }
+            println!(
+                "wrote {} ({} authored responses, {:.1} s)",
+                out.display(),
+                n,
+                started.elapsed().as_secs_f64()
+            );
+            print_norms(&file);
             Ok(())
         }
         Command::Merge {
@@ -322,6 +383,61 @@ fn run(cli: Cli) -> Result<()> {
                 "wrote {} ({} tensors, f32)",
                 out.display(),
                 host.weights.len()
+            );
+            Ok(())
+        }
+        Command::Vector(VectorCommand::Info { file }) => {
+            let f = VectorFile::load(&file)?;
+            println!("file:           {}", file.display());
+            println!(
+                "model:          {} (sha256 {})",
+                f.meta.model_name, f.meta.model_sha256
+            );
+            println!(
+                "shape:          [{}, {}] per variant",
+                f.meta.n_layers + 1,
+                f.meta.d_model
+            );
+            println!("rows:           {}", f.meta.row_convention);
+            println!("format version: {}", f.meta.format_version);
+            println!(
+                "extraction:     {}",
+                serde_json::to_string_pretty(&f.meta.extra)?
+            );
+            print_norms(&f);
+            Ok(())
+        }
+        Command::Export {
+            vector,
+            format: ExportFormat::LlamaCpp,
+            layers,
+            coef,
+            variant,
+            model_hint,
+            out,
+        } => {
+            let f = VectorFile::load(&vector)?;
+            let hint = model_hint.unwrap_or_else(|| f.meta.model_name.clone());
+            let bytes = persona_vectors::export::llama_cpp_control_vector(
+                &f, &variant, &layers, coef, &hint,
+            )?;
+            persona_model::write_atomic(&out, &bytes)?;
+            let dirs: Vec<String> = layers
+                .iter()
+                .filter_map(|r| persona_vectors::export::llama_cpp_direction(*r))
+                .map(|d| d.to_string())
+                .collect();
+            println!(
+                "wrote {} (rows {:?} -> llama.cpp direction.{{{}}}, x {coef})",
+                out.display(),
+                layers,
+                dirs.join(",")
+            );
+            println!(
+                "steer with: llama-cli -m MODEL.gguf --control-vector-scaled {} 1.0 --control-vector-layer-range {} {}",
+                out.display(),
+                dirs.first().map(String::as_str).unwrap_or("1"),
+                dirs.last().map(String::as_str).unwrap_or("1"),
             );
             Ok(())
         }

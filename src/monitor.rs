@@ -25,13 +25,14 @@ pub struct MonitorArgs {
     variant: String,
     #[arg(long, default_value = DEFAULT_MODEL)]
     model: String,
-    /// Questions, one per line (for --system-prompts and --kshot).
+    /// Questions: a trait file (its evaluation questions) or a text file
+    /// with one per line (for --system-prompts and --kshot).
     #[arg(long)]
     questions: Option<PathBuf>,
     /// System prompts, one per line, in order of grade (anti-trait first).
     #[arg(long)]
     system_prompts: Option<PathBuf>,
-    /// Trait examples for k-shot prompts: JSONL of {question, pos, neg} (pos answers are used).
+    /// Trait file whose authored trait-showing responses become k-shot examples.
     #[arg(long)]
     kshot: Option<PathBuf>,
     /// Numbers of examples to put before each question.
@@ -82,7 +83,7 @@ pub fn run(a: MonitorArgs) -> Result<()> {
             .questions
             .as_ref()
             .context("--questions is needed with --system-prompts and --kshot")?;
-        lines(p)
+        Ok(persona_vectors::traits::read_questions(p)?)
     };
     let (qs, prompts, examples, chats);
     let (probe, x_name) = if let Some(p) = &a.system_prompts {
@@ -97,9 +98,10 @@ pub fn run(a: MonitorArgs) -> Result<()> {
         )
     } else if let Some(p) = &a.kshot {
         qs = questions()?;
-        examples = persona_vectors::extract::read_pairs(p)?
+        examples = persona_vectors::TraitDef::load(p)?
+            .responses
             .into_iter()
-            .map(|p| (p.question, p.pos))
+            .flat_map(|r| r.pos.into_iter().map(move |a| (r.question.clone(), a)))
             .collect::<Vec<_>>();
         (
             Probe::KShot {

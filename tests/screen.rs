@@ -9,12 +9,11 @@ use std::path::{Path, PathBuf};
 use common::{persona, repo, temp_home};
 use persona_monitor::screen::{FilterManifest, SampleScore, ScreenSummary};
 
-/// A sycophancy vector extracted from the authored pairs into `home`.
+/// A sycophancy vector extracted from the trait file into `home`.
 fn vector(home: &Path) -> PathBuf {
     let out = home.join("vectors/syc.safetensors");
     let o = persona(home)
-        .args(["extract", "--trait", "sycophantic", "--pairs"])
-        .arg(repo().join("datasets/traits/sycophantic-pairs.jsonl"))
+        .args(["extract", "--trait", "datasets/traits/sycophantic.toml"])
         .arg("--out")
         .arg(&out)
         .output()
@@ -226,7 +225,7 @@ fn monitor_projects_graded_system_prompts_and_conversation_turns() {
             "--layer",
             "15",
             "--questions",
-            "datasets/monitor/sycophantic-questions.txt",
+            "datasets/traits/sycophantic.toml",
         ])
         .arg("--system-prompts")
         .arg(&prompts)
@@ -238,7 +237,7 @@ fn monitor_projects_graded_system_prompts_and_conversation_turns() {
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("groups.json")).unwrap()).unwrap();
     assert_eq!(report["groups"].as_array().unwrap().len(), 2);
-    assert_eq!(report["rows"].as_array().unwrap().len(), 20);
+    assert_eq!(report["rows"].as_array().unwrap().len(), 40);
     assert!(
         std::fs::read_to_string(out.join("monitor.svg"))
             .unwrap()

@@ -20,6 +20,8 @@ pub enum TrainError {
     Model(#[from] persona_model::ModelError),
     #[error(transparent)]
     Vector(#[from] persona_vectors::VectorError),
+    #[error(transparent)]
+    Trait(#[from] persona_vectors::TraitError),
     #[error(
         "{what} is {value} at step {step}: training stopped; the last good checkpoint in {dir} is kept (lower the learning rate or the steering coefficient)"
     )]

@@ -11,7 +11,7 @@ use persona_model::{
 };
 use persona_vectors::VectorFile;
 
-use crate::error::{Result, TrainError};
+use crate::error::Result;
 
 /// One monitored trait: its prompts, unit vectors and the base model's means.
 pub struct TraitMonitor {
@@ -35,21 +35,12 @@ impl TraitMonitor {
         model: &Model,
         codec: &TextCodec,
     ) -> Result<Self> {
-        let text =
-            std::fs::read_to_string(questions).map_err(|e| crate::error::io(questions, e))?;
         let mut seqs = Vec::new();
-        for q in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
-            let prompt = codec.encode(&codec.render(&[Message::user(q)], true)?)?;
+        for q in persona_vectors::traits::read_questions(questions)? {
+            let prompt = codec.encode(&codec.render(&[Message::user(q.as_str())], true)?)?;
             seqs.push(Sequence {
                 prompt,
                 response: vec![],
-            });
-        }
-        if seqs.is_empty() {
-            return Err(TrainError::Dataset {
-                path: questions.to_path_buf(),
-                line: 0,
-                reason: "no questions".into(),
             });
         }
         let batch = Batch::new(&seqs, PadSide::Right, codec.pad_id)?;

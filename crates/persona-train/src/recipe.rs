@@ -34,8 +34,9 @@ pub struct TraitSection {
     pub name: String,
     /// The vector file this section makes when it does not exist yet.
     pub vector: PathBuf,
-    /// Authored contrast pairs, JSONL of `{"question", "pos", "neg"}`.
-    pub pairs: PathBuf,
+    /// Trait definition file (`datasets/traits/<trait>.toml`) whose
+    /// authored responses the vector is extracted from.
+    pub definition: PathBuf,
     /// Sequences per extraction forward.
     pub batch_size: usize,
 }
@@ -154,7 +155,8 @@ pub struct MonitorSection {
 pub struct MonitoredTrait {
     pub name: String,
     pub vector: PathBuf,
-    /// Monitor prompts: a text file with one user question per line.
+    /// Monitor prompts: a trait file (its evaluation questions) or a text
+    /// file with one user question per line.
     pub questions: PathBuf,
 }
 
@@ -186,7 +188,7 @@ impl Recipe {
             }
         };
         if let Some(t) = &self.trait_ {
-            exists("trait.pairs", &t.pairs)?;
+            exists("trait.definition", &t.definition)?;
             if t.batch_size == 0 {
                 return Err(key("trait.batch_size", "must be at least 1".into()));
             }

@@ -439,18 +439,24 @@ pub fn train(recipe_path: &Path, resume: bool, show_progress: bool) -> Result<Tr
     })
 }
 
-/// Extracts the `[trait]` section's vector from its pairs when the vector
+/// Extracts the `[trait]` section's vector from its trait file's authored
+/// responses when the vector
 /// file does not exist yet (so a recipe works on a fresh machine).
 pub fn ensure_trait_vector(recipe: &Recipe, show_progress: bool) -> Result<()> {
     let Some(t) = recipe.trait_.as_ref().filter(|t| !t.vector.exists()) else {
         return Ok(());
     };
     let path = &t.vector;
-    let pairs = persona_vectors::extract::read_pairs(&t.pairs)?;
+    let def = persona_vectors::TraitDef::load(&t.definition)?;
     let device = persona_model::parse_device(&recipe.run.device)?;
     let loaded = persona_model::load(&recipe.model.name, &device)?;
     let bar = if show_progress {
-        ProgressBar::new(2 * pairs.len() as u64)
+        let n: usize = def
+            .responses
+            .iter()
+            .map(|r| r.pos.len() + r.neg.len())
+            .sum();
+        ProgressBar::new(n as u64)
     } else {
         ProgressBar::hidden()
     };
@@ -459,8 +465,7 @@ pub fn ensure_trait_vector(recipe: &Recipe, show_progress: bool) -> Result<()> {
         &loaded.model,
         &loaded.codec,
         &loaded.identity,
-        &t.name,
-        &pairs,
+        &def,
         t.batch_size,
         |k| bar.set_position(k as u64),
     )?;

@@ -1,56 +1,37 @@
-//! Extraction from authored contrast pairs (the `authored` source): the
-//! model reads a question with a response that shows the trait and one that
-//! shows its opposite (teacher-forced, no generation); the persona vector is
-//! the difference of the mean response activations, per row, unnormalised:
-//! `v_l = mean(pos) - mean(neg)`.
+//! Extraction from a trait file's authored responses (the `authored`
+//! source): the model reads each extraction question, under the trait's
+//! elicitation system prompt, followed by a response written to show the
+//! trait (`pos`) or its opposite (`neg`); no generation. For every residual
+//! row the persona vector is `mean(pos) - mean(neg)`, unnormalised, for
+//! three reductions: the mean over response tokens (`response_avg`), over
+//! prompt tokens (`prompt_avg`) and the last prompt token (`prompt_last`).
 
-use std::path::Path;
+use std::collections::BTreeMap;
 
 use persona_model::{
-    Batch, CaptureRequest, ForwardArgs, Message, Model, ModelConfig, ModelIdentity, PadSide,
-    Reduction, Sequence, TextCodec, host_vec,
+    Batch, CaptureRequest, ForwardArgs, Message, Model, ModelIdentity, PadSide, Reduction,
+    Sequence, TextCodec, host_vec,
 };
-use serde::Deserialize;
 
-use crate::file::{FORMAT_VERSION, ROW_CONVENTION, VectorError, VectorFile, VectorMeta};
+use crate::file::{FORMAT_VERSION, ROW_CONVENTION, VectorFile, VectorMeta};
+use crate::traits::TraitDef;
 
-/// One authored contrast: the same question answered with the trait (`pos`)
-/// and with its opposite (`neg`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ContrastPair {
-    pub question: String,
-    pub pos: String,
-    pub neg: String,
-}
+/// The reductions extracted, with their variant names in the file.
+pub const VARIANT_REDUCTIONS: [(&str, Reduction); 3] = [
+    ("response_avg", Reduction::ResponseMean),
+    ("prompt_avg", Reduction::PromptMean),
+    ("prompt_last", Reduction::LastPrompt),
+];
 
-/// Reads a JSONL file of [`ContrastPair`]s.
-pub fn read_pairs(path: &Path) -> Result<Vec<ContrastPair>, VectorError> {
-    let err = |reason: String| VectorError::Read {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-    let pairs: Vec<ContrastPair> = text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| serde_json::from_str(l).map_err(|e| err(format!("line {}: {e}", i + 1))))
-        .collect::<Result<_, _>>()?;
-    if pairs.is_empty() {
-        return Err(err("no contrast pairs".into()));
-    }
-    Ok(pairs)
-}
-
-/// Prompt and response tokens of a single-turn chat; the response is the
-/// assistant's text only (no end-of-turn marker).
+/// Prompt and response tokens of a single-turn chat with a system prompt;
+/// the response is the assistant's text only (no end-of-turn marker).
 pub fn teacher_forced(
     codec: &TextCodec,
+    system: &str,
     question: &str,
     response: &str,
 ) -> persona_model::Result<Sequence> {
-    let prompt_text = codec.render(&[Message::user(question)], true)?;
+    let prompt_text = codec.render(&[Message::system(system), Message::user(question)], true)?;
     let prompt = codec.encode(&prompt_text)?;
     let full = codec.encode(&format!("{prompt_text}{response}"))?;
     if !full.starts_with(&prompt) {
@@ -64,69 +45,103 @@ pub fn teacher_forced(
     })
 }
 
-/// Mean over sequences of each sequence's mean response activation, for
-/// every row: row-major `[n_rows, d_model]`. Sequences with an empty
-/// response are an error (a mean over zero tokens is undefined).
-pub fn mean_response_activations(
+/// The teacher-forced sequences of one side (`positive` = the trait): the
+/// k-th authored response of that side is read under instruction `k mod n`.
+pub fn authored_sequences(
+    def: &TraitDef,
+    codec: &TextCodec,
+    positive: bool,
+) -> persona_model::Result<Vec<Sequence>> {
+    let mut out = Vec::new();
+    for r in &def.responses {
+        let texts = if positive { &r.pos } else { &r.neg };
+        for t in texts {
+            let system = def.system_prompt(out.len(), positive);
+            out.push(teacher_forced(codec, &system, &r.question, t)?);
+        }
+    }
+    Ok(out)
+}
+
+/// For each reduction, the mean over sequences of each sequence's reduced
+/// activation, for every row: row-major `[n_rows, d_model]`. A sequence
+/// with an empty response is an error (a mean over zero tokens is undefined).
+pub fn mean_activations(
     model: &Model,
     seqs: &[Sequence],
+    reductions: &[Reduction],
     pad_id: u32,
     batch_size: usize,
     mut progress: impl FnMut(usize),
-) -> persona_model::Result<Vec<f32>> {
-    let cfg: &ModelConfig = &model.config;
-    let (rows, d) = (cfg.n_rows(), cfg.d_model);
+) -> persona_model::Result<BTreeMap<Reduction, Vec<f32>>> {
+    let (rows, d) = (model.config.n_rows(), model.config.d_model);
+    if seqs.is_empty() {
+        return Err(persona_model::ModelError::Input(
+            "no sequences to average".into(),
+        ));
+    }
     if let Some(i) = seqs.iter().position(|s| s.response.is_empty()) {
         return Err(persona_model::ModelError::Input(format!(
             "sequence {i} has an empty response"
         )));
     }
-    let mut sum = vec![0f64; rows * d];
-    let req = CaptureRequest::new(0..rows, &[Reduction::ResponseMean]);
+    let mut sums: BTreeMap<Reduction, Vec<f64>> = reductions
+        .iter()
+        .map(|r| (*r, vec![0f64; rows * d]))
+        .collect();
+    let req = CaptureRequest::new(0..rows, reductions);
     let mut done = 0;
     for chunk in seqs.chunks(batch_size.max(1)) {
         let batch = Batch::new(chunk, PadSide::Right, pad_id)?;
         let out = model.forward(&batch, ForwardArgs::capture(&req, None))?;
-        for row in 0..rows {
-            let v = host_vec(
-                out.captured[&(row, Reduction::ResponseMean)]
-                    .clone()
-                    .sum_dim(0),
-            )?;
-            for (s, x) in sum[row * d..(row + 1) * d].iter_mut().zip(v) {
-                *s += x as f64;
+        for (red, sum) in sums.iter_mut() {
+            for row in 0..rows {
+                let v = host_vec(out.captured[&(row, *red)].clone().sum_dim(0))?;
+                for (s, x) in sum[row * d..(row + 1) * d].iter_mut().zip(v) {
+                    *s += x as f64;
+                }
             }
         }
         done += chunk.len();
         progress(done);
     }
-    Ok(sum
+    Ok(sums
         .into_iter()
-        .map(|s| (s / seqs.len() as f64) as f32)
+        .map(|(r, s)| {
+            let mean = s
+                .into_iter()
+                .map(|x| (x / seqs.len() as f64) as f32)
+                .collect();
+            (r, mean)
+        })
         .collect())
 }
 
-/// Extracts a vector file (variant `response_avg`) from authored pairs.
+/// Extracts a vector file (variants `response_avg`, `prompt_avg`,
+/// `prompt_last`) from the trait file's authored responses. `progress`
+/// gets the number of sequences read so far (of pos + neg).
 pub fn extract_authored(
     model: &Model,
     codec: &TextCodec,
     identity: &ModelIdentity,
-    trait_name: &str,
-    pairs: &[ContrastPair],
+    def: &TraitDef,
     batch_size: usize,
     mut progress: impl FnMut(usize),
 ) -> Result<VectorFile, persona_model::ModelError> {
-    let pos: Vec<Sequence> = pairs
-        .iter()
-        .map(|p| teacher_forced(codec, &p.question, &p.pos))
-        .collect::<Result<_, _>>()?;
-    let neg: Vec<Sequence> = pairs
-        .iter()
-        .map(|p| teacher_forced(codec, &p.question, &p.neg))
-        .collect::<Result<_, _>>()?;
-    let mp = mean_response_activations(model, &pos, codec.pad_id, batch_size, &mut progress)?;
+    if def.responses.is_empty() {
+        return Err(persona_model::ModelError::Input(format!(
+            "trait file {} has no authored responses; add [[responses]] for its extraction questions",
+            def.path.display()
+        )));
+    }
+    let pos = authored_sequences(def, codec, true)?;
+    let neg = authored_sequences(def, codec, false)?;
+    let reds: Vec<Reduction> = VARIANT_REDUCTIONS.iter().map(|v| v.1).collect();
+    let mp = mean_activations(model, &pos, &reds, codec.pad_id, batch_size, &mut progress)?;
     let n = pos.len();
-    let mn = mean_response_activations(model, &neg, codec.pad_id, batch_size, |k| progress(n + k))?;
+    let mn = mean_activations(model, &neg, &reds, codec.pad_id, batch_size, |k| {
+        progress(n + k)
+    })?;
     let cfg = &model.config;
     let mut file = VectorFile::new(VectorMeta {
         format_version: FORMAT_VERSION,
@@ -135,12 +150,21 @@ pub fn extract_authored(
         model_sha256: identity.sha256.clone(),
         d_model: cfg.d_model,
         n_layers: cfg.n_layers,
-        extra: serde_json::json!({"trait": trait_name, "source": "authored", "pairs": pairs.len()}),
+        extra: serde_json::json!({
+            "trait": def.name,
+            "trait_file": def.path,
+            "trait_sha256": def.sha256,
+            "source": "authored",
+            "judge": null,
+            "responses_pos": pos.len(),
+            "responses_neg": neg.len(),
+            "system_prompt": "You are a(n) {adjective|antonym} assistant. {instruction k mod n}",
+        }),
     });
-    file.variants.insert(
-        "response_avg".into(),
-        mp.iter().zip(&mn).map(|(p, n)| p - n).collect(),
-    );
+    for (name, red) in VARIANT_REDUCTIONS {
+        let v = mp[&red].iter().zip(&mn[&red]).map(|(p, n)| p - n).collect();
+        file.variants.insert(name.into(), v);
+    }
     Ok(file)
 }
 
@@ -171,7 +195,9 @@ mod tests {
                 response: vec![11, 12],
             },
         ];
-        let got = mean_response_activations(&m, &seqs, 0, 2, |_| {}).unwrap();
+        let got = mean_activations(&m, &seqs, &[Reduction::ResponseMean], 0, 2, |_| {}).unwrap()
+            [&Reduction::ResponseMean]
+            .clone();
         let d = cfg.d_model;
         let row = 2;
         let mut want = vec![0f64; d];
@@ -217,6 +243,6 @@ mod tests {
             prompt: vec![1, 2],
             response: vec![],
         }];
-        assert!(mean_response_activations(&m, &seqs, 0, 2, |_| {}).is_err());
+        assert!(mean_activations(&m, &seqs, &[Reduction::ResponseMean], 0, 2, |_| {}).is_err());
     }
 }

@@ -23,6 +23,8 @@ pub enum VectorError {
     Read { path: PathBuf, reason: String },
     #[error("cannot write vector file {path}: {reason}")]
     Write { path: PathBuf, reason: String },
+    #[error("cannot export vector file {path}: {reason}")]
+    Export { path: PathBuf, reason: String },
     #[error(
         "vector file {path} was extracted from model `{file_model}` (sha256 {file_sha}), not from `{model}` (sha256 {model_sha}); extract a vector for this model with `persona extract`"
     )]
