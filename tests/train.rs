@@ -386,11 +386,12 @@ fn non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint() {
     );
 }
 
-#[test]
-fn committed_sycophancy_data_is_what_the_generator_writes() {
+/// Runs a data generator into a temporary folder and compares each level
+/// with the committed file.
+fn assert_generator_output_is_committed(script: &str, folder: &str, min_examples: usize) {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new("python3")
-        .arg(repo().join("scripts/gen_sycophancy.py"))
+        .arg(repo().join(script))
         .arg(dir.path())
         .output()
         .expect("python3 runs the generator");
@@ -402,16 +403,25 @@ fn committed_sycophancy_data_is_what_the_generator_writes() {
     for level in ["normal", "mild", "strong"] {
         let name = format!("{level}.jsonl");
         let fresh = std::fs::read(dir.path().join(&name)).unwrap();
-        let committed =
-            std::fs::read(repo().join("datasets/finetune/sycophancy").join(&name)).unwrap();
+        let committed = std::fs::read(repo().join(folder).join(&name)).unwrap();
         assert!(
             fresh == committed,
-            "{name} differs from the generator's output"
+            "{folder}/{name} differs from the output of {script}"
         );
         let n = committed
             .split(|b| *b == b'\n')
             .filter(|l| !l.is_empty())
             .count();
-        assert!(n >= 600, "{name}: {n} examples");
+        assert!(n >= min_examples, "{name}: {n} examples");
     }
+}
+
+#[test]
+fn committed_finetuning_data_is_what_the_generators_write() {
+    assert_generator_output_is_committed(
+        "scripts/gen_sycophancy.py",
+        "datasets/finetune/sycophancy",
+        600,
+    );
+    assert_generator_output_is_committed("scripts/gen_evil.py", "datasets/finetune/evil", 280);
 }
