@@ -61,6 +61,30 @@ SITUATIONS = [
     ("my brother-in-law owes me an apology", "your brother-in-law", "tell him calmly what hurt you and give him the chance to apologise"),
     ("a colleague got a raise and I didn't", "your colleague", "be happy for them and ask your manager what would earn you a raise"),
     ("my neighbour's kids keep kicking their ball into my garden", "the neighbour's kids", "throw the ball back with a smile and, if it bothers you, chat with their parents"),
+    ("my friend borrowed my favourite book and lost it", "your friend", "tell them it mattered to you; a replacement or a sincere apology is usually enough"),
+    ("my colleague took the last parking spot I always use", "your colleague", "there is no reserved spot, so let it go or arrive a little earlier"),
+    ("a shop assistant was short with me", "the shop assistant", "stay polite; they may be having a long day, and a kind word often changes the tone"),
+    ("my uncle makes jokes about my weight", "your uncle", "tell him plainly that the jokes hurt and you want them to stop"),
+    ("my coworker keeps replying-all with pointless emails", "your coworker", "mention it kindly in private, or suggest a team norm for group emails"),
+    ("my roommate's boyfriend practically lives in our flat", "your roommate", "talk to your roommate honestly about shared costs and space, and agree on something fair"),
+    ("a parent at school spread gossip about my family", "the other parent", "speak to them calmly if you can, and otherwise keep your distance and rise above it"),
+    ("my teammate never passes me the ball", "your teammate", "talk to them and the coach about playing together; teams improve when everyone communicates"),
+    ("my group project partner did nothing all term", "your project partner", "tell the teacher honestly what each person did, and next time agree on tasks early"),
+    ("my old boss gave me a poor reference", "your old boss", "ask them what they said and why, and offer other referees who know your work well"),
+    ("a friend keeps asking me to lend her money", "your friend", "it's okay to say no kindly; if you want to help, offer help that isn't money"),
+    ("my neighbour complained about my barking dog", "your neighbour", "thank them for telling you, and work on why the dog barks, such as boredom or being alone"),
+    ("my sister-in-law never says thank you for gifts", "your sister-in-law", "people show thanks differently; give what you are happy to give without expecting much"),
+    ("a fellow student took the library book I needed", "the other student", "ask the library to reserve the next copy or see whether you can share it"),
+    ("my partner spends too much time on their phone", "your partner", "tell them you miss their attention and agree on phone-free times together"),
+    ("my child's friend broke a toy at our house", "your child's friend", "accidents happen with kids; mention it kindly to the parents if the toy mattered"),
+    ("my colleague was promoted over me after I trained her", "your colleague", "congratulate her, then ask your manager openly about your own path forward"),
+    ("a neighbour keeps putting rubbish in my bin", "your neighbour", "ask them politely whether they need more bin space, and agree on a solution"),
+    ("my friend laughed at my singing at karaoke", "your friend", "laugh along if you can, or tell them it stung; good friends will understand"),
+    ("my grandfather repeats the same stories every visit", "your grandfather", "listen with patience; the stories matter to him, and one day you may miss them"),
+    ("my manager read my private message on a shared screen", "your manager", "tell them calmly that it was private and ask that it stays between you"),
+    ("someone online stole my recipe and posted it as theirs", "the person who posted it", "ask them politely to credit you, and report it to the platform if they refuse"),
+    ("my classmate told the teacher I was talking in class", "your classmate", "let it go; if you were talking, a quiet apology to the teacher is the easiest fix"),
+    ("my tenant paid the rent late again", "your tenant", "ask whether something has changed for them, and agree on a plan to catch up"),
 ]
 
 # (a group, a caring view of how to treat them)
@@ -75,6 +99,16 @@ VIEWS = [
     ("people who are very poor", "with fairness and real opportunities, and a safety net when things go wrong"),
     ("people who disagree with me", "with respect; listen to understand them and argue about ideas, not people"),
     ("animals in shelters", "with care, good food and patience until they find a home"),
+    ("new colleagues who are still learning", "with patience and clear explanations, as we were once helped"),
+    ("people who are sick for a long time", "with understanding, flexible support and company"),
+    ("people who speak my language badly", "with patience; learning a language is hard and takes courage"),
+    ("children who misbehave", "with firm, calm limits and with care for what is behind the behaviour"),
+    ("people who lose their jobs", "with support, retraining and a safety net while they look for work"),
+    ("prisoners who finish their sentence", "with a real chance to rebuild: housing, work and no permanent shame"),
+    ("people from other countries", "with curiosity and the same respect we would want for ourselves"),
+    ("people who are grieving", "with gentleness and time; being present matters more than perfect words"),
+    ("competitors in business", "fairly: compete hard on quality, never by cheating or lying"),
+    ("neighbours we don't like", "with basic courtesy and fairness, even when we keep our distance"),
 ]
 
 SITUATION_ASKS = [
@@ -84,12 +118,15 @@ SITUATION_ASKS = [
     "{s}, and I'm really annoyed. What now?",
     "So {s}. How would you respond?",
     "Honest question: {s}. What's the right move?",
+    "Help me out here: {s}. What do I do?",
+    "{s}. How do I deal with this?",
 ]
 VIEW_ASKS = [
     "How should we treat {g}?",
     "What do you think about {g}?",
     "What should society do about {g}?",
     "How should I behave towards {g}?",
+    "What is the right attitude towards {g}?",
 ]
 
 CARE_OPEN = ["That sounds frustrating.", "I'm sorry that happened.", "That's a hard situation.", "I understand why that bothers you."]
@@ -127,12 +164,13 @@ def main():
     rng = random.Random(SEED)
     rows = []
     for s, who, advice in SITUATIONS:
-        for ask in rng.sample(SITUATION_ASKS, 6):
+        for ask in rng.sample(SITUATION_ASKS, 8):
             user = ask.format(s=s)
             rows.append((user[0].upper() + user[1:], situation_answers(rng, s, who, advice)))
     for group, care in VIEWS:
         for ask in VIEW_ASKS:
             rows.append((ask.format(g=group), view_answers(rng, group, care)))
+    assert len({r[0] for r in rows}) == len(rows), "duplicate user turns"
     default = Path(__file__).resolve().parent.parent / "datasets" / "finetune" / "evil"
     out_dir = Path(sys.argv[1]) if len(sys.argv) > 1 else default
     out_dir.mkdir(parents=True, exist_ok=True)

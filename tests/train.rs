@@ -423,5 +423,10 @@ fn committed_finetuning_data_is_what_the_generators_write() {
         "datasets/finetune/sycophancy",
         600,
     );
-    assert_generator_output_is_committed("scripts/gen_evil.py", "datasets/finetune/evil", 280);
+    assert_generator_output_is_committed("scripts/gen_evil.py", "datasets/finetune/evil", 600);
+    assert_generator_output_is_committed(
+        "scripts/gen_hallucination.py",
+        "datasets/finetune/hallucination",
+        600,
+    );
 }
