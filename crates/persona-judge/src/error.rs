@@ -1,0 +1,37 @@
+//! Errors of the judges.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JudgeError {
+    #[error(
+        "judge endpoint {url} is unreachable after {tries} tries: {reason}; check base_url, that the server is running, and your network"
+    )]
+    Unreachable {
+        url: String,
+        tries: usize,
+        reason: String,
+    },
+    #[error("judge endpoint {url} answered HTTP {status}: {body}")]
+    Http {
+        url: String,
+        status: u16,
+        body: String,
+    },
+    #[error(
+        "judge endpoint {url} returned no logprobs (choices[0].logprobs.content[0].top_logprobs); use a server and model that support `logprobs` and `top_logprobs`"
+    )]
+    NoLogprobs { url: String },
+    #[error(
+        "environment variable {var} (the judge's api_key_env) is not set; export it or remove api_key_env for servers without keys"
+    )]
+    MissingKey { var: String },
+    #[error("judge config {path}: {reason}")]
+    Config { path: PathBuf, reason: String },
+    #[error("judgment cache {path}: {reason}")]
+    Cache { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Model(#[from] persona_model::ModelError),
+}
+
+pub type Result<T> = std::result::Result<T, JudgeError>;

@@ -1,0 +1,222 @@
+//! A judge computed by a local model through this project's runtime: the
+//! rubric is the user message of a chat prompt (generation prompt
+//! appended), and the score is [`expected_score`] over the numbers the
+//! model could answer.
+//!
+//! Tokenizers that split numbers into single digits (SmolLM2, Qwen2, ...)
+//! cannot put "85" in one token, so the first-token top-20 of the HTTP judge
+//! would only ever see 0..=9. For them the probability of each number is
+//! read off a small digit tree in one batched forward: `P(k)` for a one-digit
+//! `k` is `P(k) * P(no digit follows)`; for two digits `ab`,
+//! `P(a) * P(b | a)` (a third digit would make it > 100, except after "10");
+//! `P(10)` and `P(100)` use the extra branches "10" and "100". Other
+//! tokenizers use the top-20 first tokens, like the HTTP judge.
+
+use persona_model::{
+    Batch, ForwardArgs, LoadedModel, Logits, Message, PadSide, Sequence, host_vec,
+};
+
+use crate::error::Result;
+use crate::score::expected_score;
+
+/// How many top tokens enter the score (as `top_logprobs` does over HTTP).
+pub const TOP_K: usize = 20;
+
+pub struct LocalJudge {
+    pub model: LoadedModel,
+    /// Prompts per forward pass.
+    pub batch_size: usize,
+}
+
+impl LocalJudge {
+    /// `local:<model name>@<sha256 prefix>`.
+    pub fn identity(&self) -> String {
+        let id = &self.model.identity;
+        format!(
+            "local:{}@{}",
+            id.name,
+            &id.sha256[..12.min(id.sha256.len())]
+        )
+    }
+
+    /// The top `TOP_K` `(token text, logprob)` of one row of logits.
+    fn top_tokens(&self, logits: &[f32]) -> Result<Vec<(String, f64)>> {
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let log_z = max
+            + logits
+                .iter()
+                .map(|l| (*l as f64 - max).exp())
+                .sum::<f64>()
+                .ln();
+        let mut idx: Vec<usize> = (0..logits.len()).collect();
+        idx.sort_by(|a, b| logits[*b].total_cmp(&logits[*a]).then(a.cmp(b)));
+        idx.truncate(TOP_K);
+        idx.into_iter()
+            .map(|i| {
+                let text = self.model.codec.decode(&[i as u32])?;
+                Ok((text, logits[i] as f64 - log_z))
+            })
+            .collect()
+    }
+
+    /// Token ids of "0".."9" when each digit is one token.
+    fn digit_ids(&self) -> Option<[u32; 10]> {
+        let mut ids = [0u32; 10];
+        for (d, slot) in ids.iter_mut().enumerate() {
+            match self.model.codec.encode(&d.to_string()).ok()?.as_slice() {
+                [one] => *slot = *one,
+                _ => return None,
+            }
+        }
+        Some(ids)
+    }
+
+    /// Softmax probabilities of the ten digit tokens in one row of logits.
+    fn digit_probs(logits: &[f32], ids: &[u32; 10]) -> [f64; 10] {
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let z: f64 = logits.iter().map(|l| (*l as f64 - max).exp()).sum();
+        let mut p = [0f64; 10];
+        for (d, id) in ids.iter().enumerate() {
+            p[d] = (logits[*id as usize] as f64 - max).exp() / z;
+        }
+        p
+    }
+
+    /// `(number as text, log P(number))` for 0..=100 from the digit tree:
+    /// `rows[0]` after the prompt, `rows[1 + d]` after digit `d`, `rows[11]`
+    /// after "10", `rows[12]` after "100".
+    fn number_candidates(rows: &[[f64; 10]; 13]) -> Vec<(String, f64)> {
+        let rest = |p: &[f64; 10]| (1.0 - p.iter().sum::<f64>()).max(0.0);
+        let first = &rows[0];
+        let mut out = Vec::with_capacity(101);
+        for k in 0..10usize {
+            out.push((k.to_string(), first[k] * rest(&rows[1 + k])));
+        }
+        for a in 1..10usize {
+            for b in 0..10usize {
+                let p = first[a] * rows[1 + a][b];
+                let p = if (a, b) == (1, 0) {
+                    p * rest(&rows[11])
+                } else {
+                    p
+                };
+                out.push((format!("{a}{b}"), p));
+            }
+        }
+        out.push((
+            "100".into(),
+            first[1] * rows[2][0] * rows[11][0] * rest(&rows[12]),
+        ));
+        out.into_iter()
+            .map(|(t, p)| (t, p.max(1e-300).ln()))
+            .collect()
+    }
+
+    /// Judges every prompt (a filled rubric), in order.
+    pub fn score(&self, prompts: &[String]) -> Result<Vec<Option<f32>>> {
+        match self.digit_ids() {
+            Some(ids) => self.score_digit_tree(prompts, &ids),
+            None => self.score_top_tokens(prompts),
+        }
+    }
+
+    fn prompt_ids(&self, prompt: &str) -> Result<Vec<u32>> {
+        let codec = &self.model.codec;
+        let text = codec.render(&[Message::user(prompt)], true)?;
+        Ok(codec.encode(&text)?)
+    }
+
+    /// The digit-tree score: 13 sequences per prompt in one batched pass.
+    fn score_digit_tree(&self, prompts: &[String], ids: &[u32; 10]) -> Result<Vec<Option<f32>>> {
+        let codec = &self.model.codec;
+        let vocab = self.model.model.config.vocab_size;
+        let mut out = Vec::with_capacity(prompts.len());
+        for prompt in prompts {
+            let base = self.prompt_ids(prompt)?;
+            let mut branches: Vec<Vec<u32>> = vec![vec![]];
+            branches.extend(ids.iter().map(|d| vec![*d]));
+            branches.push(vec![ids[1], ids[0]]);
+            branches.push(vec![ids[1], ids[0], ids[0]]);
+            let seqs: Vec<Sequence> = branches
+                .into_iter()
+                .map(|b| Sequence {
+                    prompt: [base.clone(), b].concat(),
+                    response: Vec::new(),
+                })
+                .collect();
+            let mut rows = [[0f64; 10]; 13];
+            let mut r = 0;
+            for chunk in seqs.chunks(self.batch_size.max(1)) {
+                let batch = Batch::new(chunk, PadSide::Right, codec.pad_id)?;
+                let mut args = ForwardArgs::plain();
+                args.logits = Logits::Last;
+                let fwd = self.model.model.forward(&batch, args)?;
+                let logits = host_vec(fwd.logits.expect("asked for logits"))?;
+                for row in logits.chunks(vocab) {
+                    rows[r] = Self::digit_probs(row, ids);
+                    r += 1;
+                }
+            }
+            out.push(expected_score(&Self::number_candidates(&rows)));
+        }
+        Ok(out)
+    }
+
+    /// The first-token score, for tokenizers with multi-digit tokens.
+    fn score_top_tokens(&self, prompts: &[String]) -> Result<Vec<Option<f32>>> {
+        let codec = &self.model.codec;
+        let seqs: Vec<Sequence> = prompts
+            .iter()
+            .map(|p| {
+                Ok(Sequence {
+                    prompt: self.prompt_ids(p)?,
+                    response: Vec::new(),
+                })
+            })
+            .collect::<Result<_>>()?;
+        let vocab = self.model.model.config.vocab_size;
+        let mut out = Vec::with_capacity(prompts.len());
+        for chunk in seqs.chunks(self.batch_size.max(1)) {
+            let batch = Batch::new(chunk, PadSide::Right, codec.pad_id)?;
+            let mut args = ForwardArgs::plain();
+            args.logits = Logits::Last;
+            let fwd = self.model.model.forward(&batch, args)?;
+            let logits = host_vec(fwd.logits.expect("asked for logits"))?;
+            for row in logits.chunks(vocab) {
+                out.push(expected_score(&self.top_tokens(row)?));
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The digit tree turns digit probabilities into number probabilities.
+    #[test]
+    fn digit_tree_probabilities() {
+        let mut rows = [[0f64; 10]; 13];
+        // First token: "8" with 0.6, "1" with 0.2 (0.2 elsewhere, not digits).
+        rows[0][8] = 0.6;
+        rows[0][1] = 0.2;
+        // After "8": "5" with 0.5, no digit with 0.5.
+        rows[1 + 8][5] = 0.5;
+        // After "1": "0" with 1.0; after "10": "0" with 0.5; after "100": nothing.
+        rows[1 + 1][0] = 1.0;
+        rows[11][0] = 0.5;
+        let c = LocalJudge::number_candidates(&rows);
+        let p = |t: &str| c.iter().find(|x| x.0 == t).unwrap().1.exp();
+        assert!((p("8") - 0.3).abs() < 1e-9);
+        assert!((p("85") - 0.3).abs() < 1e-9);
+        assert!((p("10") - 0.1).abs() < 1e-9);
+        assert!((p("100") - 0.1).abs() < 1e-9);
+        assert!(p("1") < 1e-12);
+        let total: f64 = c.iter().map(|x| x.1.exp()).sum();
+        assert!((total - 0.8).abs() < 1e-9, "{total}");
+        // Expected score: (8*.3 + 85*.3 + 10*.1 + 100*.1) / .8
+        let s = expected_score(&c).unwrap() as f64;
+        assert!((s - (2.4 + 25.5 + 1.0 + 10.0) / 0.8).abs() < 1e-3, "{s}");
+    }
+}
