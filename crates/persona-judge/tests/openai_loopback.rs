@@ -11,11 +11,10 @@ use persona_judge::{Judge, JudgeConfig, JudgeError, JudgmentCache};
 
 /// Serves chat completions; the reply depends on the answer in the prompt.
 /// Returns the base URL and the log of request bodies.
-fn serve() -> (
-    String,
-    Arc<Mutex<Vec<serde_json::Value>>>,
-    Arc<Mutex<Vec<String>>>,
-) {
+/// Request bodies and Authorization headers the server saw.
+type Log<T> = Arc<Mutex<Vec<T>>>;
+
+fn serve() -> (String, Log<serde_json::Value>, Log<String>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let bodies = Arc::new(Mutex::new(Vec::new()));
