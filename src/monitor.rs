@@ -41,6 +41,25 @@ pub struct MonitorArgs {
     /// Conversations: JSONL of {"messages": [...]}; every assistant turn is monitored.
     #[arg(long)]
     conversations: Option<PathBuf>,
+    /// Judge config (judges/*.toml): generate answers, judge them with the
+    /// trait's rubric, and report Pearson r between projection and trait score.
+    #[arg(long, requires = "trait_file")]
+    judge: Option<PathBuf>,
+    /// Trait file whose rubric the judge uses.
+    #[arg(long = "trait")]
+    trait_file: Option<PathBuf>,
+    /// Answers generated per prompt when judging.
+    #[arg(long, default_value_t = 1)]
+    samples: usize,
+    /// Sampling temperature of the judged answers (0 = greedy).
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    #[arg(long, default_value_t = 64)]
+    max_new_tokens: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
     /// Folder for monitor.jsonl, groups.json and monitor.svg.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -118,10 +137,46 @@ pub fn run(a: MonitorArgs) -> Result<()> {
         bail!("pass one of --system-prompts, --kshot, --conversations");
     };
     let bar = ProgressBar::new(0);
-    let report = monitor(&projector, &loaded.codec, probe, |d| {
+    let mut report = monitor(&projector, &loaded.codec, probe, |d| {
         bar.set_position(d as u64)
     })?;
     bar.finish_and_clear();
+    if let Some(judge_path) = &a.judge {
+        if a.samples == 0 {
+            bail!("--samples must be at least 1");
+        }
+        let trait_path = a.trait_file.as_ref().context("--judge needs --trait")?;
+        let def = persona_vectors::TraitDef::load(trait_path)?;
+        let judge =
+            persona_judge::Judge::from_config(&persona_judge::JudgeConfig::load(judge_path)?)?;
+        let mut cache = persona_judge::JudgmentCache::open(
+            &persona_model::persona_home()
+                .join("cache")
+                .join("judgments.jsonl"),
+        )?;
+        let run = persona_monitor::prompts::JudgeRun {
+            judge: judge.identity(),
+            samples: a.samples,
+            max_new_tokens: a.max_new_tokens,
+            temperature: a.temperature,
+            top_p: a.top_p,
+            seed: a.seed,
+        };
+        let bar = ProgressBar::new(0);
+        bar.set_message("generating answers to judge");
+        persona_monitor::prompts::judge_rows(
+            &mut report,
+            &loaded.model,
+            &loaded.codec,
+            &judge,
+            &def.rubric,
+            &mut cache,
+            run,
+            a.batch_size,
+            |d| bar.set_position(d as u64),
+        )?;
+        bar.finish_and_clear();
+    }
     println!(
         "last-prompt-token projection on v̂ at row {} ({})",
         a.layer,
@@ -144,6 +199,33 @@ pub fn run(a: MonitorArgs) -> Result<()> {
     }
     if let Some(r) = report.r_x_projection {
         println!("Pearson r (x vs mean projection): {r:.3}");
+    }
+    if let Some(run) = &report.judged {
+        println!(
+            "judged by {} ({} samples per prompt):",
+            run.judge, run.samples
+        );
+        for g in &report.groups {
+            let s: Vec<f64> = report
+                .rows
+                .iter()
+                .filter(|r| r.group == g.group)
+                .filter_map(|r| r.trait_score)
+                .collect();
+            let mean = persona_monitor::stats::mean(&s)
+                .map(|m| format!("{m:6.1}"))
+                .unwrap_or_else(|| "     -".into());
+            let name: String = g.group.chars().take(60).collect();
+            println!(
+                "{:>6}  trait score {mean}  ({} scored)  {name}",
+                g.x,
+                s.len()
+            );
+        }
+        match report.r_projection_score {
+            Some(r) => println!("Pearson r (projection vs trait score, per item): {r:.3}"),
+            None => println!("Pearson r (projection vs trait score): not enough scored items"),
+        }
     }
     if let Some(out) = &a.out {
         std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;

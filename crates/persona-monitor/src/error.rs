@@ -20,6 +20,8 @@ pub enum MonitorError {
     Data(#[from] persona_train::TrainError),
     #[error(transparent)]
     Plot(#[from] crate::plot::PlotError),
+    #[error(transparent)]
+    Judge(#[from] persona_judge::JudgeError),
 }
 
 pub type Result<T> = std::result::Result<T, MonitorError>;

@@ -26,6 +26,23 @@ pub struct MonitorRow {
     /// The monitored question, or `line N` (the conversation) for turns.
     pub item: String,
     pub projection: Projection,
+    /// The bare user question the judge sees (never the system prompt).
+    pub question: String,
+    /// The answers judged: generated samples, or the conversation's turn.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub answers: Vec<String>,
+    /// Their trait scores (missing = the judge refused or gave no number).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scores: Vec<Option<f32>>,
+    /// Mean of the non-missing scores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trait_score: Option<f64>,
+    /// Prompt tokens (to generate from); not written out.
+    #[serde(skip)]
+    pub prompt: Vec<u32>,
+    /// The existing response of a conversation turn.
+    #[serde(skip)]
+    pub response: Option<String>,
 }
 
 /// One group's mean last-prompt-token projection.
@@ -44,6 +61,8 @@ struct Item {
     x: f64,
     item: String,
     seq: Sequence,
+    question: String,
+    response: Option<String>,
 }
 
 fn prompt_only(codec: &TextCodec, messages: &[Message]) -> Result<Sequence> {
@@ -79,6 +98,8 @@ fn system_prompt_items(
                 x: i as f64,
                 item: q.clone(),
                 seq: prompt_only(codec, &[Message::system(sys), Message::user(q)])?,
+                question: q.clone(),
+                response: None,
             });
         }
     }
@@ -117,6 +138,8 @@ fn kshot_items(
                 x: k as f64,
                 item: q.clone(),
                 seq: prompt_only(codec, &messages)?,
+                question: q.clone(),
+                response: None,
             });
         }
     }
@@ -135,11 +158,19 @@ fn conversation_items(codec: &TextCodec, chats: &[ChatRecord]) -> Result<Vec<Ite
                 continue;
             }
             turn += 1;
+            let question = chat.messages[..i]
+                .iter()
+                .rev()
+                .find(|m| m.role == "user")
+                .map(|m| m.content.clone())
+                .unwrap_or_default();
             items.push(Item {
                 group: format!("turn {turn}"),
                 x: turn as f64,
                 item: format!("line {}", chat.line),
                 seq: tokenize_chat(codec, &chat.messages[..=i])?,
+                question,
+                response: Some(m.content.clone()),
             });
         }
     }
@@ -169,6 +200,102 @@ pub struct MonitorReport {
     pub groups: Vec<GroupMean>,
     /// Pearson r between a group's x (grade, k) and its mean projection.
     pub r_x_projection: Option<f64>,
+    /// With a judge: Pearson r between each item's projection (last prompt
+    /// token) and its mean trait score, over items with a score.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub r_projection_score: Option<f64>,
+    /// With a judge: who judged, and how answers were sampled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judged: Option<JudgeRun>,
+}
+
+/// How a monitoring run's answers were made and judged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JudgeRun {
+    pub judge: String,
+    pub samples: usize,
+    pub max_new_tokens: usize,
+    pub temperature: f32,
+    pub top_p: f32,
+    pub seed: u64,
+}
+
+/// Generates `run.samples` answers per prompt-only row (conversation turns
+/// keep their own response), judges them with `rubric`, and fills the
+/// rows' scores and the report's Pearson r between projection and score.
+#[allow(clippy::too_many_arguments)]
+pub fn judge_rows(
+    report: &mut MonitorReport,
+    model: &persona_model::Model,
+    codec: &TextCodec,
+    judge: &persona_judge::Judge,
+    rubric: &str,
+    cache: &mut persona_judge::JudgmentCache,
+    run: JudgeRun,
+    batch_size: usize,
+    mut progress: impl FnMut(usize),
+) -> Result<()> {
+    let sampling = if run.temperature == 0.0 {
+        persona_model::Sampling::Greedy
+    } else {
+        persona_model::Sampling::Temperature {
+            temperature: run.temperature,
+            top_p: run.top_p,
+        }
+    };
+    // Every prompt-only row, `samples` times; one generation call for all.
+    let mut prompts = Vec::new();
+    for r in report.rows.iter().filter(|r| r.response.is_none()) {
+        for _ in 0..run.samples {
+            prompts.push(r.prompt.clone());
+        }
+    }
+    let opts = persona_model::GenerateOptions {
+        max_new_tokens: run.max_new_tokens,
+        sampling,
+        seed: run.seed,
+        batch_size,
+        steering: Vec::new(),
+    };
+    let gens = persona_model::generate(
+        model,
+        &prompts,
+        &codec.stop_ids,
+        codec.pad_id,
+        &opts,
+        &mut progress,
+    )?;
+    let mut gens = gens.into_iter();
+    for r in report.rows.iter_mut() {
+        r.answers = match &r.response {
+            Some(text) => vec![text.clone()],
+            None => (0..run.samples)
+                .map(|_| {
+                    let g = gens.next().expect("one generation per sample");
+                    codec.decode_clean(g.content_tokens())
+                })
+                .collect::<persona_model::Result<_>>()?,
+        };
+    }
+    let items: Vec<(String, String)> = report
+        .rows
+        .iter()
+        .flat_map(|r| r.answers.iter().map(|a| (r.question.clone(), a.clone())))
+        .collect();
+    let mut scores = judge.judge(rubric, &items, cache)?.into_iter();
+    for r in report.rows.iter_mut() {
+        r.scores = r.answers.iter().map(|_| scores.next().flatten()).collect();
+        let ok: Vec<f64> = r.scores.iter().flatten().map(|s| *s as f64).collect();
+        r.trait_score = crate::stats::mean(&ok);
+    }
+    let (xs, ys): (Vec<f64>, Vec<f64>) = report
+        .rows
+        .iter()
+        .filter_map(|r| Some((r.projection.last_prompt, r.trait_score?)))
+        .unzip();
+    report.r_projection_score = pearson(&xs, &ys);
+    report.judged = Some(run);
+    Ok(())
 }
 
 /// Projects every item of `probe`; `progress(done, total)`.
@@ -202,6 +329,12 @@ pub fn monitor(
             x: i.x,
             item: i.item,
             projection: p,
+            question: i.question,
+            answers: Vec::new(),
+            scores: Vec::new(),
+            trait_score: None,
+            prompt: i.seq.prompt,
+            response: i.response,
         })
         .collect();
     let groups = group_means(&rows);
@@ -212,6 +345,8 @@ pub fn monitor(
         r_x_projection: pearson(&xs, &ys),
         rows,
         groups,
+        r_projection_score: None,
+        judged: None,
     })
 }
 
