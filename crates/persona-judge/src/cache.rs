@@ -1,15 +1,16 @@
 //! Every judgment on disk, so a re-run or a resumed run never judges twice.
-//! One JSONL file; key = sha256 of (judge identity, rubric hash, question,
-//! answer); a torn last line (a killed writer) is ignored.
+//! One JSONL log ([`persona_model::jsonl`]); key = sha256 of (judge
+//! identity, rubric hash, question, answer).
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use persona_model::jsonl::{append_records, read_records};
+use persona_model::weights::hex;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::error::{JudgeError, Result};
+use crate::error::Result;
 
 #[derive(Serialize, Deserialize)]
 struct Entry {
@@ -21,10 +22,6 @@ struct Entry {
 pub struct JudgmentCache {
     path: PathBuf,
     map: HashMap<String, Option<f32>>,
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The cache key of one judgment.
@@ -41,32 +38,10 @@ pub fn key(judge: &str, rubric: &str, question: &str, answer: &str) -> String {
 impl JudgmentCache {
     /// Opens (or starts) the cache at `path`.
     pub fn open(path: &Path) -> Result<Self> {
-        let io = |e: std::io::Error| JudgeError::Cache {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        };
-        let mut map = HashMap::new();
-        match std::fs::read_to_string(path) {
-            Ok(text) => {
-                let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-                for (i, l) in lines.iter().enumerate() {
-                    match serde_json::from_str::<Entry>(l) {
-                        Ok(e) => {
-                            map.insert(e.key, e.score);
-                        }
-                        Err(_) if i + 1 == lines.len() && !text.ends_with('\n') => {}
-                        Err(e) => {
-                            return Err(JudgeError::Cache {
-                                path: path.to_path_buf(),
-                                reason: format!("line {}: {e}", i + 1),
-                            });
-                        }
-                    }
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io(e)),
-        }
+        let map = read_records::<Entry>(path)?
+            .into_iter()
+            .map(|e| (e.key, e.score))
+            .collect();
         Ok(Self {
             path: path.to_path_buf(),
             map,
@@ -85,46 +60,17 @@ impl JudgmentCache {
         self.map.is_empty()
     }
 
-    /// Records judgments and appends them to the file (flushed).
+    /// Records judgments and appends them to the file (synced).
     pub fn insert_all(&mut self, items: &[(String, Option<f32>)]) -> Result<()> {
-        let io = |e: std::io::Error| JudgeError::Cache {
-            path: self.path.clone(),
-            reason: e.to_string(),
-        };
-        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(io)?;
-        }
-        // Cut a torn last line before appending after it.
-        if let Ok(text) = std::fs::read_to_string(&self.path)
-            && !text.is_empty()
-            && !text.ends_with('\n')
-        {
-            let keep = text.rfind('\n').map(|i| i + 1).unwrap_or(0);
-            std::fs::write(&self.path, &text[..keep]).map_err(io)?;
-        }
-        let mut buf = String::new();
-        for (k, s) in items {
-            let line = serde_json::to_string(&Entry {
-                key: k.clone(),
-                score: *s,
+        let entries: Vec<Entry> = items
+            .iter()
+            .map(|(key, score)| Entry {
+                key: key.clone(),
+                score: *score,
             })
-            .map_err(|e| JudgeError::Cache {
-                path: self.path.clone(),
-                reason: e.to_string(),
-            })?;
-            buf.push_str(&line);
-            buf.push('\n');
-        }
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)
-            .map_err(io)?;
-        f.write_all(buf.as_bytes()).map_err(io)?;
-        f.sync_data().map_err(io)?;
-        for (k, s) in items {
-            self.map.insert(k.clone(), *s);
-        }
+            .collect();
+        append_records(&self.path, &entries)?;
+        self.map.extend(items.iter().cloned());
         Ok(())
     }
 }

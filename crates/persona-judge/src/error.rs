@@ -28,8 +28,6 @@ pub enum JudgeError {
     MissingKey { var: String },
     #[error("judge config {path}: {reason}")]
     Config { path: PathBuf, reason: String },
-    #[error("judgment cache {path}: {reason}")]
-    Cache { path: PathBuf, reason: String },
     #[error(transparent)]
     Model(#[from] persona_model::ModelError),
 }

@@ -58,6 +58,8 @@ pub enum ModelError {
     LayerOutOfRange { row: usize, max: usize },
     #[error("vector width {found} does not match the model's d_model {expected}")]
     VectorWidth { found: usize, expected: usize },
+    #[error("bad JSONL file {path}: {reason}")]
+    Jsonl { path: PathBuf, reason: String },
     #[error("bad input: {0}")]
     Input(String),
     #[error(

@@ -14,6 +14,7 @@ pub mod device;
 pub mod error;
 pub mod generate;
 pub mod gguf;
+pub mod jsonl;
 pub mod load;
 pub mod lora;
 pub mod model;

@@ -19,9 +19,10 @@
 //! a dataset with the same prompts generate them once.
 
 use std::collections::{HashMap, HashSet};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use persona_model::jsonl::{append_records, read_records};
+use persona_model::weights::{hex, sha256_files};
 use persona_model::{
     GenerateOptions, Message, Model, ModelIdentity, Sampling, Sequence, TextCodec, generate,
     write_atomic,
@@ -117,55 +118,7 @@ pub struct ScreenOptions {
 
 /// Sha256 of a file's bytes, hex.
 pub fn file_sha256(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).map_err(|e| file_err(path, e))?;
-    Ok(hex(&Sha256::digest(&bytes)))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Reads a JSONL file written line by line; a torn last line (a killed
-/// writer) is ignored, a bad line elsewhere is an error.
-fn read_jsonl<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(file_err(path, e)),
-    };
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    let mut out = Vec::with_capacity(lines.len());
-    for (i, l) in lines.iter().enumerate() {
-        match serde_json::from_str(l) {
-            Ok(v) => out.push(v),
-            Err(_) if i + 1 == lines.len() && !text.ends_with('\n') => {}
-            Err(e) => return Err(file_err(path, format!("line {}: {e}", i + 1))),
-        }
-    }
-    Ok(out)
-}
-
-/// Appends JSON lines and flushes them; a torn last line is cut first.
-fn append_jsonl<T: Serialize>(path: &Path, items: &[T]) -> Result<()> {
-    if let Ok(text) = std::fs::read_to_string(path)
-        && !text.is_empty()
-        && !text.ends_with('\n')
-    {
-        let keep = text.rfind('\n').map(|i| i + 1).unwrap_or(0);
-        std::fs::write(path, &text[..keep]).map_err(|e| file_err(path, e))?;
-    }
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|e| file_err(path, e))?;
-    let mut buf = String::new();
-    for it in items {
-        buf.push_str(&serde_json::to_string(it).map_err(|e| file_err(path, e))?);
-        buf.push('\n');
-    }
-    f.write_all(buf.as_bytes()).map_err(|e| file_err(path, e))?;
-    f.sync_data().map_err(|e| file_err(path, e))
+    Ok(sha256_files(&[path.to_path_buf()])?)
 }
 
 /// One cached greedy response of the base model.
@@ -263,17 +216,14 @@ pub fn screen(
     claim_folder(out_dir, &settings)?;
 
     let progress_path = out_dir.join("progress.jsonl");
-    let mut scored: HashMap<usize, SampleScore> = read_jsonl::<SampleScore>(&progress_path)?
+    let mut scored: HashMap<usize, SampleScore> = read_records::<SampleScore>(&progress_path)?
         .into_iter()
         .map(|s| (s.line, s))
         .collect();
-    let mut cache: HashMap<String, String> = read_jsonl::<CachedResponse>(&opts.base_cache)?
+    let mut cache: HashMap<String, String> = read_records::<CachedResponse>(&opts.base_cache)?
         .into_iter()
         .map(|c| (c.key, c.text))
         .collect();
-    if let Some(dir) = opts.base_cache.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
-    }
     let pending: Vec<&ChatRecord> = records
         .iter()
         .filter(|r| !scored.contains_key(&r.line))
@@ -312,7 +262,7 @@ pub fn screen(
             .enumerate()
             .map(|(i, rec)| score(rec, proj[i], base_at[i].map(|j| proj[j])))
             .collect();
-        append_jsonl(&progress_path, &new)?;
+        append_records(&progress_path, &new)?;
         for s in new {
             scored.insert(s.line, s);
         }
@@ -398,7 +348,7 @@ fn generate_missing(
         let text = codec.decode_clean(g.content_tokens())?;
         fresh.push(CachedResponse { key: k, text });
     }
-    append_jsonl(&opts.base_cache, &fresh)?;
+    append_records(&opts.base_cache, &fresh)?;
     cache.extend(fresh.into_iter().map(|c| (c.key, c.text)));
     Ok(())
 }

@@ -100,10 +100,7 @@ impl TraitDef {
             reason,
         };
         let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
-        let sha256 = Sha256::digest(&bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let sha256 = persona_model::weights::hex(&Sha256::digest(&bytes));
         let text = String::from_utf8(bytes).map_err(|e| err(e.to_string()))?;
         let def = match path.extension().and_then(|e| e.to_str()) {
             Some("toml") => {
