@@ -266,8 +266,7 @@ fn run(cli: Cli) -> Result<()> {
                 messages.push(Message::system(s));
             }
             messages.push(Message::user(prompt));
-            let text = loaded.codec.render(&messages, true)?;
-            let ids = loaded.codec.encode(&text)?;
+            let ids = loaded.codec.prompt_ids(&messages)?;
             let sampling = if temperature == 0.0 {
                 Sampling::Greedy
             } else {

@@ -272,6 +272,12 @@ impl TextCodec {
         .map_err(|e| ModelError::Template(format!("cannot render: {e}")))
     }
 
+    /// Token ids of a conversation rendered with the generation prompt
+    /// appended: what the model reads before it answers.
+    pub fn prompt_ids(&self, messages: &[Message]) -> Result<Vec<u32>> {
+        self.encode(&self.render(messages, true)?)
+    }
+
     /// Token ids of a text, special tokens recognised, nothing added (the chat
     /// template already holds whatever BOS/markers the model wants).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {

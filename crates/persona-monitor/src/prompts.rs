@@ -66,9 +66,8 @@ struct Item {
 }
 
 fn prompt_only(codec: &TextCodec, messages: &[Message]) -> Result<Sequence> {
-    let prompt = codec.encode(&codec.render(messages, true)?)?;
     Ok(Sequence {
-        prompt,
+        prompt: codec.prompt_ids(messages)?,
         response: Vec::new(),
     })
 }

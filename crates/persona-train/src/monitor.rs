@@ -37,7 +37,7 @@ impl TraitMonitor {
     ) -> Result<Self> {
         let mut seqs = Vec::new();
         for q in persona_vectors::traits::read_questions(questions)? {
-            let prompt = codec.encode(&codec.render(&[Message::user(q.as_str())], true)?)?;
+            let prompt = codec.prompt_ids(&[Message::user(q.as_str())])?;
             seqs.push(Sequence {
                 prompt,
                 response: vec![],
