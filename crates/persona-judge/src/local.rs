@@ -121,72 +121,65 @@ impl LocalJudge {
     }
 
     fn prompt_ids(&self, prompt: &str) -> Result<Vec<u32>> {
-        let codec = &self.model.codec;
-        let text = codec.render(&[Message::user(prompt)], true)?;
-        Ok(codec.encode(&text)?)
+        Ok(self.model.codec.prompt_ids(&[Message::user(prompt)])?)
     }
 
-    /// The digit-tree score: 13 sequences per prompt in one batched pass.
-    fn score_digit_tree(&self, prompts: &[String], ids: &[u32; 10]) -> Result<Vec<Option<f32>>> {
-        let codec = &self.model.codec;
-        let vocab = self.model.model.config.vocab_size;
-        let mut out = Vec::with_capacity(prompts.len());
-        for prompt in prompts {
-            let base = self.prompt_ids(prompt)?;
-            let mut branches: Vec<Vec<u32>> = vec![vec![]];
-            branches.extend(ids.iter().map(|d| vec![*d]));
-            branches.push(vec![ids[1], ids[0]]);
-            branches.push(vec![ids[1], ids[0], ids[0]]);
-            let seqs: Vec<Sequence> = branches
-                .into_iter()
-                .map(|b| Sequence {
-                    prompt: [base.clone(), b].concat(),
-                    response: Vec::new(),
-                })
-                .collect();
-            let mut rows = [[0f64; 10]; 13];
-            let mut r = 0;
-            for chunk in seqs.chunks(self.batch_size.max(1)) {
-                let batch = Batch::new(chunk, PadSide::Right, codec.pad_id)?;
-                let mut args = ForwardArgs::plain();
-                args.logits = Logits::Last;
-                let fwd = self.model.model.forward(&batch, args)?;
-                let logits = host_vec(fwd.logits.expect("asked for logits"))?;
-                for row in logits.chunks(vocab) {
-                    rows[r] = Self::digit_probs(row, ids);
-                    r += 1;
-                }
-            }
-            out.push(expected_score(&Self::number_candidates(&rows)));
-        }
-        Ok(out)
-    }
-
-    /// The first-token score, for tokenizers with multi-digit tokens.
-    fn score_top_tokens(&self, prompts: &[String]) -> Result<Vec<Option<f32>>> {
-        let codec = &self.model.codec;
+    /// Next-token logits `[vocab]` after each token sequence, batched.
+    fn last_logits(&self, prompts: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>> {
         let seqs: Vec<Sequence> = prompts
-            .iter()
-            .map(|p| {
-                Ok(Sequence {
-                    prompt: self.prompt_ids(p)?,
-                    response: Vec::new(),
-                })
+            .into_iter()
+            .map(|prompt| Sequence {
+                prompt,
+                response: Vec::new(),
             })
-            .collect::<Result<_>>()?;
+            .collect();
         let vocab = self.model.model.config.vocab_size;
-        let mut out = Vec::with_capacity(prompts.len());
+        let mut out = Vec::with_capacity(seqs.len());
         for chunk in seqs.chunks(self.batch_size.max(1)) {
-            let batch = Batch::new(chunk, PadSide::Right, codec.pad_id)?;
+            let batch = Batch::new(chunk, PadSide::Right, self.model.codec.pad_id)?;
             let mut args = ForwardArgs::plain();
             args.logits = Logits::Last;
             let fwd = self.model.model.forward(&batch, args)?;
             let logits = host_vec(fwd.logits.expect("asked for logits"))?;
-            for row in logits.chunks(vocab) {
-                out.push(expected_score(&self.top_tokens(row)?));
-            }
+            out.extend(logits.chunks(vocab).map(<[f32]>::to_vec));
         }
         Ok(out)
+    }
+
+    /// The digit-tree score: 13 branches per prompt, all prompts batched together.
+    fn score_digit_tree(&self, prompts: &[String], ids: &[u32; 10]) -> Result<Vec<Option<f32>>> {
+        let mut branches: Vec<Vec<u32>> = vec![vec![]];
+        branches.extend(ids.iter().map(|d| vec![*d]));
+        branches.push(vec![ids[1], ids[0]]);
+        branches.push(vec![ids[1], ids[0], ids[0]]);
+        let mut seqs = Vec::with_capacity(prompts.len() * branches.len());
+        for prompt in prompts {
+            let base = self.prompt_ids(prompt)?;
+            seqs.extend(branches.iter().map(|b| [base.as_slice(), b].concat()));
+        }
+        let logits = self.last_logits(seqs)?;
+        Ok(logits
+            .chunks(branches.len())
+            .map(|tree| {
+                let mut rows = [[0f64; 10]; 13];
+                for (r, l) in rows.iter_mut().zip(tree) {
+                    *r = Self::digit_probs(l, ids);
+                }
+                expected_score(&Self::number_candidates(&rows))
+            })
+            .collect())
+    }
+
+    /// The first-token score, for tokenizers with multi-digit tokens.
+    fn score_top_tokens(&self, prompts: &[String]) -> Result<Vec<Option<f32>>> {
+        let seqs = prompts
+            .iter()
+            .map(|p| self.prompt_ids(p))
+            .collect::<Result<_>>()?;
+        self.last_logits(seqs)?
+            .iter()
+            .map(|l| Ok(expected_score(&self.top_tokens(l)?)))
+            .collect()
     }
 }
 
