@@ -45,6 +45,23 @@ pub fn random_weights(cfg: &ModelConfig, seed: u64) -> WeightMap {
         .collect()
 }
 
+/// `h_row` at every position of one sequence (batch of one, no padding),
+/// from a full capture: the reference that reduced captures are tested against.
+pub fn full_row_activations(
+    model: &crate::Model,
+    seq: &crate::Sequence,
+    row: usize,
+) -> crate::Result<Vec<Vec<f32>>> {
+    use crate::{Batch, CaptureRequest, ForwardArgs, PadSide, Reduction};
+    let b = Batch::new(std::slice::from_ref(seq), PadSide::Right, 0)?;
+    let req = CaptureRequest::new([row], &[Reduction::Full]);
+    let out = model.forward(&b, ForwardArgs::capture(&req, None))?;
+    let h = crate::host_vec(out.full[&row].clone())?;
+    Ok(h.chunks(model.config.d_model)
+        .map(<[f32]>::to_vec)
+        .collect())
+}
+
 /// The device unit tests run on: `PERSONA_TEST_DEVICE` (`cpu`, `cuda`,
 /// `wgpu`; default `cpu`), so the same tests can check a GPU build.
 pub fn test_device() -> Device {

@@ -107,30 +107,9 @@ impl<'a> Projector<'a> {
 mod tests {
     use super::*;
     use crate::screen::score;
-    use persona_model::testing::{random_weights, test_device, tiny_config};
-    use persona_model::{Logits, Message};
+    use persona_model::Message;
+    use persona_model::testing::{full_row_activations, random_weights, test_device, tiny_config};
     use persona_train::data::ChatRecord;
-
-    /// `h_row` at every position of one sequence, from a full capture.
-    fn full_row(m: &Model, s: &Sequence, row: usize) -> Vec<Vec<f32>> {
-        let b = Batch::new(std::slice::from_ref(s), PadSide::Right, 0).unwrap();
-        let req = CaptureRequest::new([row], &[Reduction::Full]);
-        let out = m
-            .forward(
-                &b,
-                ForwardArgs {
-                    cache: None,
-                    steering: &[],
-                    capture: &req,
-                    logits: Logits::None,
-                    lora: None,
-                },
-            )
-            .unwrap();
-        let h = host_vec(out.full[&row].clone()).unwrap();
-        let d = m.config.d_model;
-        h.chunks(d).map(<[f32]>::to_vec).collect()
-    }
 
     fn dot(a: &[f32], b: &[f32]) -> f64 {
         a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum()
@@ -166,8 +145,8 @@ mod tests {
             .project(&[data.clone(), other, base.clone()], |_| {})
             .unwrap();
 
-        let hd = full_row(&m, &data, row);
-        let hb = full_row(&m, &base, row);
+        let hd = full_row_activations(&m, &data, row).unwrap();
+        let hb = full_row_activations(&m, &base, row).unwrap();
         let mean_proj = |h: &[Vec<f32>], from: usize, n: usize| {
             (from..from + n).map(|t| dot(&h[t], &unit)).sum::<f64>() / n as f64
         };

@@ -172,8 +172,7 @@ pub fn extract_authored(
 mod tests {
     use super::*;
     use burn::tensor::Device;
-    use persona_model::Logits;
-    use persona_model::testing::{random_weights, tiny_config};
+    use persona_model::testing::{full_row_activations, random_weights, tiny_config};
 
     /// The mean-diff against a hand computation from full captures.
     #[test]
@@ -202,30 +201,11 @@ mod tests {
         let row = 2;
         let mut want = vec![0f64; d];
         for s in &seqs {
-            let b = Batch::new(std::slice::from_ref(s), PadSide::Right, 0).unwrap();
-            let req = CaptureRequest::new([row], &[Reduction::Full]);
-            let out = m
-                .forward(
-                    &b,
-                    ForwardArgs {
-                        cache: None,
-                        steering: &[],
-                        capture: &req,
-                        logits: Logits::None,
-                        lora: None,
-                    },
-                )
-                .unwrap();
-            let h = out.full[&row]
-                .clone()
-                .into_data()
-                .try_into_vec::<f32>()
-                .unwrap();
+            let h = full_row_activations(&m, s, row).unwrap();
             let start = s.prompt.len();
             for (t, _) in s.response.iter().enumerate() {
                 for j in 0..d {
-                    want[j] +=
-                        h[(start + t) * d + j] as f64 / s.response.len() as f64 / seqs.len() as f64;
+                    want[j] += h[start + t][j] as f64 / s.response.len() as f64 / seqs.len() as f64;
                 }
             }
         }
