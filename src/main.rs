@@ -14,6 +14,7 @@ use persona_vectors::VectorFile;
 
 mod monitor;
 mod screen;
+mod vector_args;
 
 #[derive(Parser)]
 #[command(

@@ -3,28 +3,20 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::vector_args::VectorAtRow;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use indicatif::ProgressBar;
-use persona_model::{DEFAULT_MODEL, parse_device, write_atomic};
+use persona_model::write_atomic;
 use persona_monitor::Projector;
 use persona_monitor::plot::{Labels, Series, line_chart};
 use persona_monitor::prompts::{Probe, monitor};
-use persona_vectors::VectorFile;
 
 #[derive(Args)]
 #[command(group(clap::ArgGroup::new("probe").required(true).args(["system_prompts", "kshot", "conversations"])))]
 pub struct MonitorArgs {
-    /// Persona-vector file.
-    #[arg(long)]
-    vector: PathBuf,
-    /// Residual row (row l = output of block l-1; row 0 = embeddings).
-    #[arg(long)]
-    layer: usize,
-    #[arg(long, default_value = "response_avg")]
-    variant: String,
-    #[arg(long, default_value = DEFAULT_MODEL)]
-    model: String,
+    #[command(flatten)]
+    target: VectorAtRow,
     /// Questions: a trait file (its evaluation questions) or a text file
     /// with one per line (for --system-prompts and --kshot).
     #[arg(long)]
@@ -65,8 +57,6 @@ pub struct MonitorArgs {
     out: Option<PathBuf>,
     #[arg(long, default_value_t = 16)]
     batch_size: usize,
-    #[arg(long, default_value = "cpu")]
-    device: String,
 }
 
 fn lines(path: &Path) -> Result<Vec<String>> {
@@ -85,15 +75,11 @@ fn lines(path: &Path) -> Result<Vec<String>> {
 }
 
 pub fn run(a: MonitorArgs) -> Result<()> {
-    let device = parse_device(&a.device)?;
-    let vector = VectorFile::load(&a.vector)?;
-    let loaded = persona_model::load(&a.model, &device)
-        .with_context(|| format!("loading model `{}`", a.model))?;
-    vector.check_model(&loaded.model.config, &loaded.identity)?;
+    let (vector, loaded) = a.target.load()?;
     let projector = Projector::new(
         &loaded.model,
-        a.layer,
-        vector.unit_row(&a.variant, a.layer)?,
+        a.target.layer,
+        vector.unit_row(&a.target.variant, a.target.layer)?,
         loaded.codec.pad_id,
         a.batch_size,
     )?;
@@ -179,8 +165,8 @@ pub fn run(a: MonitorArgs) -> Result<()> {
     }
     println!(
         "last-prompt-token projection on v̂ at row {} ({})",
-        a.layer,
-        a.vector.display()
+        a.target.layer,
+        a.target.vector.display()
     );
     println!(
         "{:>6}  {:>8}  {:>19}  {:>8}  group",
@@ -249,7 +235,7 @@ pub fn run(a: MonitorArgs) -> Result<()> {
         }];
         let svg = line_chart(
             Labels {
-                title: &format!("projection on v̂ at row {}", a.layer),
+                title: &format!("projection on v̂ at row {}", a.target.layer),
                 x: x_name,
                 y: "h · v̂ (last prompt token)",
             },

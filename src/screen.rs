@@ -3,28 +3,20 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use crate::vector_args::VectorAtRow;
+use anyhow::{Result, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use persona_model::{DEFAULT_MODEL, parse_device, persona_home};
+use persona_model::persona_home;
 use persona_monitor::screen::{FilterRule, ScreenOptions, filter, screen};
-use persona_vectors::VectorFile;
 
 #[derive(Args)]
 pub struct ScreenArgs {
     /// Chat JSONL: one {"messages": [...]} per line (optional "label": true|false).
     #[arg(long)]
     dataset: PathBuf,
-    /// Persona-vector file.
-    #[arg(long)]
-    vector: PathBuf,
-    /// Residual row (row l = output of block l-1; row 0 = embeddings).
-    #[arg(long)]
-    layer: usize,
-    #[arg(long, default_value = "response_avg")]
-    variant: String,
-    #[arg(long, default_value = DEFAULT_MODEL)]
-    model: String,
+    #[command(flatten)]
+    target: VectorAtRow,
     /// Output folder (default: checkpoints/screens/<dataset>-<vector>-row<L>).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -43,8 +35,6 @@ pub struct ScreenArgs {
     /// Write filtered.jsonl without samples scoring above T.
     #[arg(long, allow_hyphen_values = true)]
     threshold: Option<f64>,
-    #[arg(long, default_value = "cpu")]
-    device: String,
 }
 
 fn stem(p: &std::path::Path) -> String {
@@ -60,16 +50,13 @@ pub fn run(a: ScreenArgs) -> Result<()> {
     if a.max_new_tokens == 0 && !a.cheap {
         bail!("--max-new-tokens must be at least 1 (or pass --cheap to skip generation)");
     }
-    let device = parse_device(&a.device)?;
-    let vector = VectorFile::load(&a.vector)?;
-    let loaded = persona_model::load(&a.model, &device)
-        .with_context(|| format!("loading model `{}`", a.model))?;
+    let (vector, loaded) = a.target.load()?;
     let out = a.out.clone().unwrap_or_else(|| {
         persona_home().join("screens").join(format!(
             "{}-{}-row{}{}",
             stem(&a.dataset),
-            stem(&a.vector),
-            a.layer,
+            stem(&a.target.vector),
+            a.target.layer,
             if a.cheap { "-cheap" } else { "" }
         ))
     });
@@ -101,8 +88,8 @@ pub fn run(a: ScreenArgs) -> Result<()> {
         &loaded.identity,
         &a.dataset,
         &vector,
-        &a.variant,
-        a.layer,
+        &a.target.variant,
+        a.target.layer,
         &opts,
         &out,
         |done, total| {
@@ -119,7 +106,7 @@ pub fn run(a: ScreenArgs) -> Result<()> {
         "screened {} samples of {} at row {} ({} unscored)",
         summary.samples,
         a.dataset.display(),
-        a.layer,
+        a.target.layer,
         summary.unscored
     );
     if !a.cheap {
