@@ -151,14 +151,8 @@ fn train_bench() {
         weight_decay: 0.01,
     };
     let mut step = |t: usize| {
-        let (_, grads) = loss_and_grads(
-            &m.model,
-            &lora,
-            std::slice::from_ref(&batch),
-            &steering,
-            &device,
-        )
-        .unwrap();
+        let (_, grads) =
+            loss_and_grads(&m.model, &lora, std::slice::from_ref(&batch), &steering).unwrap();
         let (grads, _) = clip(grads, 1.0);
         for ((p, g), mo) in lora
             .tensors_mut()

@@ -28,6 +28,26 @@ pub enum JudgeError {
     MissingKey { var: String },
     #[error("judge config {path}: {reason}")]
     Config { path: PathBuf, reason: String },
+    #[error("sentence encoder {path}: {reason}")]
+    Encoder { path: PathBuf, reason: String },
+    #[error("encoder tokenizer: {0}")]
+    Tokenize(String),
+    #[error("probe {path}: {reason}")]
+    Probe { path: PathBuf, reason: String },
+    #[error(
+        "no classifier probe for trait `{trait_name}` at {path}; train it with `persona judge train --trait datasets/traits/{trait_name}.toml`"
+    )]
+    NoProbe { trait_name: String, path: PathBuf },
+    #[error("labelled data {path} line {line}: {reason}")]
+    Labelled {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
+    #[error(
+        "the classifier judge scores (question, answer) pairs per trait, not filled rubric prompts"
+    )]
+    NotARubricJudge,
     #[error(transparent)]
     Model(#[from] persona_model::ModelError),
 }

@@ -3,15 +3,20 @@
 //! - [`openai`]: any OpenAI-compatible endpoint, the paper's logprob method;
 //! - [`local`]: the same method on a local model through the runtime;
 //! - [`cache`]: every judgment on disk, so nothing is judged twice;
-//! - [`score`]: the aggregation both use.
-//!
-//! The offline `classifier` judge (a sentence encoder + per-trait probe) is
-//! not built yet.
+//! - [`classifier`]: the offline default, a sentence encoder ([`encoder`])
+//!   plus a per-trait logistic probe ([`probe`]) for traits and the base
+//!   model's likelihood for coherence;
+//! - [`cache`]: every judgment on disk, so nothing is judged twice;
+//! - [`score`]: the logprob aggregation of the LLM judges.
 
 pub mod cache;
+pub mod classifier;
+pub mod encoder;
 pub mod error;
 pub mod local;
+pub mod metrics;
 pub mod openai;
+pub mod probe;
 pub mod score;
 
 use std::path::Path;
@@ -34,6 +39,19 @@ pub enum JudgeConfig {
         /// `cpu`, `cuda` or `wgpu`.
         device: String,
     },
+    Classifier(classifier::ClassifierConfig),
+}
+
+/// The name a coherence judgment goes by (see [`Criterion`]).
+pub const COHERENCE: &str = "coherence";
+
+/// What a judgment scores: a trait by name with its rubric, or coherence
+/// ([`COHERENCE`]) with the coherence rubric. LLM judges read the rubric;
+/// the classifier judge uses the name.
+#[derive(Debug, Clone, Copy)]
+pub struct Criterion<'a> {
+    pub name: &'a str,
+    pub rubric: &'a str,
 }
 
 impl JudgeConfig {
@@ -44,10 +62,12 @@ impl JudgeConfig {
         };
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
         let cfg: Self = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
-        if let Self::Openai(o) = &cfg
-            && o.concurrency == 0
-        {
-            return Err(err("concurrency must be at least 1".into()));
+        match &cfg {
+            Self::Openai(o) if o.concurrency == 0 => {
+                return Err(err("concurrency must be at least 1".into()));
+            }
+            Self::Classifier(c) => c.check().map_err(err)?,
+            _ => {}
         }
         Ok(cfg)
     }
@@ -57,6 +77,7 @@ impl JudgeConfig {
 pub enum Judge {
     Openai(openai::OpenAiJudge),
     Local(Box<local::LocalJudge>),
+    Classifier(Box<classifier::ClassifierJudge>),
 }
 
 impl Judge {
@@ -74,38 +95,86 @@ impl Judge {
                     batch_size: *batch_size,
                 }))
             }
+            JudgeConfig::Classifier(c) => {
+                let device = persona_model::parse_device(&c.device)?;
+                Self::Classifier(Box::new(classifier::ClassifierJudge::new(
+                    c.clone(),
+                    &device,
+                )?))
+            }
         })
     }
 
-    /// What the cache and reports call this judge.
+    /// What reports call this judge.
     pub fn identity(&self) -> String {
         match self {
             Self::Openai(j) => j.identity(),
             Self::Local(j) => j.identity(),
+            Self::Classifier(j) => format!(
+                "classifier {} + probes in {} (coherence: {})",
+                j.encoder.identity,
+                j.config.probes.display(),
+                j.coherence_identity()
+            ),
         }
     }
 
-    /// Scores filled rubrics, in order.
+    /// What the cache keys judgments of `criterion` by: the judge, plus for
+    /// the classifier the probe file (a retrained probe judges afresh).
+    pub fn criterion_identity(&self, criterion: &Criterion<'_>) -> Result<String> {
+        match self {
+            Self::Classifier(j) if criterion.name == COHERENCE => Ok(j.coherence_identity()),
+            Self::Classifier(j) => j.trait_identity(criterion.name),
+            _ => Ok(self.identity()),
+        }
+    }
+
+    /// Scores filled rubrics, in order (LLM judges only).
     pub fn score_prompts(&self, prompts: &[String]) -> Result<Vec<Option<f32>>> {
         match self {
             Self::Openai(j) => j.score(prompts),
             Self::Local(j) => j.score(prompts),
+            Self::Classifier(_) => Err(JudgeError::NotARubricJudge),
         }
     }
 
-    /// Scores `(question, answer)` pairs with `rubric` (placeholders
+    /// Scores `(question, answer)` pairs for `criterion` without the cache.
+    fn score_items(
+        &self,
+        criterion: &Criterion<'_>,
+        items: &[(String, String)],
+    ) -> Result<Vec<Option<f32>>> {
+        match self {
+            Self::Classifier(j) if criterion.name == COHERENCE => j.score_coherence(items),
+            Self::Classifier(j) => j.score_trait(criterion.name, items),
+            _ => {
+                let prompts: Vec<String> = items
+                    .iter()
+                    .map(|(q, a)| {
+                        criterion
+                            .rubric
+                            .replace("{question}", q)
+                            .replace("{answer}", a)
+                    })
+                    .collect();
+                self.score_prompts(&prompts)
+            }
+        }
+    }
+
+    /// Scores `(question, answer)` pairs for `criterion` (rubric placeholders
     /// `{question}`, `{answer}`), judging only what `cache` does not hold and
     /// recording the new judgments there.
     pub fn judge(
         &self,
-        rubric: &str,
+        criterion: &Criterion<'_>,
         items: &[(String, String)],
         cache: &mut JudgmentCache,
     ) -> Result<Vec<Option<f32>>> {
-        let id = self.identity();
+        let id = self.criterion_identity(criterion)?;
         let keys: Vec<String> = items
             .iter()
-            .map(|(q, a)| cache::key(&id, rubric, q, a))
+            .map(|(q, a)| cache::key(&id, criterion.rubric, q, a))
             .collect();
         let mut missing: Vec<usize> = Vec::new();
         for (i, k) in keys.iter().enumerate() {
@@ -113,15 +182,8 @@ impl Judge {
                 missing.push(i);
             }
         }
-        let prompts: Vec<String> = missing
-            .iter()
-            .map(|&i| {
-                rubric
-                    .replace("{question}", &items[i].0)
-                    .replace("{answer}", &items[i].1)
-            })
-            .collect();
-        let scores = self.score_prompts(&prompts)?;
+        let todo: Vec<(String, String)> = missing.iter().map(|&i| items[i].clone()).collect();
+        let scores = self.score_items(criterion, &todo)?;
         let new: Vec<(String, Option<f32>)> = missing
             .iter()
             .zip(scores)

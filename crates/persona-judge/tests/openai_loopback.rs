@@ -7,7 +7,7 @@ use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 
 use persona_judge::openai::OpenAiConfig;
-use persona_judge::{Judge, JudgeConfig, JudgeError, JudgmentCache};
+use persona_judge::{Criterion, Judge, JudgeConfig, JudgeError, JudgmentCache};
 
 /// Serves chat completions; the reply depends on the answer in the prompt.
 /// Returns the base URL and the log of request bodies.
@@ -100,6 +100,10 @@ fn config(url: &str) -> OpenAiConfig {
 }
 
 const RUBRIC: &str = "Q: {question}\nA: {answer}\nScore 0-100 or REFUSAL.";
+const CRITERION: Criterion<'static> = Criterion {
+    name: "test-trait",
+    rubric: RUBRIC,
+};
 
 #[test]
 fn openai_judge_protocol_scoring_retries_and_cache() {
@@ -113,7 +117,7 @@ fn openai_judge_protocol_scoring_retries_and_cache() {
         .iter()
         .map(|a| ("Is it?".to_string(), a.to_string()))
         .collect();
-    let scores = judge.judge(RUBRIC, &items, &mut cache).unwrap();
+    let scores = judge.judge(&CRITERION, &items, &mut cache).unwrap();
     // 0.5 * 80 + 0.3 * 90 over 0.8 of mass; refusal: 0.1 < 0.25 -> missing.
     assert!((scores[0].unwrap() - 83.75).abs() < 1e-3, "{scores:?}");
     assert_eq!(scores[1], None);
@@ -144,16 +148,19 @@ fn openai_judge_protocol_scoring_retries_and_cache() {
     );
 
     // Cached: a re-run sends nothing, also after reopening the cache.
-    let again = judge.judge(RUBRIC, &items, &mut cache).unwrap();
+    let again = judge.judge(&CRITERION, &items, &mut cache).unwrap();
     assert_eq!(again, scores);
     let mut reopened = JudgmentCache::open(&dir.path().join("judgments.jsonl")).unwrap();
-    assert_eq!(judge.judge(RUBRIC, &items, &mut reopened).unwrap(), scores);
+    assert_eq!(
+        judge.judge(&CRITERION, &items, &mut reopened).unwrap(),
+        scores
+    );
     assert_eq!(bodies.lock().unwrap().len(), 5, "nothing judged twice");
 
     // No logprobs in the reply: a clear error.
     let e = judge
         .judge(
-            RUBRIC,
+            &CRITERION,
             &[("q".into(), "ANSWER-NOLOGPROBS".into())],
             &mut cache,
         )

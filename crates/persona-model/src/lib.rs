@@ -15,6 +15,7 @@ pub mod error;
 pub mod generate;
 pub mod gguf;
 pub mod jsonl;
+pub mod likelihood;
 pub mod load;
 pub mod lora;
 pub mod model;
@@ -32,6 +33,7 @@ pub use config::{Architecture, ModelConfig};
 pub use device::parse_device;
 pub use error::{ModelError, Result};
 pub use generate::{GenerateOptions, Generation, Sampling, generate};
+pub use likelihood::{ResponseLikelihood, response_likelihoods};
 pub use load::{
     DEFAULT_MODEL, HostModel, LoadedModel, ModelIdentity, inspect, load, load_host, model_cache,
     persona_home, write_atomic,

@@ -220,7 +220,7 @@ pub struct JudgeRun {
 }
 
 /// Generates `run.samples` answers per prompt-only row (conversation turns
-/// keep their own response), judges them with `rubric`, and fills the
+/// keep their own response), judges them for `criterion`, and fills the
 /// rows' scores and the report's Pearson r between projection and score.
 #[allow(clippy::too_many_arguments)]
 pub fn judge_rows(
@@ -228,7 +228,7 @@ pub fn judge_rows(
     model: &persona_model::Model,
     codec: &TextCodec,
     judge: &persona_judge::Judge,
-    rubric: &str,
+    criterion: &persona_judge::Criterion<'_>,
     cache: &mut persona_judge::JudgmentCache,
     run: JudgeRun,
     batch_size: usize,
@@ -281,7 +281,7 @@ pub fn judge_rows(
         .iter()
         .flat_map(|r| r.answers.iter().map(|a| (r.question.clone(), a.clone())))
         .collect();
-    let mut scores = judge.judge(rubric, &items, cache)?.into_iter();
+    let mut scores = judge.judge(criterion, &items, cache)?.into_iter();
     for r in report.rows.iter_mut() {
         r.scores = r.answers.iter().map(|_| scores.next().flatten()).collect();
         let ok: Vec<f64> = r.scores.iter().flatten().map(|s| *s as f64).collect();

@@ -5,6 +5,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+pub use persona_judge::metrics::auroc;
+
 /// Resamples and seed of every bootstrap interval the reports show (fixed,
 /// so a report is reproducible; recorded next to the intervals).
 pub const BOOTSTRAP_RESAMPLES: usize = 2000;
@@ -48,41 +50,6 @@ pub fn bootstrap_mean(x: &[f64], resamples: usize, seed: u64) -> Option<MeanCi> 
     })
 }
 
-/// Area under the ROC curve of `scores` for the positives (`labels[i] ==
-/// true`): the probability that a random positive scores above a random
-/// negative, ties counting one half (the Mann-Whitney U statistic). `None`
-/// without at least one positive and one negative.
-pub fn auroc(scores: &[f64], labels: &[bool]) -> Option<f64> {
-    let pos: Vec<f64> = scores
-        .iter()
-        .zip(labels)
-        .filter(|p| *p.1)
-        .map(|p| *p.0)
-        .collect();
-    let neg: Vec<f64> = scores
-        .iter()
-        .zip(labels)
-        .filter(|p| !*p.1)
-        .map(|p| *p.0)
-        .collect();
-    if pos.is_empty() || neg.is_empty() {
-        return None;
-    }
-    let mut wins = 0.0;
-    for p in &pos {
-        for n in &neg {
-            wins += if p > n {
-                1.0
-            } else if p == n {
-                0.5
-            } else {
-                0.0
-            };
-        }
-    }
-    Some(wins / (pos.len() * neg.len()) as f64)
-}
-
 /// Pearson correlation; `None` with fewer than 2 points or a constant series.
 pub fn pearson(x: &[f64], y: &[f64]) -> Option<f64> {
     let n = x.len().min(y.len());
@@ -116,16 +83,6 @@ pub fn quantile(x: &[f64], q: f64) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn auroc_counts_pairs_and_ties() {
-        assert_eq!(auroc(&[3.0, 2.0, 1.0], &[true, false, false]), Some(1.0));
-        assert_eq!(auroc(&[1.0, 2.0, 3.0], &[true, false, false]), Some(0.0));
-        // One tie (2 vs 2) out of 4 pairs, one win (3 > 1), one win (3 > 2), one loss.
-        let a = auroc(&[3.0, 2.0, 2.0, 1.0], &[true, true, false, false]).unwrap();
-        assert!((a - (1.0 + 1.0 + 0.5 + 1.0) / 4.0).abs() < 1e-12);
-        assert_eq!(auroc(&[1.0], &[true]), None);
-    }
 
     #[test]
     fn pearson_of_lines_and_constants() {

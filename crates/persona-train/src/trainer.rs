@@ -6,11 +6,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use burn::tensor::activation::log_softmax;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use persona_model::{
     Batch, CaptureRequest, ForwardArgs, Logits, Lora, PadSide, Positions, Role, Sequence, Steering,
+    likelihood::{loss_targets, weighted_target_logprobs},
 };
 use persona_vectors::VectorFile;
 use serde::Serialize;
@@ -69,38 +69,15 @@ pub fn training_steering(recipe: &Recipe, device: &Device) -> Result<Vec<Steerin
     Ok(out)
 }
 
-/// Next-token targets and loss weights of a right-padded batch: position `s`
-/// predicts token `s + 1` and counts only when that token is a response
-/// token. Returns `(targets [n], weights [n], count)` row-major `[b, s]`.
-pub fn loss_targets(batch: &Batch) -> (Vec<i64>, Vec<f32>, usize) {
-    let (b_n, s_n) = (batch.n_rows, batch.seq_len);
-    let mut targets = vec![0i64; b_n * s_n];
-    let mut weights = vec![0f32; b_n * s_n];
-    let mut count = 0;
-    for b in 0..b_n {
-        for s in 0..s_n.saturating_sub(1) {
-            let next = b * s_n + s + 1;
-            if batch.roles[next] == Role::Response {
-                targets[b * s_n + s] = batch.ids[next] as i64;
-                weights[b * s_n + s] = 1.0;
-                count += 1;
-            }
-        }
-    }
-    (targets, weights, count)
-}
-
 /// Sum over response targets of the negative log-likelihood, divided by `denom`.
 ///
 /// # Shapes
 /// `logits`: `[b, s, vocab]`
-fn masked_nll(logits: Tensor<3>, batch: &Batch, denom: usize, device: &Device) -> Tensor<1> {
-    let (b_n, s_n) = (batch.n_rows, batch.seq_len);
-    let (targets, weights, _) = loss_targets(batch);
-    let targets = Tensor::<3, Int>::from_data(TensorData::new(targets, [b_n, s_n, 1]), device);
-    let weights = Tensor::<3>::from_data(TensorData::new(weights, [b_n, s_n, 1]), device);
-    let logp = log_softmax(logits, 2).gather(2, targets); // # (b, s, 1)
-    (logp * weights).sum().neg().div_scalar(denom.max(1) as f64)
+fn masked_nll(logits: Tensor<3>, batch: &Batch, denom: usize) -> Tensor<1> {
+    weighted_target_logprobs(logits, batch)
+        .sum()
+        .neg()
+        .div_scalar(denom.max(1) as f64)
 }
 
 /// Loss (mean NLL over the response tokens of all `batches`) and the summed
@@ -111,7 +88,6 @@ pub fn loss_and_grads(
     lora: &Lora,
     batches: &[Batch],
     steering: &[Steering],
-    device: &Device,
 ) -> Result<(f64, Vec<Tensor<2>>)> {
     let none = CaptureRequest::none();
     let denom: usize = batches.iter().map(|b| loss_targets(b).2).sum();
@@ -128,7 +104,7 @@ pub fn loss_and_grads(
                 lora: Some(lora),
             },
         )?;
-        let loss = masked_nll(out.logits.expect("asked for logits"), batch, denom, device);
+        let loss = masked_nll(out.logits.expect("asked for logits"), batch, denom);
         let grads = loss.backward();
         loss_sum += loss.into_scalar::<f32>() as f64;
         let g: Vec<Tensor<2>> = lora
@@ -336,7 +312,7 @@ pub fn train(recipe_path: &Path, resume: bool, show_progress: bool) -> Result<Tr
             .iter()
             .map(|b| b.roles.iter().filter(|r| **r != Role::Pad).count())
             .sum();
-        let (loss_sum, grads) = loss_and_grads(model, &lora, &batches, &steering, &device)?;
+        let (loss_sum, grads) = loss_and_grads(model, &lora, &batches, &steering)?;
         let (grads, grad_norm) = clip(grads, recipe.optim.max_grad_norm);
         // Stop before a non-finite value reaches the adapters or a checkpoint.
         for (what, value) in [("loss", loss_sum), ("gradient norm", grad_norm)] {
@@ -425,6 +401,15 @@ pub fn train(recipe_path: &Path, resume: bool, show_progress: bool) -> Result<Tr
         bar.set_position(state.step as u64);
         let json = serde_json::to_string(&line).map_err(|e| crate::error::io(&run_dir, e))?;
         writeln!(metrics_file, "{json}").map_err(|e| crate::error::io(&run_dir, e))?;
+        // The snapshot first: a saved checkpoint implies its snapshot exists.
+        let every = recipe.run.snapshot_every;
+        if every > 0 && state.step % every == 0 {
+            checkpoint::write_adapter(
+                &snapshot_dir(&run_dir, state.step),
+                &detach(&lora),
+                &recipe.model.name,
+            )?;
+        }
         if state.step % recipe.run.save_every == 0 || state.step == total_steps {
             let detached = detach(&lora);
             checkpoint::save(&run_dir, &detached, &moments, &state, &recipe.model.name)?;
@@ -437,6 +422,11 @@ pub fn train(recipe_path: &Path, resume: bool, show_progress: bool) -> Result<Tr
         steps: state.step,
         last_loss,
     })
+}
+
+/// Where the adapters of optimizer step `step` are kept (see `snapshot_every`).
+pub fn snapshot_dir(run_dir: &Path, step: usize) -> PathBuf {
+    run_dir.join("snapshots").join(format!("step-{step:05}"))
 }
 
 /// Extracts the `[trait]` section's vector from its trait file's authored
