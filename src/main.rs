@@ -12,6 +12,8 @@ use persona_model::{
 };
 use persona_vectors::VectorFile;
 
+mod eval;
+mod judge;
 mod monitor;
 mod screen;
 mod vector_args;
@@ -165,6 +167,17 @@ enum Command {
     /// Project prompts (graded system prompts, k-shot examples, conversation
     /// turns) on a persona vector.
     Monitor(monitor::MonitorArgs),
+    /// Evaluate one model, run or post-hoc steered model on a trait:
+    /// sampled answers, trait and coherence judgments, shift, capability.
+    Eval(eval::EvalArgs),
+    /// Write a comparison report (Markdown + self-contained HTML) from saved evaluations.
+    Compare(eval::CompareArgs),
+    /// Gate on trait scores: evaluate the configured checkpoints and fail
+    /// when a score rises beyond the stored baseline.
+    Ci(eval::CiArgs),
+    /// The offline classifier judge: train per-trait probes.
+    #[command(subcommand)]
+    Judge(judge::JudgeCommand),
     /// Describe a model: architecture, sizes, dtype, chat template.
     Info {
         #[arg(default_value = DEFAULT_MODEL)]
@@ -219,6 +232,10 @@ fn print_norms(file: &VectorFile) {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Judge(cmd) => judge::run(cmd),
+        Command::Eval(a) => eval::eval(a),
+        Command::Compare(a) => eval::compare(a),
+        Command::Ci(a) => eval::ci(a),
         Command::Generate {
             model,
             system,
@@ -293,13 +310,30 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Train { recipe, resume } => {
-            let out = persona_train::train(&recipe, resume, true)?;
-            println!(
-                "finished {} steps (last loss {:.4}); run in {}",
-                out.steps,
-                out.last_loss,
-                out.run_dir.display()
-            );
+            // The experiment's settings are checked before any training.
+            let experiment = eval::experiment_config(&recipe)?;
+            let finished = persona_train::Recipe::load(&recipe).map(|r| {
+                persona_model::persona_home()
+                    .join("runs")
+                    .join(&r.run.name)
+                    .join("adapter")
+                    .join("adapter_model.safetensors")
+                    .exists()
+            })?;
+            if experiment.is_some() && finished && !resume {
+                println!("run already finished; going on to its experiment");
+            } else {
+                let out = persona_train::train(&recipe, resume, true)?;
+                println!(
+                    "finished {} steps (last loss {:.4}); run in {}",
+                    out.steps,
+                    out.last_loss,
+                    out.run_dir.display()
+                );
+            }
+            if let Some(cfg) = experiment {
+                eval::run_experiment(&recipe, &cfg)?;
+            }
             Ok(())
         }
         Command::Extract {

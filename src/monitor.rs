@@ -155,7 +155,10 @@ pub fn run(a: MonitorArgs) -> Result<()> {
             &loaded.model,
             &loaded.codec,
             &judge,
-            &def.rubric,
+            &persona_judge::Criterion {
+                name: &def.name,
+                rubric: &def.rubric,
+            },
             &mut cache,
             run,
             a.batch_size,

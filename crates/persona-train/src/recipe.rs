@@ -26,6 +26,11 @@ pub struct Recipe {
     /// How to extract the steering vector when its file does not exist yet.
     #[serde(rename = "trait")]
     pub trait_: Option<TraitSection>,
+    /// The comparison that follows training (`[experiment]`): parsed and
+    /// checked by `persona_eval::experiment::ExperimentConfig` before
+    /// training starts, so unknown keys are still refused up front.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub experiment: Option<toml::Table>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -52,6 +57,11 @@ pub struct RunSection {
     pub device: String,
     /// Save a resumable checkpoint every this many optimizer steps (>= 1).
     pub save_every: usize,
+    /// Keep a copy of the adapters every this many optimizer steps in
+    /// `snapshots/step-NNNNN/` (PEFT layout), for evaluating intermediate
+    /// checkpoints; 0 = none. Saves files only, changes no result.
+    #[serde(default)]
+    pub snapshot_every: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

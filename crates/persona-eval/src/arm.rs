@@ -1,0 +1,100 @@
+//! An evaluation arm: a base model, optionally with fine-tuned adapters
+//! merged in, optionally steered after the fact at inference.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+use persona_model::{HostModel, LoadedModel, Positions, Steering};
+use persona_vectors::VectorFile;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+
+/// Post-hoc (inference-time) steering: `coef * v_row` added at the last
+/// prompt token and every generated token (negative `coef` suppresses).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PostHoc {
+    pub vector: PathBuf,
+    pub row: usize,
+    pub coef: f32,
+}
+
+/// What one column of a comparison evaluates.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Arm {
+    /// Folder name of its results, e.g. `base`, `vaccine`, `vaccine-step-00010`.
+    pub id: String,
+    /// What the report calls it.
+    pub label: String,
+    /// Base model spec (cache name, .gguf or HF folder).
+    pub model: String,
+    /// A PEFT adapter folder, or a run folder (its `adapter/` is used).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<PathBuf>,
+    /// The training step of a snapshot (for shift-vs-step plots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steer: Option<PostHoc>,
+}
+
+/// The adapter folder a path names: itself, or `<run>/adapter`.
+pub fn adapter_dir(path: &Path) -> PathBuf {
+    if path
+        .join("adapter")
+        .join("adapter_model.safetensors")
+        .exists()
+    {
+        path.join("adapter")
+    } else {
+        path.to_path_buf()
+    }
+}
+
+impl Arm {
+    /// The base model on the host with this arm's adapters merged in.
+    pub fn host_model(&self) -> Result<HostModel> {
+        let mut host = persona_model::load_host(&self.model)?;
+        if let Some(a) = &self.adapter {
+            let dir = adapter_dir(a);
+            let lora =
+                persona_train::checkpoint::read_adapter(&dir, &host.config, &Device::flex())?;
+            lora.merge_into(&mut host.weights)?;
+        }
+        Ok(host)
+    }
+
+    /// Loads the arm onto `device`, with its post-hoc steering (checked
+    /// against the model) ready for generation and scoring.
+    pub fn load(&self, device: &Device) -> Result<(LoadedModel, Vec<Steering>)> {
+        let host = self.host_model()?;
+        let mut steering = Vec::new();
+        if let Some(s) = &self.steer {
+            let file = VectorFile::load(&s.vector)?;
+            file.check_model(&host.config, &host.identity)?;
+            steering.push(Steering::add(
+                s.row,
+                file.row("response_avg", s.row)?,
+                s.coef,
+                Positions::Generating,
+                device,
+            ));
+        }
+        let loaded = host.to_device(device)?;
+        loaded.model.check_steering(&steering)?;
+        Ok((loaded, steering))
+    }
+
+    /// Files whose bytes decide this arm's outputs besides the base model
+    /// (adapter weights, steering vector), for result fingerprints.
+    pub fn input_files(&self) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        if let Some(a) = &self.adapter {
+            files.push(adapter_dir(a).join("adapter_model.safetensors"));
+        }
+        if let Some(s) = &self.steer {
+            files.push(s.vector.clone());
+        }
+        files
+    }
+}

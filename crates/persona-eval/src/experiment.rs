@@ -1,0 +1,233 @@
+//! The experiment behind a vaccine recipe: base model, unsteered fine-tune
+//! (the baseline recipe's run), vaccine fine-tune, their intermediate
+//! snapshots, and post-hoc steering of the unsteered fine-tune at several
+//! negative coefficients, all on the same held-out questions and seeds;
+//! then the comparison report in `<run>/report.{md,html}`.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+use persona_judge::{Judge, JudgmentCache};
+use serde::{Deserialize, Serialize};
+
+use crate::arm::{Arm, PostHoc};
+use crate::capability::{CapabilityResult, CapabilitySettings, evaluate_capability};
+use crate::error::{EvalError, Result};
+use crate::report::{ComparisonManifest, write_report};
+use crate::trait_eval::{EvalSettings, TraitResult, evaluate_trait};
+
+/// A recipe's `[experiment]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentConfig {
+    /// The unsteered arm's recipe (same data and seed, `mode = "none"`);
+    /// trained first when its run is missing or unfinished.
+    pub baseline: PathBuf,
+    /// Judge config (`judges/classifier.toml` offline).
+    pub judge: PathBuf,
+    /// Coefficients of post-hoc steering of the unsteered fine-tune at `eval.shift_row`.
+    pub posthoc_coefs: Vec<f32>,
+    /// Also evaluate the runs' adapter snapshots (`[run] snapshot_every`).
+    pub snapshots: bool,
+    pub eval: EvalSettings,
+    pub capability: CapabilitySettings,
+}
+
+impl ExperimentConfig {
+    /// Parses and checks the `[experiment]` table of a recipe.
+    pub fn from_table(t: &toml::Table) -> Result<Self> {
+        let cfg: Self = t
+            .clone()
+            .try_into()
+            .map_err(|e| EvalError::Input(format!("recipe [experiment]: {e}")))?;
+        for p in [
+            &cfg.baseline,
+            &cfg.judge,
+            &cfg.eval.trait_file,
+            &cfg.eval.coherence_file,
+            &cfg.capability.normal,
+            &cfg.capability.chat,
+            &cfg.capability.mc,
+        ] {
+            if !p.exists() {
+                return Err(EvalError::file(
+                    p,
+                    "recipe [experiment] names a file that does not exist",
+                ));
+            }
+        }
+        Ok(cfg)
+    }
+}
+
+/// Saved capability measures, keyed to the arm's trait-result fingerprint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct SavedCapability {
+    fingerprint: String,
+    #[serde(flatten)]
+    result: CapabilityResult,
+}
+
+/// Evaluates one arm into `dir` (trait, then capability), reusing saved results.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_arm(
+    arm: &Arm,
+    settings: &EvalSettings,
+    capability: &CapabilitySettings,
+    judge: &Judge,
+    cache: &mut JudgmentCache,
+    dir: &Path,
+    device: &Device,
+    progress: impl FnMut(&str, usize),
+) -> Result<(TraitResult, CapabilityResult)> {
+    let result = evaluate_trait(arm, settings, judge, cache, dir, device, progress)?;
+    let cap_fp = format!(
+        "{} {}",
+        result.fingerprint,
+        serde_json::to_string(capability).expect("serialises")
+    );
+    let path = dir.join("capability.json");
+    if let Ok(text) = std::fs::read_to_string(&path)
+        && let Ok(saved) = serde_json::from_str::<SavedCapability>(&text)
+        && saved.fingerprint == cap_fp
+    {
+        return Ok((result, saved.result));
+    }
+    let (loaded, steering) = arm.load(device)?;
+    let cap = evaluate_capability(&loaded, &steering, capability)?;
+    let saved = SavedCapability {
+        fingerprint: cap_fp,
+        result: cap.clone(),
+    };
+    persona_model::write_atomic(
+        &path,
+        &serde_json::to_vec_pretty(&saved).expect("serialises"),
+    )?;
+    Ok((result, cap))
+}
+
+/// The adapter snapshots of a run, by step.
+pub fn snapshots(run: &Path) -> Vec<(usize, PathBuf)> {
+    let mut out: Vec<(usize, PathBuf)> = std::fs::read_dir(run.join("snapshots"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let step = name.strip_prefix("step-")?.parse().ok()?;
+            e.path()
+                .join("adapter_model.safetensors")
+                .exists()
+                .then(|| (step, e.path()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The arms of the experiment, in report order.
+pub fn arms(
+    model: &str,
+    vaccine_run: &Path,
+    baseline_run: &Path,
+    cfg: &ExperimentConfig,
+) -> Vec<Arm> {
+    let arm = |id: String, label: String, adapter: Option<PathBuf>, step, steer| Arm {
+        id,
+        label,
+        model: model.to_string(),
+        adapter,
+        step,
+        steer,
+    };
+    let mut out = vec![
+        arm("base".into(), "base model".into(), None, None, None),
+        arm(
+            "unsteered".into(),
+            "unsteered fine-tune".into(),
+            Some(baseline_run.to_path_buf()),
+            None,
+            None,
+        ),
+        arm(
+            "vaccine".into(),
+            "vaccine fine-tune".into(),
+            Some(vaccine_run.to_path_buf()),
+            None,
+            None,
+        ),
+    ];
+    for &c in &cfg.posthoc_coefs {
+        out.push(arm(
+            format!("posthoc{c:+}"),
+            format!("unsteered + post-hoc steering {c:+}"),
+            Some(baseline_run.to_path_buf()),
+            None,
+            Some(PostHoc {
+                vector: cfg.eval.shift_vector.clone(),
+                row: cfg.eval.shift_row,
+                coef: c,
+            }),
+        ));
+    }
+    if cfg.snapshots {
+        for (name, run) in [("unsteered", baseline_run), ("vaccine", vaccine_run)] {
+            for (step, dir) in snapshots(run) {
+                out.push(arm(
+                    format!("{name}-step-{step:05}"),
+                    format!("{name} @ step {step}"),
+                    Some(dir),
+                    Some(step),
+                    None,
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Runs every arm (results in `<vaccine run>/eval/<arm>/`) and writes the
+/// report into the vaccine run folder. `progress(arm label, stage, done)`.
+pub fn run_experiment(
+    model: &str,
+    vaccine_run: &Path,
+    baseline_run: &Path,
+    cfg: &ExperimentConfig,
+    device: &Device,
+    mut progress: impl FnMut(&str, &str, usize),
+) -> Result<PathBuf> {
+    let judge = Judge::from_config(&persona_judge::JudgeConfig::load(&cfg.judge)?)?;
+    let mut cache = JudgmentCache::open(
+        &persona_model::persona_home()
+            .join("cache")
+            .join("judgments.jsonl"),
+    )?;
+    let arms = arms(model, vaccine_run, baseline_run, cfg);
+    let mut dirs = Vec::new();
+    for arm in &arms {
+        let dir = vaccine_run.join("eval").join(&arm.id);
+        evaluate_arm(
+            arm,
+            &cfg.eval,
+            &cfg.capability,
+            &judge,
+            &mut cache,
+            &dir,
+            device,
+            |stage, d| progress(&arm.label, stage, d),
+        )?;
+        dirs.push(dir);
+    }
+    let manifest = ComparisonManifest {
+        title: format!(
+            "Vaccine vs unsteered fine-tune vs post-hoc steering ({})",
+            vaccine_run.display()
+        ),
+        arms: dirs,
+        runs: vec![
+            ("unsteered".into(), baseline_run.to_path_buf()),
+            ("vaccine".into(), vaccine_run.to_path_buf()),
+        ],
+    };
+    write_report(vaccine_run, &manifest)
+}

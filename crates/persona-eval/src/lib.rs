@@ -1,0 +1,20 @@
+//! Evaluation, the last stage before the CLI: trait scores of any model arm
+//! (base, fine-tuned run, intermediate snapshot, post-hoc steered), the
+//! capability cost next to them, the comparison report and the CI gate.
+//!
+//! - [`arm`]: what is evaluated: a model, optional adapters, optional steering;
+//! - [`trait_eval`]: sample, judge trait and coherence, bootstrap, shift;
+//! - [`capability`]: held-out NLL and multiple-choice accuracy;
+//! - [`report`]: Markdown + self-contained HTML with SVG plots, from saved results;
+//! - [`gate`]: compare trait scores with a stored baseline (JUnit + Markdown).
+
+pub mod arm;
+pub mod capability;
+pub mod error;
+pub mod experiment;
+pub mod gate;
+pub mod report;
+pub mod trait_eval;
+
+pub use arm::{Arm, PostHoc};
+pub use error::{EvalError, Result};

@@ -1,0 +1,266 @@
+//! Trait evaluation of one arm: sample answers to the trait's evaluation
+//! questions, judge trait and coherence, bootstrap the means, and measure
+//! the finetuning shift (mean last-prompt-token projection on `v̂_row`
+//! minus the base model's). Answers and judgments are saved; a rerun with
+//! the same inputs returns the saved result without recomputation.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+use persona_judge::{COHERENCE, Criterion, Judge, JudgmentCache};
+use persona_model::{GenerateOptions, LoadedModel, Message, Sampling, Sequence};
+use persona_monitor::Projector;
+use persona_monitor::stats::{BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, MeanCi, bootstrap_mean};
+use persona_vectors::{TraitDef, VectorFile};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::arm::Arm;
+use crate::error::{EvalError, Result};
+
+/// How answers are sampled and where the shift is measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalSettings {
+    /// The trait file: its evaluation questions and rubric.
+    pub trait_file: PathBuf,
+    /// The coherence rubric file (`datasets/traits/coherence.toml`).
+    pub coherence_file: PathBuf,
+    /// Answers per question (paper: 10).
+    pub samples: usize,
+    /// Sampling temperature (paper: 1.0); 0 = greedy.
+    pub temperature: f32,
+    pub top_p: f32,
+    pub max_new_tokens: usize,
+    pub seed: u64,
+    pub batch_size: usize,
+    /// Vector and row of the finetuning shift.
+    pub shift_vector: PathBuf,
+    pub shift_row: usize,
+}
+
+/// One saved answer with its judgments.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AnswerRecord {
+    pub question: String,
+    pub sample: usize,
+    pub answer: String,
+    pub trait_score: Option<f32>,
+    pub coherence: Option<f32>,
+}
+
+/// What an arm scored (`result.json` in its folder).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TraitResult {
+    pub arm: Arm,
+    pub trait_name: String,
+    pub judge: String,
+    pub settings: EvalSettings,
+    /// sha256 of everything that decides the result; a saved result with
+    /// another fingerprint is recomputed.
+    pub fingerprint: String,
+    /// Mean of the non-missing trait scores, with a bootstrap 95% interval.
+    pub trait_score: Option<MeanCi>,
+    pub coherence: Option<MeanCi>,
+    /// Fraction of answers whose trait judgment is missing.
+    pub missing_fraction: f64,
+    pub n_answers: usize,
+    /// Mean over the questions of `h_row(last prompt token) · v̂_row`.
+    pub projection: f64,
+    /// `projection` minus the base model's: the finetuning shift.
+    pub shift: f64,
+    pub bootstrap: (usize, u64),
+}
+
+/// Mean last-prompt-token projection of `questions` on `v̂_row`.
+pub fn mean_projection(
+    loaded: &LoadedModel,
+    questions: &[String],
+    unit: Vec<f32>,
+    row: usize,
+    batch_size: usize,
+) -> Result<f64> {
+    let seqs = questions
+        .iter()
+        .map(|q| {
+            Ok(Sequence {
+                prompt: loaded.codec.prompt_ids(&[Message::user(q.as_str())])?,
+                response: Vec::new(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let p = Projector::new(&loaded.model, row, unit, loaded.codec.pad_id, batch_size)?;
+    let proj = p.project(&seqs, |_| {})?;
+    Ok(proj.iter().map(|p| p.last_prompt).sum::<f64>() / proj.len().max(1) as f64)
+}
+
+fn fingerprint(arm: &Arm, settings: &EvalSettings, judge_ids: &[String]) -> Result<String> {
+    let mut h = Sha256::new();
+    h.update(serde_json::to_vec(arm).expect("serialises"));
+    h.update(serde_json::to_vec(settings).expect("serialises"));
+    for id in judge_ids {
+        h.update(id.as_bytes());
+    }
+    let mut files = arm.input_files();
+    files.push(settings.trait_file.clone());
+    files.push(settings.coherence_file.clone());
+    files.push(settings.shift_vector.clone());
+    h.update(persona_model::weights::sha256_files(&files)?.as_bytes());
+    let (_, id) = persona_model::inspect(&arm.model)?;
+    h.update(id.sha256.as_bytes());
+    Ok(format!("{:x}", h.finalize()))
+}
+
+/// Evaluates `arm` on the trait, writing `answers.jsonl` and `result.json`
+/// into `dir`. `progress(stage, done)` follows the long parts.
+pub fn evaluate_trait(
+    arm: &Arm,
+    settings: &EvalSettings,
+    judge: &Judge,
+    cache: &mut JudgmentCache,
+    dir: &Path,
+    device: &Device,
+    mut progress: impl FnMut(&str, usize),
+) -> Result<TraitResult> {
+    let def = TraitDef::load(&settings.trait_file)?;
+    let coherence_rubric =
+        persona_vectors::traits::load_coherence_rubric(&settings.coherence_file)?;
+    let trait_c = Criterion {
+        name: &def.name,
+        rubric: &def.rubric,
+    };
+    let coh_c = Criterion {
+        name: COHERENCE,
+        rubric: &coherence_rubric,
+    };
+    let judge_ids = vec![
+        judge.criterion_identity(&trait_c)?,
+        judge.criterion_identity(&coh_c)?,
+    ];
+    let fp = fingerprint(arm, settings, &judge_ids)?;
+    let result_path = dir.join("result.json");
+    if let Ok(text) = std::fs::read_to_string(&result_path)
+        && let Ok(saved) = serde_json::from_str::<TraitResult>(&text)
+        && saved.fingerprint == fp
+    {
+        return Ok(saved);
+    }
+    if settings.samples == 0 || settings.batch_size == 0 {
+        return Err(EvalError::Input(
+            "samples and batch_size must be at least 1".into(),
+        ));
+    }
+
+    let (loaded, steering) = arm.load(device)?;
+    let vectors = VectorFile::load(&settings.shift_vector)?;
+    vectors.check_model(&loaded.model.config, &loaded.identity)?;
+    let unit = vectors.unit_row("response_avg", settings.shift_row)?;
+    let questions = &def.evaluation;
+    let prompts: Vec<Vec<u32>> = questions
+        .iter()
+        .flat_map(|q| std::iter::repeat_n(q, settings.samples))
+        .map(|q| loaded.codec.prompt_ids(&[Message::user(q.as_str())]))
+        .collect::<persona_model::Result<_>>()?;
+    let sampling = if settings.temperature == 0.0 {
+        Sampling::Greedy
+    } else {
+        Sampling::Temperature {
+            temperature: settings.temperature,
+            top_p: settings.top_p,
+        }
+    };
+    let gens = persona_model::generate(
+        &loaded.model,
+        &prompts,
+        &loaded.codec.stop_ids,
+        loaded.codec.pad_id,
+        &GenerateOptions {
+            max_new_tokens: settings.max_new_tokens,
+            sampling,
+            seed: settings.seed,
+            batch_size: settings.batch_size,
+            steering,
+        },
+        |d| progress("generating", d),
+    )?;
+    let mut items = Vec::with_capacity(gens.len());
+    for (i, g) in gens.iter().enumerate() {
+        let q = &questions[i / settings.samples];
+        items.push((q.clone(), loaded.codec.decode_clean(g.content_tokens())?));
+    }
+    progress("judging", 0);
+    let traits = judge.judge(&trait_c, &items, cache)?;
+    let coherence = judge.judge(&coh_c, &items, cache)?;
+
+    let projection = mean_projection(
+        &loaded,
+        questions,
+        unit.clone(),
+        settings.shift_row,
+        settings.batch_size,
+    )?;
+    drop(loaded);
+    let base_projection = if arm.adapter.is_none() {
+        projection
+    } else {
+        let base = persona_model::load(&arm.model, device)?;
+        mean_projection(
+            &base,
+            questions,
+            unit,
+            settings.shift_row,
+            settings.batch_size,
+        )?
+    };
+
+    let records: Vec<AnswerRecord> = items
+        .iter()
+        .enumerate()
+        .map(|(i, (q, a))| AnswerRecord {
+            question: q.clone(),
+            sample: i % settings.samples,
+            answer: a.clone(),
+            trait_score: traits[i],
+            coherence: coherence[i],
+        })
+        .collect();
+    let ok = |v: &[Option<f32>]| -> Vec<f64> { v.iter().flatten().map(|x| *x as f64).collect() };
+    let result = TraitResult {
+        arm: arm.clone(),
+        trait_name: def.name.clone(),
+        judge: judge.identity(),
+        settings: settings.clone(),
+        fingerprint: fp,
+        trait_score: bootstrap_mean(&ok(&traits), BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED),
+        coherence: bootstrap_mean(&ok(&coherence), BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED),
+        missing_fraction: traits.iter().filter(|t| t.is_none()).count() as f64
+            / traits.len().max(1) as f64,
+        n_answers: records.len(),
+        projection,
+        shift: projection - base_projection,
+        bootstrap: (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED),
+    };
+    std::fs::create_dir_all(dir).map_err(|e| EvalError::file(dir, e))?;
+    let mut lines = String::new();
+    for r in &records {
+        lines.push_str(&serde_json::to_string(r).expect("serialises"));
+        lines.push('\n');
+    }
+    persona_model::write_atomic(&dir.join("answers.jsonl"), lines.as_bytes())?;
+    // The result last: its presence means the answers beside it are complete.
+    persona_model::write_atomic(
+        &result_path,
+        &serde_json::to_vec_pretty(&result).expect("serialises"),
+    )?;
+    Ok(result)
+}
+
+/// Reads an arm's saved answers.
+pub fn read_answers(dir: &Path) -> Result<Vec<AnswerRecord>> {
+    let path = dir.join("answers.jsonl");
+    let text = std::fs::read_to_string(&path).map_err(|e| EvalError::file(&path, e))?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).map_err(|e| EvalError::file(&path, e)))
+        .collect()
+}

@@ -1,0 +1,336 @@
+//! `persona eval`, `persona compare`, `persona ci`, and the experiment that
+//! follows `persona train` when a recipe has an `[experiment]` table.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use indicatif::ProgressBar;
+use persona_eval::capability::CapabilitySettings;
+use persona_eval::experiment::{ExperimentConfig, evaluate_arm};
+use persona_eval::gate::{Baseline, decide, junit, markdown};
+use persona_eval::report::{ComparisonManifest, table, write_report};
+use persona_eval::trait_eval::EvalSettings;
+use persona_eval::{Arm, PostHoc};
+use persona_judge::{Judge, JudgeConfig, JudgmentCache};
+use serde::Deserialize;
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// A model spec (cache name, .gguf, HF folder) or a run folder (its adapters are merged into `--model`).
+    target: String,
+    /// Base model when `target` is a run folder.
+    #[arg(long, default_value = persona_model::DEFAULT_MODEL)]
+    model: String,
+    /// Evaluation settings and capability data (TOML with `[eval]` and `[capability]` tables, as in a recipe's `[experiment]`).
+    #[arg(long, default_value = "recipes/eval.toml")]
+    settings: PathBuf,
+    /// Judge config.
+    #[arg(long, default_value = "judges/classifier.toml")]
+    judge: PathBuf,
+    /// Post-hoc steering vector (with --coef; the row is the settings' shift row).
+    #[arg(long)]
+    steer: Option<PathBuf>,
+    #[arg(long, allow_hyphen_values = true)]
+    coef: Option<f32>,
+    /// Output folder of answers, judgments and results.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+#[derive(Args)]
+pub struct CompareArgs {
+    /// Arm result folders (from `persona eval --out`), or run folders (all arms under `<run>/eval/`).
+    #[arg(required = true)]
+    targets: Vec<PathBuf>,
+    /// Report folder.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+pub struct CiArgs {
+    /// Gate config: checkpoints, settings, judge, margin.
+    #[arg(long, default_value = "ci/gate.toml")]
+    config: PathBuf,
+    #[arg(long, default_value = "ci/trait-baseline.json")]
+    baseline: PathBuf,
+    /// Accept the current scores as the new baseline.
+    #[arg(long)]
+    update: bool,
+    /// Where the Markdown summary and JUnit XML go.
+    #[arg(long, default_value = "checkpoints/ci")]
+    out: PathBuf,
+}
+
+/// `[eval]` + `[capability]` tables of a settings file.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SettingsFile {
+    eval: EvalSettings,
+    capability: CapabilitySettings,
+}
+
+fn read_toml<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+fn spinner() -> ProgressBar {
+    let bar = ProgressBar::new_spinner();
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    bar
+}
+
+fn open_cache() -> Result<JudgmentCache> {
+    Ok(JudgmentCache::open(
+        &persona_model::persona_home()
+            .join("cache")
+            .join("judgments.jsonl"),
+    )?)
+}
+
+pub fn eval(a: EvalArgs) -> Result<()> {
+    let s: SettingsFile = read_toml(&a.settings)?;
+    let device = persona_model::parse_device(&a.device)?;
+    let run = PathBuf::from(&a.target);
+    let (model, adapter) = if persona_eval::arm::adapter_dir(&run)
+        .join("adapter_model.safetensors")
+        .exists()
+    {
+        (a.model.clone(), Some(run))
+    } else {
+        (a.target.clone(), None)
+    };
+    let steer = match (a.steer, a.coef) {
+        (Some(vector), Some(coef)) => Some(PostHoc {
+            vector,
+            row: s.eval.shift_row,
+            coef,
+        }),
+        (None, None) => None,
+        _ => bail!("--steer and --coef go together"),
+    };
+    let arm = Arm {
+        id: a
+            .out
+            .file_name()
+            .map_or("arm".into(), |n| n.to_string_lossy().into_owned()),
+        label: a.target.clone(),
+        model,
+        adapter,
+        step: None,
+        steer,
+    };
+    let judge = Judge::from_config(&JudgeConfig::load(&a.judge)?)?;
+    let mut cache = open_cache()?;
+    let bar = spinner();
+    let (r, c) = evaluate_arm(
+        &arm,
+        &s.eval,
+        &s.capability,
+        &judge,
+        &mut cache,
+        &a.out,
+        &device,
+        |stage, d| bar.set_message(format!("{stage} {d}")),
+    )?;
+    bar.finish_and_clear();
+    let arm_data = persona_eval::report::load_arm(&a.out)?;
+    print!("{}", table(std::slice::from_ref(&arm_data)));
+    let _ = (r, c);
+    println!("answers and judgments in {}", a.out.display());
+    Ok(())
+}
+
+/// Arm folders named by `targets` (a run folder stands for every arm under `<run>/eval/`).
+fn arm_dirs(targets: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for t in targets {
+        if t.join("result.json").exists() {
+            out.push(t.clone());
+        } else if t.join("eval").is_dir() {
+            let mut dirs: Vec<PathBuf> = std::fs::read_dir(t.join("eval"))?
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.join("result.json").exists())
+                .collect();
+            dirs.sort();
+            out.extend(dirs);
+        } else {
+            bail!(
+                "{} holds no result.json and no eval/ folder; evaluate it first with `persona eval`",
+                t.display()
+            );
+        }
+    }
+    Ok(out)
+}
+
+pub fn compare(a: CompareArgs) -> Result<()> {
+    let arms = arm_dirs(&a.targets)?;
+    let runs = a
+        .targets
+        .iter()
+        .filter(|t| t.join("metrics.jsonl").exists())
+        .map(|t| (t.display().to_string(), t.clone()))
+        .collect();
+    let manifest = ComparisonManifest {
+        title: "Checkpoint comparison".into(),
+        arms,
+        runs,
+    };
+    let html = write_report(&a.out, &manifest)?;
+    println!("wrote {} and report.md", html.display());
+    Ok(())
+}
+
+/// `ci/gate.toml`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GateConfig {
+    judge: PathBuf,
+    /// A rise smaller than this never fails (trait-score points).
+    margin: f64,
+    /// Recipes whose finished runs are gated; missing runs are trained first.
+    recipes: Vec<PathBuf>,
+    eval: EvalSettings,
+    capability: CapabilitySettings,
+}
+
+pub fn ci(a: CiArgs) -> Result<()> {
+    let cfg: GateConfig = read_toml(&a.config)?;
+    let device = persona_model::parse_device("cpu")?;
+    let judge = Judge::from_config(&JudgeConfig::load(&cfg.judge)?)?;
+    let mut cache = open_cache()?;
+    let mut verdicts = Vec::new();
+    let mut current = Baseline {
+        scores: Default::default(),
+    };
+    let old = if a.update {
+        None
+    } else {
+        Some(Baseline::load(&a.baseline)?)
+    };
+    for recipe_path in &cfg.recipes {
+        let recipe = persona_train::Recipe::load(recipe_path)?;
+        let run = ensure_trained(recipe_path)?;
+        let arm = Arm {
+            id: recipe.run.name.clone(),
+            label: recipe.run.name.clone(),
+            model: recipe.model.name.clone(),
+            adapter: Some(run.clone()),
+            step: None,
+            steer: None,
+        };
+        let dir = a.out.join("arms").join(&arm.id);
+        let bar = spinner();
+        let (r, _) = evaluate_arm(
+            &arm,
+            &cfg.eval,
+            &cfg.capability,
+            &judge,
+            &mut cache,
+            &dir,
+            &device,
+            |stage, d| bar.set_message(format!("{}: {stage} {d}", arm.id)),
+        )?;
+        bar.finish_and_clear();
+        let score = r
+            .trait_score
+            .with_context(|| format!("{}: every trait judgment is missing", arm.id))?;
+        let key = format!("{}/{}", arm.id, r.trait_name);
+        if let Some(old) = &old {
+            verdicts.push(decide(&key, old.scores.get(&key), &score, cfg.margin));
+        }
+        current.scores.insert(key, score);
+    }
+    std::fs::create_dir_all(&a.out)?;
+    if a.update {
+        current.save(&a.baseline)?;
+        println!("baseline {} updated:", a.baseline.display());
+        for (k, v) in &current.scores {
+            println!("  {k}: {:.2} [{:.2}, {:.2}]", v.mean, v.lo, v.hi);
+        }
+        return Ok(());
+    }
+    let md = markdown(&verdicts);
+    persona_model::write_atomic(&a.out.join("summary.md"), md.as_bytes())?;
+    persona_model::write_atomic(&a.out.join("junit.xml"), junit(&verdicts).as_bytes())?;
+    print!("{md}");
+    println!("(JUnit: {})", a.out.join("junit.xml").display());
+    if verdicts.iter().any(|v| !v.passed) {
+        bail!("trait-score gate failed");
+    }
+    Ok(())
+}
+
+/// The run folder of a recipe, training (or resuming) it when unfinished.
+pub fn ensure_trained(recipe_path: &Path) -> Result<PathBuf> {
+    let recipe = persona_train::Recipe::load(recipe_path)?;
+    let run = persona_model::persona_home()
+        .join("runs")
+        .join(&recipe.run.name);
+    if run
+        .join("adapter")
+        .join("adapter_model.safetensors")
+        .exists()
+    {
+        return Ok(run);
+    }
+    let resume = run.join("checkpoint").exists() || run.join("checkpoint.old").exists();
+    eprintln!(
+        "{} run {} ({})",
+        if resume { "resuming" } else { "training" },
+        run.display(),
+        recipe_path.display()
+    );
+    persona_train::train(recipe_path, resume, true)?;
+    Ok(run)
+}
+
+/// Checks a recipe's `[experiment]` table before training starts.
+pub fn experiment_config(recipe_path: &Path) -> Result<Option<ExperimentConfig>> {
+    let recipe = persona_train::Recipe::load(recipe_path)?;
+    recipe
+        .experiment
+        .as_ref()
+        .map(|t| {
+            ExperimentConfig::from_table(t).with_context(|| format!("in {}", recipe_path.display()))
+        })
+        .transpose()
+}
+
+/// The comparison after training a recipe with an `[experiment]` table.
+pub fn run_experiment(recipe_path: &Path, cfg: &ExperimentConfig) -> Result<()> {
+    let recipe = persona_train::Recipe::load(recipe_path)?;
+    let vaccine_run = persona_model::persona_home()
+        .join("runs")
+        .join(&recipe.run.name);
+    let baseline_run = ensure_trained(&cfg.baseline)?;
+    let device = persona_model::parse_device(&recipe.run.device)?;
+    let bar = spinner();
+    let html = persona_eval::experiment::run_experiment(
+        &recipe.model.name,
+        &vaccine_run,
+        &baseline_run,
+        cfg,
+        &device,
+        |arm, stage, d| bar.set_message(format!("evaluating {arm}: {stage} {d}")),
+    )?;
+    bar.finish_and_clear();
+    let manifest: ComparisonManifest = serde_json::from_str(&std::fs::read_to_string(
+        vaccine_run.join("comparison.json"),
+    )?)?;
+    let arms: Vec<_> = manifest
+        .arms
+        .iter()
+        .map(|d| persona_eval::report::load_arm(d))
+        .collect::<persona_eval::Result<_>>()?;
+    print!("{}", table(&arms));
+    println!("report: {} (and report.md)", html.display());
+    Ok(())
+}
