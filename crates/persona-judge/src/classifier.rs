@@ -103,29 +103,47 @@ impl ClassifierJudge {
         })
     }
 
-    /// Loads the probe of `trait_name`, checking it was trained on this
-    /// encoder; trains it first when missing and `<labelled>/<trait>.jsonl` exists.
+    /// Loads the probe of `trait_name`, checking that it was trained on this
+    /// encoder with this config's probe settings and the current probe
+    /// format. A missing or outdated probe is (re)trained first when
+    /// `<labelled>/<trait>.jsonl` exists; otherwise it is an error that names
+    /// the command to run.
     pub fn probe(&self, trait_name: &str) -> Result<Probe> {
         let path = self.config.probe_path(trait_name);
         let labelled = self.config.labelled.join(format!("{trait_name}.jsonl"));
-        if !path.exists() && labelled.exists() {
-            return train_with(&self.config, &self.encoder, trait_name, &labelled);
-        }
-        if !path.exists() {
-            return Err(JudgeError::NoProbe {
+        let current = if path.exists() {
+            Some(Probe::load(&path).and_then(|p| self.check_probe(&path, p)))
+        } else {
+            None
+        };
+        match current {
+            Some(Ok(p)) => Ok(p),
+            _ if labelled.exists() => {
+                train_with(&self.config, &self.encoder, trait_name, &labelled)
+            }
+            Some(Err(e)) => Err(e),
+            None => Err(JudgeError::NoProbe {
                 trait_name: trait_name.to_string(),
                 path,
-            });
+            }),
         }
-        let p = Probe::load(&path)?;
+    }
+
+    fn check_probe(&self, path: &Path, p: Probe) -> Result<Probe> {
+        let stale = |reason: String| JudgeError::Probe {
+            path: path.to_path_buf(),
+            reason: format!("{reason}; retrain it with `persona judge train`"),
+        };
         if p.encoder != self.encoder.identity {
-            return Err(JudgeError::Probe {
-                path,
-                reason: format!(
-                    "trained on encoder {}, this judge uses {}; retrain it with `persona judge train`",
-                    p.encoder, self.encoder.identity
-                ),
-            });
+            return Err(stale(format!(
+                "trained on encoder {}, this judge uses {}",
+                p.encoder, self.encoder.identity
+            )));
+        }
+        if p.settings != self.config.probe {
+            return Err(stale(
+                "trained with other [probe] settings than the judge config's".into(),
+            ));
         }
         Ok(p)
     }

@@ -13,8 +13,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::{JudgeError, Result};
 use crate::metrics::auroc;
 
-/// Version of the probe file layout.
-pub const PROBE_FORMAT: u32 = 1;
+/// Version of the probe file layout and of what it embeds (2: the answer
+/// alone, see [`probe_text`]).
+pub const PROBE_FORMAT: u32 = 2;
 
 /// How a probe is trained (the `[probe]` table of a classifier judge config).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
