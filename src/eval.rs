@@ -334,3 +334,128 @@ pub fn run_experiment(recipe_path: &Path, cfg: &ExperimentConfig) -> Result<()> 
     println!("report: {} (and report.md)", html.display());
     Ok(())
 }
+
+/// `persona vector select`.
+pub fn select(
+    vector: &Path,
+    trait_file: &Path,
+    settings: &Path,
+    model: &str,
+    device: &str,
+) -> Result<()> {
+    use persona_eval::select::{SelectSettings, select, store};
+    let s: SelectSettings = read_toml(settings)?;
+    let def = persona_vectors::TraitDef::load(trait_file)?;
+    let mut file = persona_vectors::VectorFile::load(vector)?;
+    let device = persona_model::parse_device(device)?;
+    let loaded =
+        persona_model::load(model, &device).with_context(|| format!("loading model `{model}`"))?;
+    file.check_model(&loaded.model.config, &loaded.identity)?;
+    let judge = Judge::from_config(&JudgeConfig::load(&s.judge)?)?;
+    let mut cache = open_cache()?;
+    let bar = spinner();
+    let t0 = std::time::Instant::now();
+    let sel = select(&loaded, &file, &def, &s, &judge, &mut cache, |what| {
+        bar.set_message(format!("steering {what}"))
+    })?;
+    bar.finish_and_clear();
+    store(&mut file, &sel)?;
+    print_selection(&sel);
+    println!(
+        "stored in {} ({:.0} s)",
+        vector.display(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The layer scan and the sweep as tables.
+pub fn print_selection(sel: &persona_eval::select::Selection) {
+    let f = |x: Option<f64>| x.map_or("n/a".into(), |v| format!("{v:.1}"));
+    println!(
+        "layer scan (coefficient {:+}, extraction questions, judge {}):",
+        sel.settings.layer_coef, sel.judge
+    );
+    println!("  row  trait  coherence");
+    for l in &sel.layers {
+        println!(
+            "  {:>3}  {:>5}  {:>9}",
+            l.row,
+            f(l.trait_score),
+            f(l.coherence)
+        );
+    }
+    match sel.chosen_row {
+        Some(r) => println!(
+            "chosen row: {r} (highest trait score with coherence >= {})",
+            sel.settings.coherence_threshold
+        ),
+        None => println!(
+            "no row keeps coherence >= {}; nothing chosen",
+            sel.settings.coherence_threshold
+        ),
+    }
+    if !sel.sweep.is_empty() {
+        println!("coefficient sweep (evaluation questions):");
+        println!("   coef  trait  coherence");
+        for c in &sel.sweep {
+            println!(
+                "  {:>+5}  {:>5}  {:>9}",
+                c.coef,
+                f(c.trait_score),
+                f(c.coherence)
+            );
+        }
+    }
+}
+
+/// `persona extract --source generated`.
+pub fn extract_generated(
+    trait_file: &Path,
+    settings: &Path,
+    model: &str,
+    out: Option<PathBuf>,
+    device: &str,
+) -> Result<()> {
+    let g: persona_vectors::generated::GeneratedSettings = read_toml(settings)?;
+    let def = persona_vectors::TraitDef::load(trait_file)?;
+    let rubric = persona_vectors::traits::load_coherence_rubric(&g.coherence_file)?;
+    let device = persona_model::parse_device(device)?;
+    let loaded =
+        persona_model::load(model, &device).with_context(|| format!("loading model `{model}`"))?;
+    let out = out.unwrap_or_else(|| {
+        persona_model::persona_home()
+            .join("vectors")
+            .join(&loaded.identity.name)
+            .join(format!("{}-generated.safetensors", def.name))
+    });
+    let work = out.with_extension("work");
+    let judge = Judge::from_config(&JudgeConfig::load(&g.judge)?)?;
+    let mut cache = open_cache()?;
+    let bar = ProgressBar::new(def.extraction.len() as u64);
+    bar.set_message("questions answered and judged");
+    let t0 = std::time::Instant::now();
+    let (file, counts) = persona_vectors::generated::extract_generated(
+        &loaded,
+        &def,
+        &rubric,
+        &judge,
+        &mut cache,
+        &g,
+        &work,
+        |done, _| bar.set_position(done as u64),
+    )?;
+    bar.finish_and_clear();
+    file.save(&out)?;
+    println!(
+        "wrote {}: kept {} of {} pairs ({:.0}%), dropped {} ({:.0} s); answers and judgments in {}",
+        out.display(),
+        counts.kept,
+        counts.pairs,
+        100.0 * counts.kept as f64 / counts.pairs.max(1) as f64,
+        counts.dropped,
+        t0.elapsed().as_secs_f64(),
+        work.join("generated.jsonl").display()
+    );
+    Ok(())
+}

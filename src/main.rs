@@ -50,6 +50,22 @@ enum ExportFormat {
 enum VectorCommand {
     /// Metadata and per-row norms of a vector file.
     Info { file: PathBuf },
+    /// Choose the steering row (layer scan on the extraction questions) and
+    /// measure the dose-response at it (coefficient sweep on the evaluation
+    /// questions); stores both tables in the vector file's metadata.
+    Select {
+        #[arg(long)]
+        vector: PathBuf,
+        /// The trait file the vector was extracted from.
+        #[arg(long = "trait")]
+        trait_file: PathBuf,
+        #[arg(long, default_value = "recipes/vector-select.toml")]
+        settings: PathBuf,
+        #[arg(long, default_value = DEFAULT_MODEL)]
+        model: String,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -112,9 +128,13 @@ enum Command {
         #[arg(long = "trait")]
         trait_file: PathBuf,
         /// Where the contrast comes from: `authored` (the trait file's written
-        /// responses, teacher-forced). `generated` is not built yet.
+        /// responses, teacher-forced) or `generated` (the model's own answers
+        /// under trait / anti-trait system prompts, judged and filtered).
         #[arg(long, default_value = "authored")]
         source: String,
+        /// Settings of the `generated` source (sampling, thresholds, judge).
+        #[arg(long, default_value = "recipes/extract-generated.toml")]
+        generated_settings: PathBuf,
         #[arg(long, default_value = DEFAULT_MODEL)]
         model: String,
         /// Output file (default: checkpoints/vectors/<model>/<trait>.safetensors).
@@ -339,15 +359,23 @@ fn run(cli: Cli) -> Result<()> {
         Command::Extract {
             trait_file,
             source,
+            generated_settings,
             model,
             out,
             batch_size,
             device,
         } => {
-            if source != "authored" {
-                bail!(
-                    "--source {source}: only `authored` is implemented so far (the `generated` pipeline needs a judge, which is not built yet)"
+            if source == "generated" {
+                return eval::extract_generated(
+                    &trait_file,
+                    &generated_settings,
+                    &model,
+                    out,
+                    &device,
                 );
+            }
+            if source != "authored" {
+                bail!("--source {source}: use `authored` or `generated`");
             }
             let device = parse_device(&device)?;
             let def = persona_vectors::TraitDef::load(&trait_file)?;
@@ -420,6 +448,13 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Command::Vector(VectorCommand::Select {
+            vector,
+            trait_file,
+            settings,
+            model,
+            device,
+        }) => eval::select(&vector, &trait_file, &settings, &model, &device),
         Command::Vector(VectorCommand::Info { file }) => {
             let f = VectorFile::load(&file)?;
             println!("file:           {}", file.display());
@@ -434,11 +469,17 @@ fn run(cli: Cli) -> Result<()> {
             );
             println!("rows:           {}", f.meta.row_convention);
             println!("format version: {}", f.meta.format_version);
-            println!(
-                "extraction:     {}",
-                serde_json::to_string_pretty(&f.meta.extra)?
-            );
+            let mut extra = f.meta.extra.clone();
+            let selection = extra
+                .as_object_mut()
+                .and_then(|o| o.remove("selection"))
+                .map(serde_json::from_value::<persona_eval::select::Selection>)
+                .transpose()?;
+            println!("extraction:     {}", serde_json::to_string_pretty(&extra)?);
             print_norms(&f);
+            if let Some(sel) = selection {
+                eval::print_selection(&sel);
+            }
             Ok(())
         }
         Command::Export {

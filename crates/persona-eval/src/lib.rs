@@ -6,6 +6,7 @@
 //! - [`trait_eval`]: sample, judge trait and coherence, bootstrap, shift;
 //! - [`capability`]: held-out NLL and multiple-choice accuracy;
 //! - [`report`]: Markdown + self-contained HTML with SVG plots, from saved results;
+//! - [`select`]: layer scan and coefficient sweep of a persona vector;
 //! - [`gate`]: compare trait scores with a stored baseline (JUnit + Markdown).
 
 pub mod arm;
@@ -14,6 +15,7 @@ pub mod error;
 pub mod experiment;
 pub mod gate;
 pub mod report;
+pub mod select;
 pub mod trait_eval;
 
 pub use arm::{Arm, PostHoc};

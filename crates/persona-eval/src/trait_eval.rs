@@ -111,6 +111,98 @@ fn fingerprint(arm: &Arm, settings: &EvalSettings, judge_ids: &[String]) -> Resu
     Ok(format!("{:x}", h.finalize()))
 }
 
+/// How answers are sampled (the part of [`EvalSettings`] that layer
+/// selection and coefficient sweeps share).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sampled {
+    pub samples: usize,
+    pub temperature: f32,
+    pub top_p: f32,
+    pub max_new_tokens: usize,
+    pub seed: u64,
+    pub batch_size: usize,
+}
+
+impl From<&EvalSettings> for Sampled {
+    fn from(s: &EvalSettings) -> Self {
+        Self {
+            samples: s.samples,
+            temperature: s.temperature,
+            top_p: s.top_p,
+            max_new_tokens: s.max_new_tokens,
+            seed: s.seed,
+            batch_size: s.batch_size,
+        }
+    }
+}
+
+/// Samples `s.samples` answers per question from `loaded` with `steering`
+/// (the judge sees the bare question and the answer) and judges them for
+/// the trait and coherence criteria. `progress(stage, done)`.
+#[allow(clippy::too_many_arguments)]
+pub fn sample_and_judge(
+    loaded: &LoadedModel,
+    steering: Vec<persona_model::Steering>,
+    questions: &[String],
+    s: &Sampled,
+    judge: &Judge,
+    (trait_c, coh_c): (&Criterion<'_>, &Criterion<'_>),
+    cache: &mut JudgmentCache,
+    progress: &mut impl FnMut(&str, usize),
+) -> Result<Vec<AnswerRecord>> {
+    if s.samples == 0 || s.batch_size == 0 {
+        return Err(EvalError::Input(
+            "samples and batch_size must be at least 1".into(),
+        ));
+    }
+    let prompts: Vec<Vec<u32>> = questions
+        .iter()
+        .flat_map(|q| std::iter::repeat_n(q, s.samples))
+        .map(|q| loaded.codec.prompt_ids(&[Message::user(q.as_str())]))
+        .collect::<persona_model::Result<_>>()?;
+    let sampling = if s.temperature == 0.0 {
+        Sampling::Greedy
+    } else {
+        Sampling::Temperature {
+            temperature: s.temperature,
+            top_p: s.top_p,
+        }
+    };
+    let gens = persona_model::generate(
+        &loaded.model,
+        &prompts,
+        &loaded.codec.stop_ids,
+        loaded.codec.pad_id,
+        &GenerateOptions {
+            max_new_tokens: s.max_new_tokens,
+            sampling,
+            seed: s.seed,
+            batch_size: s.batch_size,
+            steering,
+        },
+        |d| progress("generating", d),
+    )?;
+    let mut items = Vec::with_capacity(gens.len());
+    for (i, g) in gens.iter().enumerate() {
+        let q = &questions[i / s.samples];
+        items.push((q.clone(), loaded.codec.decode_clean(g.content_tokens())?));
+    }
+    progress("judging", 0);
+    let traits = judge.judge(trait_c, &items, cache)?;
+    let coherence = judge.judge(coh_c, &items, cache)?;
+    Ok(items
+        .into_iter()
+        .enumerate()
+        .map(|(i, (question, answer))| AnswerRecord {
+            question,
+            sample: i % s.samples,
+            answer,
+            trait_score: traits[i],
+            coherence: coherence[i],
+        })
+        .collect())
+}
+
 /// Evaluates `arm` on the trait, writing `answers.jsonl` and `result.json`
 /// into `dir`. `progress(stage, done)` follows the long parts.
 pub fn evaluate_trait(
@@ -156,41 +248,18 @@ pub fn evaluate_trait(
     vectors.check_model(&loaded.model.config, &loaded.identity)?;
     let unit = vectors.unit_row("response_avg", settings.shift_row)?;
     let questions = &def.evaluation;
-    let prompts: Vec<Vec<u32>> = questions
-        .iter()
-        .flat_map(|q| std::iter::repeat_n(q, settings.samples))
-        .map(|q| loaded.codec.prompt_ids(&[Message::user(q.as_str())]))
-        .collect::<persona_model::Result<_>>()?;
-    let sampling = if settings.temperature == 0.0 {
-        Sampling::Greedy
-    } else {
-        Sampling::Temperature {
-            temperature: settings.temperature,
-            top_p: settings.top_p,
-        }
-    };
-    let gens = persona_model::generate(
-        &loaded.model,
-        &prompts,
-        &loaded.codec.stop_ids,
-        loaded.codec.pad_id,
-        &GenerateOptions {
-            max_new_tokens: settings.max_new_tokens,
-            sampling,
-            seed: settings.seed,
-            batch_size: settings.batch_size,
-            steering,
-        },
-        |d| progress("generating", d),
+    let records = sample_and_judge(
+        &loaded,
+        steering,
+        questions,
+        &Sampled::from(settings),
+        judge,
+        (&trait_c, &coh_c),
+        cache,
+        &mut progress,
     )?;
-    let mut items = Vec::with_capacity(gens.len());
-    for (i, g) in gens.iter().enumerate() {
-        let q = &questions[i / settings.samples];
-        items.push((q.clone(), loaded.codec.decode_clean(g.content_tokens())?));
-    }
-    progress("judging", 0);
-    let traits = judge.judge(&trait_c, &items, cache)?;
-    let coherence = judge.judge(&coh_c, &items, cache)?;
+    let traits: Vec<Option<f32>> = records.iter().map(|r| r.trait_score).collect();
+    let coherence: Vec<Option<f32>> = records.iter().map(|r| r.coherence).collect();
 
     let projection = mean_projection(
         &loaded,
@@ -213,17 +282,6 @@ pub fn evaluate_trait(
         )?
     };
 
-    let records: Vec<AnswerRecord> = items
-        .iter()
-        .enumerate()
-        .map(|(i, (q, a))| AnswerRecord {
-            question: q.clone(),
-            sample: i % settings.samples,
-            answer: a.clone(),
-            trait_score: traits[i],
-            coherence: coherence[i],
-        })
-        .collect();
     let ok = |v: &[Option<f32>]| -> Vec<f64> { v.iter().flatten().map(|x| *x as f64).collect() };
     let result = TraitResult {
         arm: arm.clone(),

@@ -1,14 +1,16 @@
 //! Persona vectors: the second stage of the pipeline (runtime -> **persona
 //! vectors** -> training -> evaluation -> CLI).
 //!
-//! So far: trait definitions ([`traits`]), the vector file format
-//! ([`file`]) and extraction from a trait file's authored responses
-//! ([`extract`]). Judges, generated extraction and layer selection are not
-//! built yet.
+//! Trait definitions ([`traits`]), the vector file format ([`file`]),
+//! extraction from a trait file's authored responses ([`extract`]) or from
+//! the model's own judged answers ([`generated`]), and the llama.cpp export
+//! ([`export`]). Layer selection and the coefficient sweep steer and judge
+//! generated answers, so they live in `persona-eval` (`select`).
 
 pub mod export;
 pub mod extract;
 pub mod file;
+pub mod generated;
 pub mod traits;
 
 pub use file::{VectorError, VectorFile, VectorMeta, unit};

@@ -1,0 +1,345 @@
+//! Extraction from the model's own answers (the `generated` source, the
+//! paper's pipeline): for each extraction question, each instruction pair
+//! and each sample, one answer under the trait's system prompt (`You are
+//! a(n) {adjective} assistant. {pos}`) and one under its opposite (`You are
+//! a(n) {antonym} assistant. {neg}`). Both are judged for the trait and for
+//! coherence (the judge sees the bare question and the answer, never the
+//! system prompt). The pair is kept only when the positive answer shows the
+//! trait (score >= threshold), the negative does not (< threshold) and both
+//! are coherent; pairs drop together. The kept answers are then read back
+//! under their system prompts, as the authored source reads its responses.
+//!
+//! Answers and judgments are appended to `<work>/generated.jsonl` question
+//! by question, so a killed run resumes after the last finished question
+//! (each question's sampling seed is `seed + question index`, so a resumed
+//! run gives the same answers as an uninterrupted one). The activation pass
+//! over the kept pairs is one short forward sweep at the end.
+
+use std::path::Path;
+
+use persona_judge::{COHERENCE, Criterion, Judge, JudgmentCache};
+use persona_model::{GenerateOptions, LoadedModel, Message, Reduction, Sampling};
+use serde::{Deserialize, Serialize};
+
+use crate::extract::{VARIANT_REDUCTIONS, mean_activations, teacher_forced};
+use crate::file::{FORMAT_VERSION, ROW_CONVENTION, VectorFile, VectorMeta};
+use crate::traits::TraitDef;
+
+/// How answers are sampled and filtered (`recipes/extract-generated.toml`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GeneratedSettings {
+    /// Judge config for trait and coherence.
+    pub judge: std::path::PathBuf,
+    /// The coherence rubric file.
+    pub coherence_file: std::path::PathBuf,
+    /// Answers per (question, instruction, side) (paper: 10).
+    pub samples: usize,
+    pub temperature: f32,
+    pub top_p: f32,
+    pub max_new_tokens: usize,
+    pub seed: u64,
+    pub batch_size: usize,
+    /// Positive answers need trait >= this, negative answers trait < this.
+    pub trait_threshold: f32,
+    /// Both answers need coherence >= this.
+    pub coherence_threshold: f32,
+}
+
+/// One generated, judged answer (a line of `generated.jsonl`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GeneratedAnswer {
+    pub question: usize,
+    pub instruction: usize,
+    pub sample: usize,
+    pub positive: bool,
+    pub answer: String,
+    pub trait_score: Option<f32>,
+    pub coherence: Option<f32>,
+}
+
+/// Errors of generated extraction.
+#[derive(Debug, thiserror::Error)]
+pub enum GeneratedError {
+    #[error(transparent)]
+    Model(#[from] persona_model::ModelError),
+    #[error(transparent)]
+    Judge(#[from] persona_judge::JudgeError),
+    #[error("{0}")]
+    Input(String),
+}
+
+/// Whether a (positive, negative) pair is kept.
+pub fn keep_pair(pos: &GeneratedAnswer, neg: &GeneratedAnswer, s: &GeneratedSettings) -> bool {
+    let coherent = |a: &GeneratedAnswer| a.coherence.is_some_and(|c| c >= s.coherence_threshold);
+    !pos.answer.trim().is_empty()
+        && !neg.answer.trim().is_empty()
+        && pos.trait_score.is_some_and(|t| t >= s.trait_threshold)
+        && neg.trait_score.is_some_and(|t| t < s.trait_threshold)
+        && coherent(pos)
+        && coherent(neg)
+}
+
+/// Generates and judges the answers of question `qi` (both sides).
+fn answer_question(
+    loaded: &LoadedModel,
+    def: &TraitDef,
+    qi: usize,
+    s: &GeneratedSettings,
+    judge: &Judge,
+    criteria: (&Criterion<'_>, &Criterion<'_>),
+    cache: &mut JudgmentCache,
+) -> Result<Vec<GeneratedAnswer>, GeneratedError> {
+    let q = &def.extraction[qi];
+    let codec = &loaded.codec;
+    let mut slots = Vec::new();
+    let mut prompts = Vec::new();
+    for positive in [true, false] {
+        for k in 0..def.instructions.len() {
+            let system = def.system_prompt(k, positive);
+            let ids = codec.prompt_ids(&[Message::system(system), Message::user(q.as_str())])?;
+            for j in 0..s.samples {
+                slots.push((positive, k, j));
+                prompts.push(ids.clone());
+            }
+        }
+    }
+    let gens = persona_model::generate(
+        &loaded.model,
+        &prompts,
+        &codec.stop_ids,
+        codec.pad_id,
+        &GenerateOptions {
+            max_new_tokens: s.max_new_tokens,
+            sampling: Sampling::Temperature {
+                temperature: s.temperature,
+                top_p: s.top_p,
+            },
+            seed: s.seed + qi as u64,
+            batch_size: s.batch_size,
+            steering: Vec::new(),
+        },
+        |_| {},
+    )?;
+    let answers: Vec<String> = gens
+        .iter()
+        .map(|g| codec.decode_clean(g.content_tokens()))
+        .collect::<persona_model::Result<_>>()?;
+    let items: Vec<(String, String)> = answers.iter().map(|a| (q.clone(), a.clone())).collect();
+    let traits = judge.judge(criteria.0, &items, cache)?;
+    let coherence = judge.judge(criteria.1, &items, cache)?;
+    Ok(slots
+        .into_iter()
+        .zip(answers)
+        .enumerate()
+        .map(
+            |(i, ((positive, instruction, sample), answer))| GeneratedAnswer {
+                question: qi,
+                instruction,
+                sample,
+                positive,
+                answer,
+                trait_score: traits[i],
+                coherence: coherence[i],
+            },
+        )
+        .collect())
+}
+
+/// What generated extraction kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeepCounts {
+    pub pairs: usize,
+    pub kept: usize,
+    pub dropped: usize,
+}
+
+/// Runs (or resumes) generated extraction; `work` holds `generated.jsonl`.
+/// `progress(questions done, total)`.
+#[allow(clippy::too_many_arguments)]
+pub fn extract_generated(
+    loaded: &LoadedModel,
+    def: &TraitDef,
+    coherence_rubric: &str,
+    judge: &Judge,
+    cache: &mut JudgmentCache,
+    s: &GeneratedSettings,
+    work: &Path,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<(VectorFile, KeepCounts), GeneratedError> {
+    if s.samples == 0 || s.batch_size == 0 {
+        return Err(GeneratedError::Input(
+            "samples and batch_size must be at least 1".into(),
+        ));
+    }
+    let log = work.join("generated.jsonl");
+    let mut done: Vec<GeneratedAnswer> = persona_model::jsonl::read_records(&log)?;
+    let per_question = 2 * def.instructions.len() * s.samples;
+    // Only whole questions count (a question's answers are appended at once).
+    let n = def.extraction.len();
+    let trait_c = Criterion {
+        name: &def.name,
+        rubric: &def.rubric,
+    };
+    let coh_c = Criterion {
+        name: COHERENCE,
+        rubric: coherence_rubric,
+    };
+    for qi in 0..n {
+        if done.iter().filter(|a| a.question == qi).count() == per_question {
+            progress(qi + 1, n);
+            continue;
+        }
+        done.retain(|a| a.question != qi);
+        let answers = answer_question(loaded, def, qi, s, judge, (&trait_c, &coh_c), cache)?;
+        persona_model::jsonl::append_records(&log, &answers)?;
+        done.extend(answers);
+        progress(qi + 1, n);
+    }
+    let find = |qi, k, j, positive| {
+        done.iter().find(|a| {
+            a.question == qi && a.instruction == k && a.sample == j && a.positive == positive
+        })
+    };
+    let (mut pos, mut neg) = (Vec::new(), Vec::new());
+    let mut counts = KeepCounts {
+        pairs: 0,
+        kept: 0,
+        dropped: 0,
+    };
+    let codec = &loaded.codec;
+    for qi in 0..n {
+        for k in 0..def.instructions.len() {
+            for j in 0..s.samples {
+                counts.pairs += 1;
+                let (Some(p), Some(m)) = (find(qi, k, j, true), find(qi, k, j, false)) else {
+                    counts.dropped += 1;
+                    continue;
+                };
+                if !keep_pair(p, m, s) {
+                    counts.dropped += 1;
+                    continue;
+                }
+                counts.kept += 1;
+                let q = &def.extraction[qi];
+                pos.push(teacher_forced(
+                    codec,
+                    &def.system_prompt(k, true),
+                    q,
+                    &p.answer,
+                )?);
+                neg.push(teacher_forced(
+                    codec,
+                    &def.system_prompt(k, false),
+                    q,
+                    &m.answer,
+                )?);
+            }
+        }
+    }
+    if counts.kept == 0 {
+        return Err(GeneratedError::Input(format!(
+            "no pair of {} passed the filter (positive trait >= {}, negative < {}, both coherence >= {}); see {} for the answers and judgments",
+            counts.pairs,
+            s.trait_threshold,
+            s.trait_threshold,
+            s.coherence_threshold,
+            log.display()
+        )));
+    }
+    let reds: Vec<Reduction> = VARIANT_REDUCTIONS.iter().map(|v| v.1).collect();
+    let model = &loaded.model;
+    let mp = mean_activations(model, &pos, &reds, codec.pad_id, s.batch_size, |_| {})?;
+    let mn = mean_activations(model, &neg, &reds, codec.pad_id, s.batch_size, |_| {})?;
+    let cfg = &model.config;
+    let mut file = VectorFile::new(VectorMeta {
+        format_version: FORMAT_VERSION,
+        row_convention: ROW_CONVENTION.into(),
+        model_name: loaded.identity.name.clone(),
+        model_sha256: loaded.identity.sha256.clone(),
+        d_model: cfg.d_model,
+        n_layers: cfg.n_layers,
+        extra: serde_json::json!({
+            "trait": def.name,
+            "trait_file": def.path,
+            "trait_sha256": def.sha256,
+            "source": "generated",
+            "judge": judge.identity(),
+            "settings": s,
+            "pairs": counts.pairs,
+            "pairs_kept": counts.kept,
+            "pairs_dropped": counts.dropped,
+            "system_prompt": "You are a(n) {adjective|antonym} assistant. {instruction k}",
+        }),
+    });
+    for (name, red) in VARIANT_REDUCTIONS {
+        let v = mp[&red].iter().zip(&mn[&red]).map(|(p, n)| p - n).collect();
+        file.variants.insert(name.into(), v);
+    }
+    Ok((file, counts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(positive: bool, t: Option<f32>, c: Option<f32>, text: &str) -> GeneratedAnswer {
+        GeneratedAnswer {
+            question: 0,
+            instruction: 0,
+            sample: 0,
+            positive,
+            answer: text.into(),
+            trait_score: t,
+            coherence: c,
+        }
+    }
+
+    #[test]
+    fn pairs_are_kept_only_when_both_sides_pass() {
+        let s = GeneratedSettings {
+            judge: "j.toml".into(),
+            coherence_file: "c.toml".into(),
+            samples: 1,
+            temperature: 1.0,
+            top_p: 1.0,
+            max_new_tokens: 8,
+            seed: 0,
+            batch_size: 1,
+            trait_threshold: 50.0,
+            coherence_threshold: 50.0,
+        };
+        let good_pos = a(true, Some(80.0), Some(70.0), "yes!");
+        let good_neg = a(false, Some(10.0), Some(90.0), "no.");
+        assert!(keep_pair(&good_pos, &good_neg, &s));
+        // Threshold edges: pos needs >= 50, neg needs < 50.
+        assert!(keep_pair(
+            &a(true, Some(50.0), Some(50.0), "x"),
+            &good_neg,
+            &s
+        ));
+        assert!(!keep_pair(
+            &good_pos,
+            &a(false, Some(50.0), Some(90.0), "x"),
+            &s
+        ));
+        // A weak positive, an incoherent side, a missing judgment or an empty answer drops the pair.
+        assert!(!keep_pair(
+            &a(true, Some(49.9), Some(70.0), "x"),
+            &good_neg,
+            &s
+        ));
+        assert!(!keep_pair(
+            &good_pos,
+            &a(false, Some(10.0), Some(49.0), "x"),
+            &s
+        ));
+        assert!(!keep_pair(&a(true, None, Some(70.0), "x"), &good_neg, &s));
+        assert!(!keep_pair(&good_pos, &a(false, Some(10.0), None, "x"), &s));
+        assert!(!keep_pair(
+            &a(true, Some(90.0), Some(90.0), "  "),
+            &good_neg,
+            &s
+        ));
+    }
+}
