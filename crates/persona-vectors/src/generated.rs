@@ -173,10 +173,27 @@ pub fn extract_generated(
         ));
     }
     let log = work.join("generated.jsonl");
-    let mut done: Vec<GeneratedAnswer> = persona_model::jsonl::read_records(&log)?;
     let per_question = 2 * def.instructions.len() * s.samples;
-    // Only whole questions count (a question's answers are appended at once).
     let n = def.extraction.len();
+    // Only whole questions count (a question's answers are appended at once,
+    // but a killed writer can leave part of one): drop partial questions
+    // from the log before going on, so every question appears exactly once.
+    let mut done: Vec<GeneratedAnswer> = persona_model::jsonl::read_records(&log)?;
+    let complete = |qi: usize, done: &[GeneratedAnswer]| {
+        done.iter().filter(|a| a.question == qi).count() == per_question
+    };
+    let partial: Vec<usize> = (0..n)
+        .filter(|&qi| done.iter().any(|a| a.question == qi) && !complete(qi, &done))
+        .collect();
+    if !partial.is_empty() || done.iter().any(|a| a.question >= n) {
+        done.retain(|a| a.question < n && !partial.contains(&a.question));
+        let mut text = String::new();
+        for a in &done {
+            text.push_str(&serde_json::to_string(a).expect("serialises"));
+            text.push('\n');
+        }
+        persona_model::write_atomic(&log, text.as_bytes())?;
+    }
     let trait_c = Criterion {
         name: &def.name,
         rubric: &def.rubric,
@@ -186,11 +203,10 @@ pub fn extract_generated(
         rubric: coherence_rubric,
     };
     for qi in 0..n {
-        if done.iter().filter(|a| a.question == qi).count() == per_question {
+        if complete(qi, &done) {
             progress(qi + 1, n);
             continue;
         }
-        done.retain(|a| a.question != qi);
         let answers = answer_question(loaded, def, qi, s, judge, (&trait_c, &coh_c), cache)?;
         persona_model::jsonl::append_records(&log, &answers)?;
         done.extend(answers);
