@@ -2,9 +2,9 @@
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
 # Run the whole test suite (fetches the embedded models first when missing),
-# then the trait-score gate on the smoke recipe's checkpoint (ci/gate.toml:
-# trains it when missing, fails when its sycophancy score rises past
-# ci/trait-baseline.json; summary and JUnit XML in checkpoints/ci/).
+# then the trait-score gate on a short vaccine run (ci/gate.toml,
+# recipes/ci-vaccine.toml: trained when missing; fails when its sycophancy
+# score rises past ci/trait-baseline.json; summary and JUnit XML in checkpoints/ci/).
 test: fetch-model
     cargo test --workspace --release
     cargo run --release --quiet -- ci

@@ -23,7 +23,7 @@ pub struct EvalArgs {
     #[arg(long, default_value = persona_model::DEFAULT_MODEL)]
     model: String,
     /// Evaluation settings and capability data (TOML with `[eval]` and `[capability]` tables, as in a recipe's `[experiment]`).
-    #[arg(long, default_value = "recipes/eval.toml")]
+    #[arg(long, default_value = "settings/eval.toml")]
     settings: PathBuf,
     /// Judge config.
     #[arg(long, default_value = "judges/classifier.toml")]

@@ -59,7 +59,7 @@ enum VectorCommand {
         /// The trait file the vector was extracted from.
         #[arg(long = "trait")]
         trait_file: PathBuf,
-        #[arg(long, default_value = "recipes/vector-select.toml")]
+        #[arg(long, default_value = "settings/vector-select.toml")]
         settings: PathBuf,
         #[arg(long, default_value = DEFAULT_MODEL)]
         model: String,
@@ -133,7 +133,7 @@ enum Command {
         #[arg(long, default_value = "authored")]
         source: String,
         /// Settings of the `generated` source (sampling, thresholds, judge).
-        #[arg(long, default_value = "recipes/extract-generated.toml")]
+        #[arg(long, default_value = "settings/extract-generated.toml")]
         generated_settings: PathBuf,
         #[arg(long, default_value = DEFAULT_MODEL)]
         model: String,

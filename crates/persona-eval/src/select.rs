@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{EvalError, Result};
 use crate::trait_eval::{Sampled, sample_and_judge};
 
-/// `recipes/vector-select.toml`.
+/// `settings/vector-select.toml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SelectSettings {

@@ -155,3 +155,39 @@ fn report_is_written_from_saved_results() {
             .unwrap();
     assert_eq!(manifest_back, manifest);
 }
+
+/// The settings files the CLI reads by default parse into their types, and
+/// the flagship recipe's `[experiment]` passes its checks.
+#[test]
+fn shipped_settings_files_parse() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    std::env::set_current_dir(&repo).unwrap();
+    let table = |p: &str| -> toml::Table {
+        toml::from_str(&std::fs::read_to_string(p).unwrap()).unwrap_or_else(|e| panic!("{p}: {e}"))
+    };
+    let _: persona_eval::select::SelectSettings =
+        toml::from_str(&std::fs::read_to_string("settings/vector-select.toml").unwrap()).unwrap();
+    let _: persona_vectors::generated::GeneratedSettings =
+        toml::from_str(&std::fs::read_to_string("settings/extract-generated.toml").unwrap())
+            .unwrap();
+    for p in ["settings/eval.toml", "ci/gate.toml"] {
+        let t = table(p);
+        let _: EvalSettings = t["eval"]
+            .clone()
+            .try_into()
+            .unwrap_or_else(|e| panic!("{p}: {e}"));
+        let _: persona_eval::capability::CapabilitySettings = t["capability"]
+            .clone()
+            .try_into()
+            .unwrap_or_else(|e| panic!("{p}: {e}"));
+    }
+    let recipe = table("recipes/sycophancy-vaccine.toml");
+    let exp = recipe["experiment"].as_table().unwrap();
+    let cfg = persona_eval::experiment::ExperimentConfig::from_table(exp).unwrap();
+    assert_eq!(cfg.baseline, Path::new("recipes/sycophancy-baseline.toml"));
+    // An unknown key in [experiment] is refused before any training.
+    let mut bad = exp.clone();
+    bad.insert("sampels".into(), toml::Value::Integer(3));
+    let e = persona_eval::experiment::ExperimentConfig::from_table(&bad).unwrap_err();
+    assert!(e.to_string().contains("sampels"), "{e}");
+}

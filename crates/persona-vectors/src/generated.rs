@@ -25,7 +25,7 @@ use crate::extract::{VARIANT_REDUCTIONS, mean_activations, teacher_forced};
 use crate::file::{FORMAT_VERSION, ROW_CONVENTION, VectorFile, VectorMeta};
 use crate::traits::TraitDef;
 
-/// How answers are sampled and filtered (`recipes/extract-generated.toml`).
+/// How answers are sampled and filtered (`settings/extract-generated.toml`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GeneratedSettings {
