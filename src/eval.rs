@@ -416,7 +416,7 @@ pub fn extract_generated(
     model: &str,
     out: Option<PathBuf>,
     device: &str,
-) -> Result<()> {
+) -> Result<PathBuf> {
     let g: persona_vectors::generated::GeneratedSettings = read_toml(settings)?;
     let def = persona_vectors::TraitDef::load(trait_file)?;
     let rubric = persona_vectors::traits::load_coherence_rubric(&g.coherence_file)?;
@@ -457,5 +457,5 @@ pub fn extract_generated(
         t0.elapsed().as_secs_f64(),
         work.join("generated.jsonl").display()
     );
-    Ok(())
+    Ok(out)
 }

@@ -135,6 +135,12 @@ enum Command {
         /// Settings of the `generated` source (sampling, thresholds, judge).
         #[arg(long, default_value = "settings/extract-generated.toml")]
         generated_settings: PathBuf,
+        /// Then choose the steering row and sweep the coefficient (as
+        /// `persona vector select`), storing both in the file's metadata.
+        #[arg(long)]
+        select: bool,
+        #[arg(long, default_value = "settings/vector-select.toml")]
+        select_settings: PathBuf,
         #[arg(long, default_value = DEFAULT_MODEL)]
         model: String,
         /// Output file (default: checkpoints/vectors/<model>/<trait>.safetensors).
@@ -360,23 +366,30 @@ fn run(cli: Cli) -> Result<()> {
             trait_file,
             source,
             generated_settings,
+            select,
+            select_settings,
             model,
             out,
             batch_size,
             device,
         } => {
             if source == "generated" {
-                return eval::extract_generated(
+                let out = eval::extract_generated(
                     &trait_file,
                     &generated_settings,
                     &model,
                     out,
                     &device,
-                );
+                )?;
+                if select {
+                    eval::select(&out, &trait_file, &select_settings, &model, &device)?;
+                }
+                return Ok(());
             }
             if source != "authored" {
                 bail!("--source {source}: use `authored` or `generated`");
             }
+            let device_name = device.clone();
             let device = parse_device(&device)?;
             let def = persona_vectors::TraitDef::load(&trait_file)?;
             let loaded = persona_model::load(&model, &device)
@@ -411,6 +424,9 @@ fn run(cli: Cli) -> Result<()> {
                 started.elapsed().as_secs_f64()
             );
             print_norms(&file);
+            if select {
+                eval::select(&out, &trait_file, &select_settings, &model, &device_name)?;
+            }
             Ok(())
         }
         Command::Merge {
