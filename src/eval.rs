@@ -128,7 +128,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     let judge = Judge::from_config(&JudgeConfig::load(&a.judge)?)?;
     let mut cache = open_cache()?;
     let bar = spinner();
-    let (r, c) = evaluate_arm(
+    evaluate_arm(
         &arm,
         &s.eval,
         &s.capability,
@@ -141,7 +141,6 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     bar.finish_and_clear();
     let arm_data = persona_eval::report::load_arm(&a.out)?;
     print!("{}", table(std::slice::from_ref(&arm_data)));
-    let _ = (r, c);
     println!("answers and judgments in {}", a.out.display());
     Ok(())
 }
