@@ -145,7 +145,8 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     Ok(())
 }
 
-/// Arm folders named by `targets` (a run folder stands for every arm under `<run>/eval/`).
+/// Arm folders named by `targets` (a run folder stands for every arm under
+/// `<run>/eval/`, and its `metrics.jsonl` gives the shift-per-step plot).
 fn arm_dirs(targets: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for t in targets {
@@ -159,6 +160,8 @@ fn arm_dirs(targets: &[PathBuf]) -> Result<Vec<PathBuf>> {
                 .collect();
             dirs.sort();
             out.extend(dirs);
+        } else if t.join("metrics.jsonl").exists() {
+            // A run folder without evaluations: only its shift-per-step curve.
         } else {
             bail!(
                 "{} holds no result.json and no eval/ folder; evaluate it first with `persona eval`",
