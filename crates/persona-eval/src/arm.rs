@@ -98,3 +98,30 @@ impl Arm {
         files
     }
 }
+
+/// An arm's model and steering, loaded on first use and then shared by every
+/// step that needs them (trait evaluation, capability), so adapters are
+/// merged once per arm.
+pub struct LazyArm<'a> {
+    pub arm: &'a Arm,
+    pub device: &'a Device,
+    loaded: Option<(LoadedModel, Vec<Steering>)>,
+}
+
+impl<'a> LazyArm<'a> {
+    pub fn new(arm: &'a Arm, device: &'a Device) -> Self {
+        Self {
+            arm,
+            device,
+            loaded: None,
+        }
+    }
+
+    /// The loaded model and its post-hoc steering.
+    pub fn get(&mut self) -> Result<&(LoadedModel, Vec<Steering>)> {
+        if self.loaded.is_none() {
+            self.loaded = Some(self.arm.load(self.device)?);
+        }
+        Ok(self.loaded.as_ref().expect("just loaded"))
+    }
+}

@@ -10,7 +10,7 @@ use burn::tensor::Device;
 use persona_judge::{Judge, JudgmentCache};
 use serde::{Deserialize, Serialize};
 
-use crate::arm::{Arm, PostHoc};
+use crate::arm::{Arm, LazyArm, PostHoc};
 use crate::capability::{CapabilityResult, CapabilitySettings, evaluate_capability};
 use crate::error::{EvalError, Result};
 use crate::report::{ComparisonManifest, write_report};
@@ -80,7 +80,8 @@ pub fn evaluate_arm(
     device: &Device,
     progress: impl FnMut(&str, usize),
 ) -> Result<(TraitResult, CapabilityResult)> {
-    let result = evaluate_trait(arm, settings, judge, cache, dir, device, progress)?;
+    let mut model = LazyArm::new(arm, device);
+    let result = evaluate_trait(&mut model, settings, judge, cache, dir, progress)?;
     let cap_fp = format!(
         "{} {}",
         result.fingerprint,
@@ -93,8 +94,8 @@ pub fn evaluate_arm(
     {
         return Ok((result, saved.result));
     }
-    let (loaded, steering) = arm.load(device)?;
-    let cap = evaluate_capability(&loaded, &steering, capability)?;
+    let (loaded, steering) = model.get()?;
+    let cap = evaluate_capability(loaded, steering, capability)?;
     let saved = SavedCapability {
         fingerprint: cap_fp,
         result: cap.clone(),

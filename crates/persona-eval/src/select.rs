@@ -9,7 +9,7 @@
 
 use std::path::PathBuf;
 
-use persona_judge::{COHERENCE, Criterion, Judge, JudgmentCache};
+use persona_judge::{Judge, JudgmentCache};
 use persona_model::{LoadedModel, Positions, Steering};
 use persona_monitor::stats::mean;
 use persona_vectors::{TraitDef, VectorFile};
@@ -88,14 +88,7 @@ pub fn select(
 ) -> Result<Selection> {
     file.check_model(&loaded.model.config, &loaded.identity)?;
     let coherence_rubric = persona_vectors::traits::load_coherence_rubric(&s.coherence_file)?;
-    let trait_c = Criterion {
-        name: &def.name,
-        rubric: &def.rubric,
-    };
-    let coh_c = Criterion {
-        name: COHERENCE,
-        rubric: &coherence_rubric,
-    };
+    let (trait_c, coh_c) = def.criteria(&coherence_rubric);
     let sampled = Sampled {
         samples: s.samples,
         temperature: s.temperature,

@@ -6,8 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::tensor::Device;
-use persona_judge::{COHERENCE, Criterion, Judge, JudgmentCache};
+use persona_judge::{Criterion, Judge, JudgmentCache};
 use persona_model::{GenerateOptions, LoadedModel, Message, Sampling, Sequence};
 use persona_monitor::Projector;
 use persona_monitor::stats::{BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, MeanCi, bootstrap_mean};
@@ -15,7 +14,7 @@ use persona_vectors::{TraitDef, VectorFile};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::arm::Arm;
+use crate::arm::{Arm, LazyArm};
 use crate::error::{EvalError, Result};
 
 /// How answers are sampled and where the shift is measured.
@@ -203,28 +202,22 @@ pub fn sample_and_judge(
         .collect())
 }
 
-/// Evaluates `arm` on the trait, writing `answers.jsonl` and `result.json`
-/// into `dir`. `progress(stage, done)` follows the long parts.
+/// Evaluates the arm on the trait, writing `answers.jsonl` and `result.json`
+/// into `dir` (the model is loaded only when the saved result is stale).
+/// `progress(stage, done)` follows the long parts.
 pub fn evaluate_trait(
-    arm: &Arm,
+    model: &mut LazyArm<'_>,
     settings: &EvalSettings,
     judge: &Judge,
     cache: &mut JudgmentCache,
     dir: &Path,
-    device: &Device,
     mut progress: impl FnMut(&str, usize),
 ) -> Result<TraitResult> {
+    let (arm, device) = (model.arm, model.device);
     let def = TraitDef::load(&settings.trait_file)?;
     let coherence_rubric =
         persona_vectors::traits::load_coherence_rubric(&settings.coherence_file)?;
-    let trait_c = Criterion {
-        name: &def.name,
-        rubric: &def.rubric,
-    };
-    let coh_c = Criterion {
-        name: COHERENCE,
-        rubric: &coherence_rubric,
-    };
+    let (trait_c, coh_c) = def.criteria(&coherence_rubric);
     let judge_ids = vec![
         judge.criterion_identity(&trait_c)?,
         judge.criterion_identity(&coh_c)?,
@@ -243,14 +236,14 @@ pub fn evaluate_trait(
         ));
     }
 
-    let (loaded, steering) = arm.load(device)?;
+    let (loaded, steering) = model.get()?;
     let vectors = VectorFile::load(&settings.shift_vector)?;
     vectors.check_model(&loaded.model.config, &loaded.identity)?;
     let unit = vectors.unit_row("response_avg", settings.shift_row)?;
     let questions = &def.evaluation;
     let records = sample_and_judge(
-        &loaded,
-        steering,
+        loaded,
+        steering.clone(),
         questions,
         &Sampled::from(settings),
         judge,
@@ -262,13 +255,12 @@ pub fn evaluate_trait(
     let coherence: Vec<Option<f32>> = records.iter().map(|r| r.coherence).collect();
 
     let projection = mean_projection(
-        &loaded,
+        loaded,
         questions,
         unit.clone(),
         settings.shift_row,
         settings.batch_size,
     )?;
-    drop(loaded);
     let base_projection = if arm.adapter.is_none() {
         projection
     } else {

@@ -37,9 +37,20 @@ pub fn loss_targets(batch: &Batch) -> (Vec<i64>, Vec<f32>, usize) {
 /// # Shapes
 /// `logits`: `[b, s, vocab]` -> `[b, s, 1]`
 pub fn weighted_target_logprobs(logits: Tensor<3>, batch: &Batch) -> Tensor<3> {
+    let (targets, weights, _) = loss_targets(batch);
+    target_logprobs(logits, batch, targets, weights)
+}
+
+/// [`weighted_target_logprobs`] with the targets and weights of
+/// [`loss_targets`] already at hand.
+fn target_logprobs(
+    logits: Tensor<3>,
+    batch: &Batch,
+    targets: Vec<i64>,
+    weights: Vec<f32>,
+) -> Tensor<3> {
     let (b_n, s_n) = (batch.n_rows, batch.seq_len);
     let device = logits.device();
-    let (targets, weights, _) = loss_targets(batch);
     let targets = Tensor::<3, Int>::from_data(TensorData::new(targets, [b_n, s_n, 1]), &device);
     let weights = Tensor::<3>::from_data(TensorData::new(weights, [b_n, s_n, 1]), &device);
     log_softmax(logits, 2).gather(2, targets) * weights
@@ -95,18 +106,16 @@ pub fn response_likelihoods(
             )?
             .logits
             .expect("asked for logits");
-        let lp = weighted_target_logprobs(logits, &batch).sum_dim(1); // # (b, 1, 1)
-        let sums = host_vec(lp)?;
-        let (_, weights, _) = loss_targets(&batch);
-        for (b, sum) in sums.into_iter().enumerate() {
-            let s_n = batch.seq_len;
-            let n = weights[b * s_n..(b + 1) * s_n]
-                .iter()
-                .filter(|w| **w > 0.0)
-                .count();
+        let (targets, weights, _) = loss_targets(&batch);
+        let counts: Vec<usize> = weights
+            .chunks(batch.seq_len)
+            .map(|row| row.iter().filter(|w| **w > 0.0).count())
+            .collect();
+        let lp = target_logprobs(logits, &batch, targets, weights).sum_dim(1); // # (b, 1, 1)
+        for (sum, n_tokens) in host_vec(lp)?.into_iter().zip(counts) {
             out.push(ResponseLikelihood {
                 sum_logprob: sum as f64,
-                n_tokens: n,
+                n_tokens,
             });
         }
         progress(out.len());

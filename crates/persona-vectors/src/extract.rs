@@ -126,7 +126,7 @@ pub fn extract_authored(
     identity: &ModelIdentity,
     def: &TraitDef,
     batch_size: usize,
-    mut progress: impl FnMut(usize),
+    progress: impl FnMut(usize),
 ) -> Result<VectorFile, persona_model::ModelError> {
     if def.responses.is_empty() {
         return Err(persona_model::ModelError::Input(format!(
@@ -136,21 +136,13 @@ pub fn extract_authored(
     }
     let pos = authored_sequences(def, codec, true)?;
     let neg = authored_sequences(def, codec, false)?;
-    let reds: Vec<Reduction> = VARIANT_REDUCTIONS.iter().map(|v| v.1).collect();
-    let mp = mean_activations(model, &pos, &reds, codec.pad_id, batch_size, &mut progress)?;
-    let n = pos.len();
-    let mn = mean_activations(model, &neg, &reds, codec.pad_id, batch_size, |k| {
-        progress(n + k)
-    })?;
-    let cfg = &model.config;
-    let mut file = VectorFile::new(VectorMeta {
-        format_version: FORMAT_VERSION,
-        row_convention: ROW_CONVENTION.into(),
-        model_name: identity.name.clone(),
-        model_sha256: identity.sha256.clone(),
-        d_model: cfg.d_model,
-        n_layers: cfg.n_layers,
-        extra: serde_json::json!({
+    contrast_file(
+        model,
+        identity,
+        (&pos, &neg),
+        codec.pad_id,
+        batch_size,
+        serde_json::json!({
             "trait": def.name,
             "trait_file": def.path,
             "trait_sha256": def.sha256,
@@ -160,6 +152,36 @@ pub fn extract_authored(
             "responses_neg": neg.len(),
             "system_prompt": "You are a(n) {adjective|antonym} assistant. {instruction k mod n}",
         }),
+        progress,
+    )
+}
+
+/// The vector file of a contrast: for every variant of
+/// [`VARIANT_REDUCTIONS`] and every row, `mean(pos) - mean(neg)` of the
+/// sequences' reduced activations, with `extra` as the metadata's free part.
+/// `progress` gets the number of sequences read so far (of pos + neg).
+pub fn contrast_file(
+    model: &Model,
+    identity: &ModelIdentity,
+    (pos, neg): (&[Sequence], &[Sequence]),
+    pad_id: u32,
+    batch_size: usize,
+    extra: serde_json::Value,
+    mut progress: impl FnMut(usize),
+) -> Result<VectorFile, persona_model::ModelError> {
+    let reds: Vec<Reduction> = VARIANT_REDUCTIONS.iter().map(|v| v.1).collect();
+    let mp = mean_activations(model, pos, &reds, pad_id, batch_size, &mut progress)?;
+    let n = pos.len();
+    let mn = mean_activations(model, neg, &reds, pad_id, batch_size, |k| progress(n + k))?;
+    let cfg = &model.config;
+    let mut file = VectorFile::new(VectorMeta {
+        format_version: FORMAT_VERSION,
+        row_convention: ROW_CONVENTION.into(),
+        model_name: identity.name.clone(),
+        model_sha256: identity.sha256.clone(),
+        d_model: cfg.d_model,
+        n_layers: cfg.n_layers,
+        extra,
     });
     for (name, red) in VARIANT_REDUCTIONS {
         let v = mp[&red].iter().zip(&mn[&red]).map(|(p, n)| p - n).collect();

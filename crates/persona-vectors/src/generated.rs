@@ -17,12 +17,12 @@
 
 use std::path::Path;
 
-use persona_judge::{COHERENCE, Criterion, Judge, JudgmentCache};
-use persona_model::{GenerateOptions, LoadedModel, Message, Reduction, Sampling};
+use persona_judge::{Criterion, Judge, JudgmentCache};
+use persona_model::{GenerateOptions, LoadedModel, Message, Sampling};
 use serde::{Deserialize, Serialize};
 
-use crate::extract::{VARIANT_REDUCTIONS, mean_activations, teacher_forced};
-use crate::file::{FORMAT_VERSION, ROW_CONVENTION, VectorFile, VectorMeta};
+use crate::extract::{contrast_file, teacher_forced};
+use crate::file::VectorFile;
 use crate::traits::TraitDef;
 
 /// How answers are sampled and filtered (`settings/extract-generated.toml`).
@@ -194,14 +194,7 @@ pub fn extract_generated(
         }
         persona_model::write_atomic(&log, text.as_bytes())?;
     }
-    let trait_c = Criterion {
-        name: &def.name,
-        rubric: &def.rubric,
-    };
-    let coh_c = Criterion {
-        name: COHERENCE,
-        rubric: coherence_rubric,
-    };
+    let (trait_c, coh_c) = def.criteria(coherence_rubric);
     for qi in 0..n {
         if complete(qi, &done) {
             progress(qi + 1, n);
@@ -263,19 +256,13 @@ pub fn extract_generated(
             log.display()
         )));
     }
-    let reds: Vec<Reduction> = VARIANT_REDUCTIONS.iter().map(|v| v.1).collect();
-    let model = &loaded.model;
-    let mp = mean_activations(model, &pos, &reds, codec.pad_id, s.batch_size, |_| {})?;
-    let mn = mean_activations(model, &neg, &reds, codec.pad_id, s.batch_size, |_| {})?;
-    let cfg = &model.config;
-    let mut file = VectorFile::new(VectorMeta {
-        format_version: FORMAT_VERSION,
-        row_convention: ROW_CONVENTION.into(),
-        model_name: loaded.identity.name.clone(),
-        model_sha256: loaded.identity.sha256.clone(),
-        d_model: cfg.d_model,
-        n_layers: cfg.n_layers,
-        extra: serde_json::json!({
+    let file = contrast_file(
+        &loaded.model,
+        &loaded.identity,
+        (&pos, &neg),
+        codec.pad_id,
+        s.batch_size,
+        serde_json::json!({
             "trait": def.name,
             "trait_file": def.path,
             "trait_sha256": def.sha256,
@@ -287,11 +274,8 @@ pub fn extract_generated(
             "pairs_dropped": counts.dropped,
             "system_prompt": "You are a(n) {adjective|antonym} assistant. {instruction k}",
         }),
-    });
-    for (name, red) in VARIANT_REDUCTIONS {
-        let v = mp[&red].iter().zip(&mn[&red]).map(|(p, n)| p - n).collect();
-        file.variants.insert(name.into(), v);
-    }
+        |_| {},
+    )?;
     Ok((file, counts))
 }
 

@@ -210,6 +210,24 @@ impl TraitDef {
         format!("You are {} {word} assistant. {text}", article(word))
     }
 
+    /// What the judge scores for this trait, and for coherence with
+    /// `coherence_rubric`: `(trait, coherence)`.
+    pub fn criteria<'a>(
+        &'a self,
+        coherence_rubric: &'a str,
+    ) -> (persona_judge::Criterion<'a>, persona_judge::Criterion<'a>) {
+        (
+            persona_judge::Criterion {
+                name: &self.name,
+                rubric: &self.rubric,
+            },
+            persona_judge::Criterion {
+                name: persona_judge::COHERENCE,
+                rubric: coherence_rubric,
+            },
+        )
+    }
+
     /// The rubric with the question and answer filled in.
     pub fn fill_rubric(rubric: &str, question: &str, answer: &str) -> String {
         rubric
