@@ -4,6 +4,10 @@
 
 use std::time::Instant;
 
+/// The same allocator as the `persona` binary (see src/main.rs).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use burn::tensor::Device;
 use persona_model::{
     Batch, CaptureRequest, DEFAULT_MODEL, ForwardArgs, GenerateOptions, Logits, PadSide, Sampling,

@@ -27,6 +27,12 @@ pub enum Logits {
     All,
     /// `[n_rows, 1, vocab]` at each row's last non-padding token.
     Last,
+    /// `[1, n, vocab]` at the `n` positions that predict a response token
+    /// ([`Batch::scored_positions`], same order): all a loss or a response
+    /// likelihood needs, and much cheaper than `All` when prompts are long
+    /// (the LM head and its softmax dominate a training step). The batch
+    /// must hold at least one response token.
+    Scored,
     /// None; the forward also stops after the highest captured row.
     None,
 }
@@ -363,6 +369,23 @@ impl Model {
                 cfg.vocab_size
             )));
         }
+        let scored = match args.logits {
+            Logits::Scored => {
+                let idx: Vec<i64> = batch
+                    .scored_positions()
+                    .into_iter()
+                    .map(|(p, _)| p as i64)
+                    .collect();
+                if idx.is_empty() {
+                    return Err(ModelError::Input(
+                        "no response token to score: `Logits::Scored` needs a batch with a response"
+                            .into(),
+                    ));
+                }
+                idx
+            }
+            _ => Vec::new(),
+        };
         let mut cache = args.cache;
         let past = cache.as_ref().map_or(0, |c| c.past_len());
         if let Some(c) = cache.as_ref()
@@ -576,6 +599,14 @@ impl Model {
                 Some(
                     self.lm_head(h.select(0, idx))
                         .reshape([b_n, 1, cfg.vocab_size]),
+                )
+            }
+            Logits::Scored => {
+                let n = scored.len();
+                let idx = Tensor::<1, Int>::from_data(TensorData::new(scored, [n]), dev);
+                Some(
+                    self.lm_head(h.select(0, idx))
+                        .reshape([1, n, cfg.vocab_size]),
                 )
             }
         };

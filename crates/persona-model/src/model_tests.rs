@@ -299,6 +299,50 @@ fn counts_report_empty_response_sets() {
 }
 
 #[test]
+fn response_likelihoods_match_a_softmax_over_all_logits() {
+    // Hand computation from the full `[b, s, vocab]` logits: row 0's
+    // response tokens 6, 7 are predicted at positions 2, 3 (the last prompt
+    // token predicts the first response token); row 1 has no response, row
+    // 2 no prompt (its first response token is not scored).
+    let m = model();
+    let rows = [seq(&[3, 4, 5], &[6, 7]), seq(&[8, 9], &[]), seq(&[], &[10, 11, 12])];
+    let b = Batch::new(&rows, PadSide::Right, 0).unwrap();
+    assert_eq!(
+        b.scored_positions(),
+        vec![(2, 6), (3, 7), (2 * 5, 11), (2 * 5 + 1, 12)]
+    );
+    let all = logits_all(&m, &b);
+    let vocab = m.config.vocab_size;
+    let logprob = |pos: usize, token: usize| -> f64 {
+        let l = &all[pos * vocab..(pos + 1) * vocab];
+        let max = l.iter().copied().fold(f32::MIN, f32::max) as f64;
+        let z: f64 = l.iter().map(|&x| (x as f64 - max).exp()).sum();
+        l[token] as f64 - max - z.ln()
+    };
+    let want = [
+        (logprob(2, 6) + logprob(3, 7), 2),
+        (0.0, 0),
+        (logprob(10, 11) + logprob(11, 12), 2),
+    ];
+    // One chunk of three and chunks of one (a chunk with nothing to score).
+    for batch_size in [3, 1] {
+        let got = crate::response_likelihoods(&m, None, &[], &rows, batch_size, 0, |_| {})
+            .unwrap();
+        for (g, (sum, n)) in got.iter().zip(want) {
+            assert_eq!(g.n_tokens, n);
+            assert!((g.sum_logprob - sum).abs() < 1e-4, "{} vs {sum}", g.sum_logprob);
+        }
+    }
+    // Asking for scored logits without anything to score is an error.
+    let none = Batch::new(&rows[1..2], PadSide::Right, 0).unwrap();
+    let args = ForwardArgs {
+        logits: Logits::Scored,
+        ..ForwardArgs::plain()
+    };
+    assert!(m.forward(&none, args).is_err());
+}
+
+#[test]
 fn out_of_range_rows_and_wrong_widths_are_errors() {
     let m = model();
     let dev = test_device();

@@ -113,6 +113,26 @@ impl Batch {
     pub fn last_token_index(&self, b: usize) -> Option<usize> {
         self.row_roles(b).iter().rposition(|r| *r != Role::Pad)
     }
+
+    /// The positions that predict a response token, row-major: `(b *
+    /// seq_len + s, token at s + 1)` for every response token at `s + 1`. A
+    /// response's first token is predicted by the token before it (the last
+    /// prompt token). Training losses and response likelihoods score exactly
+    /// these positions, and [`crate::Logits::Scored`] computes logits only
+    /// there.
+    pub fn scored_positions(&self) -> Vec<(usize, u32)> {
+        let s_n = self.seq_len;
+        let mut out = Vec::new();
+        for b in 0..self.n_rows {
+            for s in 0..s_n.saturating_sub(1) {
+                let next = b * s_n + s + 1;
+                if self.roles[next] == Role::Response {
+                    out.push((b * s_n + s, self.ids[next]));
+                }
+            }
+        }
+        out
+    }
 }
 
 /// The token positions a steering applies to.

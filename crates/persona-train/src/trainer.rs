@@ -10,7 +10,7 @@ use burn::tensor::{Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use persona_model::{
     Batch, CaptureRequest, ForwardArgs, Logits, Lora, PadSide, Positions, Role, Sequence, Steering,
-    likelihood::{loss_targets, weighted_target_logprobs},
+    likelihood::scored_logprobs,
 };
 use persona_vectors::VectorFile;
 use serde::Serialize;
@@ -72,9 +72,9 @@ pub fn training_steering(recipe: &Recipe, device: &Device) -> Result<Vec<Steerin
 /// Sum over response targets of the negative log-likelihood, divided by `denom`.
 ///
 /// # Shapes
-/// `logits`: `[b, s, vocab]`
-fn masked_nll(logits: Tensor<3>, batch: &Batch, denom: usize) -> Tensor<1> {
-    weighted_target_logprobs(logits, batch)
+/// `logits`: `[1, n, vocab]` at the `n` `scored` positions
+fn masked_nll(logits: Tensor<3>, scored: &[(usize, u32)], denom: usize) -> Tensor<1> {
+    scored_logprobs(logits, scored)
         .sum()
         .neg()
         .div_scalar(denom.max(1) as f64)
@@ -90,21 +90,22 @@ pub fn loss_and_grads(
     steering: &[Steering],
 ) -> Result<(f64, Vec<Tensor<2>>)> {
     let none = CaptureRequest::none();
-    let denom: usize = batches.iter().map(|b| loss_targets(b).2).sum();
+    let scored: Vec<Vec<(usize, u32)>> = batches.iter().map(Batch::scored_positions).collect();
+    let denom: usize = scored.iter().map(Vec::len).sum();
     let mut grads_sum: Option<Vec<Tensor<2>>> = None;
     let mut loss_sum = 0.0;
-    for batch in batches {
+    for (batch, scored) in batches.iter().zip(&scored) {
         let out = model.forward(
             batch,
             ForwardArgs {
                 cache: None,
                 steering,
                 capture: &none,
-                logits: Logits::All,
+                logits: Logits::Scored,
                 lora: Some(lora),
             },
         )?;
-        let loss = masked_nll(out.logits.expect("asked for logits"), batch, denom);
+        let loss = masked_nll(out.logits.expect("asked for logits"), scored, denom);
         let grads = loss.backward();
         loss_sum += loss.into_scalar::<f32>() as f64;
         let g: Vec<Tensor<2>> = lora
