@@ -235,6 +235,7 @@ pub fn run(a: MonitorArgs) -> Result<()> {
                 .iter()
                 .map(|g| (g.x, g.last_prompt.mean))
                 .collect(),
+            ..Default::default()
         }];
         let svg = line_chart(
             Labels {

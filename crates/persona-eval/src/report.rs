@@ -121,6 +121,7 @@ pub fn plots(
         series.push(Series {
             name: label.clone(),
             points: shift_per_step(run, trait_name, row)?,
+            ..Default::default()
         });
     }
     if !series.is_empty() {
@@ -146,16 +147,19 @@ pub fn plots(
             a.result.trait_score.as_ref()?.mean,
         ))
     };
-    let sweep: Vec<(f64, f64)> = arms
-        .iter()
-        .filter(|a| a.result.arm.steer.is_some())
-        .filter_map(point)
-        .collect();
+    let (mut sweep, mut coefs) = (Vec::new(), Vec::new());
+    for a in arms {
+        if let (Some(steer), Some(p)) = (&a.result.arm.steer, point(a)) {
+            sweep.push(p);
+            coefs.push(format!("coef {}", steer.coef));
+        }
+    }
     let mut series = Vec::new();
     if !sweep.is_empty() {
         series.push(Series {
             name: "post-hoc steering sweep".into(),
             points: sweep,
+            point_labels: coefs,
         });
     }
     for a in arms
@@ -166,6 +170,7 @@ pub fn plots(
             series.push(Series {
                 name: a.result.arm.label.clone(),
                 points: vec![p],
+                ..Default::default()
             });
         }
     }
@@ -206,6 +211,7 @@ pub fn plots(
             &[Series {
                 name: "checkpoints".into(),
                 points: pts,
+                ..Default::default()
             }],
         )?,
     ));
@@ -294,7 +300,7 @@ pub fn write_report(dir: &Path, manifest: &ComparisonManifest) -> Result<PathBuf
     }
 
     let mut html = format!(
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title>\n<style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto;padding:0 1em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}blockquote{{color:#333;border-left:3px solid #ccc;margin:0.5em 0;padding-left:1em}}.plot{{margin:1em 0}}</style></head><body>\n<h1>{t}</h1>\n<p>Judge: {j}</p>\n<p>Settings: <code>{s}</code></p>\n",
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title>\n<style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto;padding:0 1em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}code{{white-space:pre-wrap;overflow-wrap:anywhere}}blockquote{{color:#333;border-left:3px solid #ccc;margin:0.5em 0;padding-left:1em}}.plot{{margin:1em 0}}</style></head><body>\n<h1>{t}</h1>\n<p>Judge: {j}</p>\n<p>Settings: <code>{s}</code></p>\n",
         t = html_escape(&manifest.title),
         j = html_escape(&judge),
         s = html_escape(&settings)

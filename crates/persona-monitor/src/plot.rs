@@ -4,10 +4,13 @@
 use plotters::prelude::*;
 
 /// One named series of `(x, y)` points.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Series {
     pub name: String,
     pub points: Vec<(f64, f64)>,
+    /// Text drawn next to each point (e.g. a steering coefficient); empty
+    /// for none, otherwise one per point.
+    pub point_labels: Vec<String>,
 }
 
 /// Axis titles and the chart title.
@@ -83,8 +86,13 @@ fn xy_chart(labels: Labels<'_>, series: &[Series], lines: bool) -> Result<String
                     .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
                     .map_err(|x| e(x.to_string()))?;
             }
+            let text = |i: usize| s.point_labels.get(i).cloned().unwrap_or_default();
             chart
-                .draw_series(pts.map(|p| Circle::new(p, 3, color.filled())))
+                .draw_series(pts.enumerate().map(|(i, p)| {
+                    EmptyElement::at(p)
+                        + Circle::new((0, 0), 3, color.filled())
+                        + Text::new(text(i), (6, -14), ("sans-serif", 12))
+                }))
                 .map_err(|x| e(x.to_string()))?
                 .label(s.name.clone())
                 .legend(move |(x, y)| {
@@ -237,15 +245,17 @@ mod tests {
             Series {
                 name: "vaccine".into(),
                 points: vec![(0.0, 0.0), (1.0, -1.0)],
+                ..Default::default()
             },
             Series {
                 name: "baseline".into(),
                 points: vec![(0.0, 0.0), (1.0, 2.0)],
+                point_labels: vec!["coef -2".into(), "coef -4".into()],
             },
         ];
         let svg = line_chart(labels, &s).unwrap();
         assert!(svg.starts_with("<svg"), "{}", &svg[..50]);
-        for want in ["shift per step", "vaccine", "baseline", "<polyline"] {
+        for want in ["shift per step", "vaccine", "baseline", "<polyline", "coef -4"] {
             assert!(svg.contains(want), "missing {want}");
         }
         let h = histogram(
