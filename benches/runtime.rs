@@ -68,6 +68,7 @@ fn main() {
                     capture: &none,
                     logits: Logits::Last,
                     lora: None,
+                    lora_dropout: None,
                 },
             )
             .unwrap();
@@ -155,8 +156,14 @@ fn train_bench() {
         weight_decay: 0.01,
     };
     let mut step = |t: usize| {
-        let (_, grads) =
-            loss_and_grads(&m.model, &lora, std::slice::from_ref(&batch), &steering).unwrap();
+        let (_, grads) = loss_and_grads(
+            &m.model,
+            &lora,
+            std::slice::from_ref(&batch),
+            &steering,
+            None,
+        )
+        .unwrap();
         let (grads, _) = clip(grads, 1.0);
         for ((p, g), mo) in lora
             .tensors_mut()

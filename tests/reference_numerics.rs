@@ -86,6 +86,7 @@ fn reference_forward() -> (Vec<f32>, Vec<Vec<f32>>, Vec<f32>) {
                 capture: &req,
                 logits: Logits::Last,
                 lora: None,
+                lora_dropout: None,
             },
         )
         .unwrap();
@@ -254,6 +255,7 @@ fn greedy_continuation_without_cache() {
             capture: &CaptureRequest::none(),
             logits: Logits::Last,
             lora: None,
+            lora_dropout: None,
         };
         let l = m
             .model

@@ -37,7 +37,13 @@ fn metrics(run: &Path) -> Vec<StepMetrics> {
 #[test]
 fn smoke_recipe_trains_logs_shift_and_resumes_bit_identically_after_a_kill() {
     let home = temp_home();
-    let recipe = smoke_recipe(home.path(), "full", |t| t["run"]["save_every"] = 1.into());
+    // Checkpoints every step, and LoRA dropout on so that resuming must
+    // redraw the same dropout masks too.
+    let edit = |t: &mut toml::Table| {
+        t["run"]["save_every"] = 1.into();
+        t["lora"]["dropout"] = 0.1.into();
+    };
+    let recipe = smoke_recipe(home.path(), "full", edit);
     let out = persona(home.path())
         .args(["train", recipe.to_str().unwrap()])
         .output()
@@ -89,7 +95,7 @@ fn smoke_recipe_trains_logs_shift_and_resumes_bit_identically_after_a_kill() {
     );
 
     // The same run, killed once a checkpoint of step >= 2 exists, then resumed.
-    let recipe = smoke_recipe(home.path(), "killed", |t| t["run"]["save_every"] = 1.into());
+    let recipe = smoke_recipe(home.path(), "killed", edit);
     let killed = home.path().join("runs/killed");
     let mut child = persona(home.path())
         .args(["train", recipe.to_str().unwrap()])
@@ -202,6 +208,11 @@ fn bad_recipes_fail_with_errors_naming_the_key() {
             "wrong-layer",
             Box::new(|t| t["steering"]["layers"] = toml::Value::Array(vec![31.into()])),
             "row 31 is out of range",
+        ),
+        (
+            "dropout-one",
+            Box::new(|t| t["lora"]["dropout"] = 1.0.into()),
+            "lora.dropout",
         ),
         (
             "missing-dataset",
@@ -321,6 +332,7 @@ fn merge_folds_adapters_into_weights() {
                 capture: &none,
                 logits: Logits::Last,
                 lora: Some(&lora),
+                lora_dropout: None,
             },
         )
         .unwrap()

@@ -38,7 +38,7 @@ pub use load::{
     DEFAULT_MODEL, HostModel, LoadedModel, ModelIdentity, inspect, load, load_host, model_cache,
     persona_home, write_atomic,
 };
-pub use lora::{Lora, Scaling, Target};
+pub use lora::{Lora, LoraDropout, Scaling, Target};
 pub use model::{ForwardArgs, ForwardOutput, Logits, Model, host_vec};
 pub use sites::{
     Batch, CaptureRequest, PadSide, Positions, Reduction, Role, Sequence, SteerOp, Steering,

@@ -74,6 +74,7 @@ pub fn response_likelihoods(
                         capture: &none,
                         logits: Logits::Scored,
                         lora,
+                        lora_dropout: None,
                     },
                 )?
                 .logits

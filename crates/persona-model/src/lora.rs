@@ -19,6 +19,48 @@ use crate::error::{ModelError, Result};
 use crate::model::host_vec;
 use crate::weights::{HostTensor, WeightMap};
 
+/// LoRA dropout for one training forward, as PEFT applies it: the input of
+/// each adapted projection's LoRA branch (not the frozen path) is zeroed
+/// with probability `p` per element and scaled by `1 / (1 - p)`. Masks are
+/// drawn on the host from `seed`, the layer and the projection only, so the
+/// same `seed` gives the same masks on any device and thread count (a
+/// resumed run redraws exactly the masks it would have drawn). Training
+/// passes it in [`crate::ForwardArgs::lora_dropout`]; evaluation never does.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LoraDropout {
+    /// Probability of dropping an element, in `[0, 1)`.
+    pub p: f64,
+    /// Seed of this forward's masks (the trainer derives it from the run
+    /// seed, the step and the micro-batch).
+    pub seed: u64,
+}
+
+impl LoraDropout {
+    /// The `[n, d_in]` mask (`0` or `1 / (1 - p)`) of one projection.
+    fn mask(
+        &self,
+        layer: usize,
+        target: Target,
+        [n, d_in]: [usize; 2],
+        device: &Device,
+    ) -> Tensor<2> {
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
+        rng.set_stream((layer * Target::ALL.len() + target as usize) as u64);
+        let keep = 1.0 - self.p;
+        let scale = (1.0 / keep) as f32;
+        let data: Vec<f32> = (0..n * d_in)
+            .map(|_| {
+                if rng.random::<f64>() < keep {
+                    scale
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        Tensor::from_data(TensorData::new(data, [n, d_in]), device)
+    }
+}
+
 /// A projection LoRA can adapt, named as in HF/PEFT (`q_proj`, ...).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -172,12 +214,23 @@ impl Lora {
         }
     }
 
-    /// `x A B * scale` for one projection, if it is adapted.
+    /// `x A B * scale` for one projection, if it is adapted; with `dropout`,
+    /// `x` is first passed through that projection's dropout mask.
     ///
     /// # Shapes
     /// `x`: `[n, d_in]` -> `[n, d_out]`
-    pub fn delta(&self, layer: usize, target: Target, x: Tensor<2>) -> Option<Tensor<2>> {
+    pub fn delta(
+        &self,
+        layer: usize,
+        target: Target,
+        x: Tensor<2>,
+        dropout: Option<&LoraDropout>,
+    ) -> Option<Tensor<2>> {
         let pair = self.layers.get(layer)?.get(&target)?;
+        let x = match dropout {
+            Some(d) if d.p > 0.0 => x.clone() * d.mask(layer, target, x.dims(), &x.device()),
+            _ => x,
+        };
         Some(
             x.matmul(pair.a.clone())
                 .matmul(pair.b.clone())
@@ -317,5 +370,25 @@ impl Lora {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropout_masks_drop_p_and_rescale_the_rest() {
+        let dev = crate::testing::test_device();
+        let d = LoraDropout { p: 0.25, seed: 7 };
+        let host = |t: Tensor<2>| t.into_data().try_into_vec::<f32>().unwrap();
+        let m = host(d.mask(2, Target::Up, [200, 500], &dev));
+        let zeros = m.iter().filter(|&&x| x == 0.0).count() as f64 / m.len() as f64;
+        assert!((zeros - 0.25).abs() < 0.01, "dropped fraction {zeros}");
+        assert!(m.iter().all(|&x| x == 0.0 || (x - 1.0 / 0.75).abs() < 1e-6));
+        // Each projection of each layer has its own mask; the same key the same one.
+        assert_ne!(host(d.mask(2, Target::Down, [200, 500], &dev)), m);
+        assert_ne!(host(d.mask(3, Target::Up, [200, 500], &dev)), m);
+        assert_eq!(host(d.mask(2, Target::Up, [200, 500], &dev)), m);
     }
 }

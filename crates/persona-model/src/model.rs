@@ -13,7 +13,7 @@ use rayon::prelude::*;
 use crate::cache::KvCache;
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
-use crate::lora::{Lora, Target};
+use crate::lora::{Lora, LoraDropout, Target};
 use crate::sites::{
     Batch, CaptureRequest, Reduction, Role, SteerOp, Steering, position_mask, reduction_weights,
 };
@@ -47,6 +47,8 @@ pub struct ForwardArgs<'a> {
     /// LoRA adapters to add to the projections (training, or an unmerged
     /// fine-tuned model).
     pub lora: Option<&'a Lora>,
+    /// Dropout on the LoRA branches' inputs: training forwards only.
+    pub lora_dropout: Option<LoraDropout>,
 }
 
 impl<'a> ForwardArgs<'a> {
@@ -58,6 +60,7 @@ impl<'a> ForwardArgs<'a> {
             capture: &NO_CAPTURE,
             logits: Logits::All,
             lora: None,
+            lora_dropout: None,
         }
     }
 
@@ -70,6 +73,7 @@ impl<'a> ForwardArgs<'a> {
             capture,
             logits: Logits::None,
             lora,
+            lora_dropout: None,
         }
     }
 
@@ -81,6 +85,7 @@ impl<'a> ForwardArgs<'a> {
             capture: &NO_CAPTURE,
             logits: Logits::Last,
             lora: None,
+            lora_dropout: None,
         }
     }
 }
@@ -532,7 +537,7 @@ impl Model {
                 };
                 let (out, k, v) = self.block(
                     layer,
-                    (row - 1, args.lora),
+                    (row - 1, args.lora, args.lora_dropout.as_ref()),
                     h,
                     [b_n, s_n],
                     &cos,
@@ -638,7 +643,7 @@ impl Model {
     fn block(
         &self,
         layer: &Block,
-        (index, lora): (usize, Option<&Lora>),
+        (index, lora, dropout): (usize, Option<&Lora>, Option<&LoraDropout>),
         h: Tensor<2>,
         [b_n, s_n]: [usize; 2],
         cos: &Tensor<4>,
@@ -653,7 +658,7 @@ impl Model {
         let (q_w, kv_w) = (nh * hd, nkv * hd);
         // The frozen projection plus, when adapted, its LoRA branch.
         let adapt = |t: Target, x: &Tensor<2>, base: Tensor<2>| match lora
-            .and_then(|l| l.delta(index, t, x.clone()))
+            .and_then(|l| l.delta(index, t, x.clone(), dropout))
         {
             Some(d) => base + d,
             None => base,

@@ -59,6 +59,7 @@ fn capture(
                 capture: &req,
                 logits: Logits::None,
                 lora: None,
+                lora_dropout: None,
             },
         )
         .unwrap();
@@ -158,6 +159,7 @@ fn steering_with_zero_coefficient_is_bit_identical() {
                 capture: &req,
                 logits: Logits::All,
                 lora: None,
+                lora_dropout: None,
             },
         )
         .unwrap()
@@ -292,6 +294,7 @@ fn counts_report_empty_response_sets() {
                 capture: &req,
                 logits: Logits::None,
                 lora: None,
+                lora_dropout: None,
             },
         )
         .unwrap();
@@ -305,7 +308,11 @@ fn response_likelihoods_match_a_softmax_over_all_logits() {
     // token predicts the first response token); row 1 has no response, row
     // 2 no prompt (its first response token is not scored).
     let m = model();
-    let rows = [seq(&[3, 4, 5], &[6, 7]), seq(&[8, 9], &[]), seq(&[], &[10, 11, 12])];
+    let rows = [
+        seq(&[3, 4, 5], &[6, 7]),
+        seq(&[8, 9], &[]),
+        seq(&[], &[10, 11, 12]),
+    ];
     let b = Batch::new(&rows, PadSide::Right, 0).unwrap();
     assert_eq!(
         b.scored_positions(),
@@ -326,11 +333,14 @@ fn response_likelihoods_match_a_softmax_over_all_logits() {
     ];
     // One chunk of three and chunks of one (a chunk with nothing to score).
     for batch_size in [3, 1] {
-        let got = crate::response_likelihoods(&m, None, &[], &rows, batch_size, 0, |_| {})
-            .unwrap();
+        let got = crate::response_likelihoods(&m, None, &[], &rows, batch_size, 0, |_| {}).unwrap();
         for (g, (sum, n)) in got.iter().zip(want) {
             assert_eq!(g.n_tokens, n);
-            assert!((g.sum_logprob - sum).abs() < 1e-4, "{} vs {sum}", g.sum_logprob);
+            assert!(
+                (g.sum_logprob - sum).abs() < 1e-4,
+                "{} vs {sum}",
+                g.sum_logprob
+            );
         }
     }
     // Asking for scored logits without anything to score is an error.
@@ -357,6 +367,7 @@ fn out_of_range_rows_and_wrong_widths_are_errors() {
                 capture: &CaptureRequest::none(),
                 logits: Logits::All,
                 lora: None,
+                lora_dropout: None,
             },
         )
         .err()
@@ -372,6 +383,7 @@ fn out_of_range_rows_and_wrong_widths_are_errors() {
                 capture: &CaptureRequest::none(),
                 logits: Logits::All,
                 lora: None,
+                lora_dropout: None,
             },
         )
         .err()
@@ -397,9 +409,13 @@ fn strict_loading_lists_missing_and_unexpected_keys() {
 
 mod lora {
     use super::*;
-    use crate::lora::{Lora, Scaling, Target};
+    use crate::lora::{Lora, LoraDropout, Scaling, Target};
 
     fn with_lora(m: &Model, b: &Batch, lora: &Lora) -> Vec<f32> {
+        with_dropout(m, b, lora, None)
+    }
+
+    fn with_dropout(m: &Model, b: &Batch, lora: &Lora, dropout: Option<LoraDropout>) -> Vec<f32> {
         let req = CaptureRequest::none();
         host(
             m.forward(
@@ -410,6 +426,7 @@ mod lora {
                     capture: &req,
                     logits: Logits::All,
                     lora: Some(lora),
+                    lora_dropout: dropout,
                 },
             )
             .unwrap()
@@ -437,6 +454,33 @@ mod lora {
         let lora = Lora::init(&m.config, &Target::ALL, 4, 8.0, Scaling::Rslora, 0, &dev).unwrap();
         let b = Batch::new(&[seq(&[3, 4, 5], &[6, 7])], PadSide::Right, 0).unwrap();
         assert_eq!(with_lora(&m, &b, &lora), logits_all(&m, &b));
+    }
+
+    #[test]
+    fn lora_dropout_is_seeded_and_zero_probability_is_off() {
+        let m = model();
+        let dev = test_device();
+        let mut lora =
+            Lora::init(&m.config, &Target::ALL, 4, 8.0, Scaling::Rslora, 3, &dev).unwrap();
+        randomise_b(&mut lora, &dev);
+        let b = Batch::new(&[seq(&[3, 4, 5], &[6, 7, 8])], PadSide::Right, 0).unwrap();
+        let d = |p, seed| Some(LoraDropout { p, seed });
+        let plain = with_lora(&m, &b, &lora);
+        assert_eq!(with_dropout(&m, &b, &lora, d(0.0, 1)), plain);
+        let a = with_dropout(&m, &b, &lora, d(0.3, 1));
+        assert_eq!(
+            with_dropout(&m, &b, &lora, d(0.3, 1)),
+            a,
+            "same seed, same masks"
+        );
+        assert!(
+            max_diff(&a, &plain) > 1e-4,
+            "dropout must change the adapted output"
+        );
+        assert!(max_diff(&with_dropout(&m, &b, &lora, d(0.3, 2)), &a) > 1e-4);
+        // Only the LoRA branch is dropped: fresh adapters (B = 0) stay exact.
+        let fresh = Lora::init(&m.config, &Target::ALL, 4, 8.0, Scaling::Rslora, 3, &dev).unwrap();
+        assert_eq!(with_dropout(&m, &b, &fresh, d(0.5, 1)), logits_all(&m, &b));
     }
 
     #[test]
@@ -521,6 +565,7 @@ mod lora {
                     capture: &req,
                     logits: Logits::All,
                     lora: Some(&lora),
+                    lora_dropout: None,
                 },
             )
             .unwrap()

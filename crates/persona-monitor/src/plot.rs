@@ -255,7 +255,13 @@ mod tests {
         ];
         let svg = line_chart(labels, &s).unwrap();
         assert!(svg.starts_with("<svg"), "{}", &svg[..50]);
-        for want in ["shift per step", "vaccine", "baseline", "<polyline", "coef -4"] {
+        for want in [
+            "shift per step",
+            "vaccine",
+            "baseline",
+            "<polyline",
+            "coef -4",
+        ] {
             assert!(svg.contains(want), "missing {want}");
         }
         let h = histogram(

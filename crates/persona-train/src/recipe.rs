@@ -95,7 +95,8 @@ pub struct LoraSection {
     pub scaling: Scaling,
     /// Projections to adapt: any of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj.
     pub targets: Vec<Target>,
-    /// Dropout on the LoRA branch input. Only 0.0 is implemented (the paper's value).
+    /// Dropout on the LoRA branch input, PEFT-style, in [0, 1) (0 = off, the
+    /// paper's value). Masks are seeded by the run seed and the step.
     pub dropout: f64,
 }
 
@@ -242,10 +243,10 @@ impl Recipe {
         if self.lora.targets.is_empty() {
             return Err(key("lora.targets", "name at least one projection".into()));
         }
-        if self.lora.dropout != 0.0 {
+        if !(0.0..1.0).contains(&self.lora.dropout) {
             return Err(key(
                 "lora.dropout",
-                "only 0.0 is implemented (the paper's setting)".into(),
+                "must be in [0, 1): the probability of dropping a LoRA input (0 = off, the paper's setting)".into(),
             ));
         }
         let o = &self.optim;

@@ -9,11 +9,12 @@ use std::time::Instant;
 use burn::tensor::{Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use persona_model::{
-    Batch, CaptureRequest, ForwardArgs, Logits, Lora, PadSide, Positions, Role, Sequence, Steering,
-    likelihood::scored_logprobs,
+    Batch, CaptureRequest, ForwardArgs, Logits, Lora, LoraDropout, PadSide, Positions, Role,
+    Sequence, Steering, likelihood::scored_logprobs,
 };
 use persona_vectors::VectorFile;
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 
 use crate::checkpoint::{self, TrainerState};
 use crate::data::{Dataset, epoch_batches, load_dataset};
@@ -82,19 +83,22 @@ fn masked_nll(logits: Tensor<3>, scored: &[(usize, u32)], denom: usize) -> Tenso
 
 /// Loss (mean NLL over the response tokens of all `batches`) and the summed
 /// gradient of every adapter tensor, in [`Lora::named_tensors`] order. The
-/// steering applies here, in the training forward, and nowhere else.
+/// steering and the LoRA dropout apply here, in the training forward, and
+/// nowhere else; micro-batch `i` draws its dropout masks from
+/// `dropout.seed + i`.
 pub fn loss_and_grads(
     model: &persona_model::Model,
     lora: &Lora,
     batches: &[Batch],
     steering: &[Steering],
+    dropout: Option<LoraDropout>,
 ) -> Result<(f64, Vec<Tensor<2>>)> {
     let none = CaptureRequest::none();
     let scored: Vec<Vec<(usize, u32)>> = batches.iter().map(Batch::scored_positions).collect();
     let denom: usize = scored.iter().map(Vec::len).sum();
     let mut grads_sum: Option<Vec<Tensor<2>>> = None;
     let mut loss_sum = 0.0;
-    for (batch, scored) in batches.iter().zip(&scored) {
+    for (i, (batch, scored)) in batches.iter().zip(&scored).enumerate() {
         let out = model.forward(
             batch,
             ForwardArgs {
@@ -103,6 +107,10 @@ pub fn loss_and_grads(
                 capture: &none,
                 logits: Logits::Scored,
                 lora: Some(lora),
+                lora_dropout: dropout.map(|d| LoraDropout {
+                    seed: d.seed.wrapping_add(i as u64),
+                    ..d
+                }),
             },
         )?;
         let loss = masked_nll(out.logits.expect("asked for logits"), scored, denom);
@@ -122,6 +130,17 @@ pub fn loss_and_grads(
         });
     }
     Ok((loss_sum, grads_sum.unwrap_or_default()))
+}
+
+/// The seed of step `step`'s LoRA dropout masks (micro-batches add their
+/// index): a fixed mix of the run seed and the step.
+fn dropout_seed(run_seed: u64, step: usize) -> u64 {
+    let mut h = Sha256::new();
+    h.update(b"lora-dropout");
+    h.update(run_seed.to_le_bytes());
+    h.update((step as u64).to_le_bytes());
+    let d = h.finalize();
+    u64::from_le_bytes(d[..8].try_into().expect("a sha256 digest has 32 bytes"))
 }
 
 /// Scales gradients so their global norm is at most `max_norm` (0 = no
@@ -313,7 +332,12 @@ pub fn train(recipe_path: &Path, resume: bool, show_progress: bool) -> Result<Tr
             .iter()
             .map(|b| b.roles.iter().filter(|r| **r != Role::Pad).count())
             .sum();
-        let (loss_sum, grads) = loss_and_grads(model, &lora, &batches, &steering)?;
+        // Dropout masks depend on (seed, step) only: a resumed step redraws them.
+        let dropout = (recipe.lora.dropout > 0.0).then(|| LoraDropout {
+            p: recipe.lora.dropout,
+            seed: dropout_seed(recipe.run.seed, step),
+        });
+        let (loss_sum, grads) = loss_and_grads(model, &lora, &batches, &steering, dropout)?;
         let (grads, grad_norm) = clip(grads, recipe.optim.max_grad_norm);
         // Stop before a non-finite value reaches the adapters or a checkpoint.
         for (what, value) in [("loss", loss_sum), ("gradient norm", grad_norm)] {
