@@ -78,6 +78,7 @@ fn smoke_recipe_trains_logs_shift_and_resumes_bit_identically_after_a_kill() {
     .unwrap();
     assert_eq!(cfg["use_rslora"], true);
     assert_eq!(cfg["r"], 4);
+    assert_eq!(cfg["lora_dropout"], 0.1);
     for f in [
         "provenance.json",
         "recipe.toml",
@@ -284,7 +285,10 @@ fn merge_folds_adapters_into_weights() {
     persona_train::checkpoint::write_adapter(
         &dir.path().join("adapter"),
         &lora,
-        "smollm2-135m-instruct",
+        persona_train::checkpoint::AdapterMeta {
+            base_model: "smollm2-135m-instruct",
+            lora_dropout: 0.0,
+        },
     )
     .unwrap();
     let out = dir.path().join("merged");

@@ -39,15 +39,24 @@ fn to_host(t: &Tensor<2>) -> Result<HostTensor> {
     })
 }
 
+/// What `adapter_config.json` records besides the adapters themselves.
+#[derive(Debug, Clone, Copy)]
+pub struct AdapterMeta<'a> {
+    /// The base model's name (PEFT's `base_model_name_or_path`).
+    pub base_model: &'a str,
+    /// The LoRA dropout the adapters were trained with.
+    pub lora_dropout: f64,
+}
+
 /// The PEFT `adapter_config.json` of these adapters.
-pub fn adapter_config(lora: &Lora, base_model: &str) -> serde_json::Value {
+pub fn adapter_config(lora: &Lora, meta: AdapterMeta<'_>) -> serde_json::Value {
     serde_json::json!({
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
-        "base_model_name_or_path": base_model,
+        "base_model_name_or_path": meta.base_model,
         "r": lora.rank,
         "lora_alpha": lora.alpha,
-        "lora_dropout": 0.0,
+        "lora_dropout": meta.lora_dropout,
         "use_rslora": lora.scaling == persona_model::Scaling::Rslora,
         "target_modules": lora.targets().iter().map(|t| t.short_name()).collect::<Vec<_>>(),
         "bias": "none",
@@ -59,11 +68,11 @@ pub fn adapter_config(lora: &Lora, base_model: &str) -> serde_json::Value {
 }
 
 /// Writes `adapter_model.safetensors` + `adapter_config.json` into `dir`.
-pub fn write_adapter(dir: &Path, lora: &Lora, base_model: &str) -> Result<()> {
+pub fn write_adapter(dir: &Path, lora: &Lora, meta: AdapterMeta<'_>) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| ck_err(dir, e))?;
     write_safetensors(&lora.to_peft()?, &dir.join("adapter_model.safetensors"))?;
-    let cfg = serde_json::to_string_pretty(&adapter_config(lora, base_model))
-        .map_err(|e| ck_err(dir, e))?;
+    let cfg =
+        serde_json::to_string_pretty(&adapter_config(lora, meta)).map_err(|e| ck_err(dir, e))?;
     persona_model::load::write_atomic(&dir.join("adapter_config.json"), cfg.as_bytes())?;
     Ok(())
 }
@@ -98,14 +107,14 @@ pub fn save(
     lora: &Lora,
     moments: &[Moments],
     state: &TrainerState,
-    base_model: &str,
+    meta: AdapterMeta<'_>,
 ) -> Result<()> {
     let tmp = run.join("checkpoint.tmp");
     let final_dir = run.join("checkpoint");
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| ck_err(&tmp, e))?;
     }
-    write_adapter(&tmp, lora, base_model)?;
+    write_adapter(&tmp, lora, meta)?;
     // Exact tensors in the trainer's own layout (resuming from the PEFT
     // transposes would change memory layouts and so, possibly, float sums).
     let mut exact: WeightMap = BTreeMap::new();

@@ -282,12 +282,16 @@ pub fn train(recipe_path: &Path, resume: bool, show_progress: bool) -> Result<Tr
         });
     }
 
+    let meta = checkpoint::AdapterMeta {
+        base_model: &recipe.model.name,
+        lora_dropout: recipe.lora.dropout,
+    };
     // Provenance and the resolved recipe, beside the run (first start only).
     if !resume {
         write_provenance(&run_dir, &recipe, &identity, &data)?;
         std::fs::write(run_dir.join("metrics.jsonl"), "")
             .map_err(|e| crate::error::io(&run_dir, e))?;
-        checkpoint::save(&run_dir, &lora, &moments, &state, &recipe.model.name)?;
+        checkpoint::save(&run_dir, &lora, &moments, &state, meta)?;
     } else {
         truncate_metrics(&run_dir.join("metrics.jsonl"), state.step)?;
     }
@@ -429,19 +433,15 @@ pub fn train(recipe_path: &Path, resume: bool, show_progress: bool) -> Result<Tr
         // The snapshot first: a saved checkpoint implies its snapshot exists.
         let every = recipe.run.snapshot_every;
         if every > 0 && state.step % every == 0 {
-            checkpoint::write_adapter(
-                &snapshot_dir(&run_dir, state.step),
-                &detach(&lora),
-                &recipe.model.name,
-            )?;
+            checkpoint::write_adapter(&snapshot_dir(&run_dir, state.step), &detach(&lora), meta)?;
         }
         if state.step % recipe.run.save_every == 0 || state.step == total_steps {
             let detached = detach(&lora);
-            checkpoint::save(&run_dir, &detached, &moments, &state, &recipe.model.name)?;
+            checkpoint::save(&run_dir, &detached, &moments, &state, meta)?;
         }
     }
     bar.finish();
-    checkpoint::write_adapter(&run_dir.join("adapter"), &detach(&lora), &recipe.model.name)?;
+    checkpoint::write_adapter(&run_dir.join("adapter"), &detach(&lora), meta)?;
     Ok(TrainOutcome {
         run_dir,
         steps: state.step,
