@@ -342,11 +342,13 @@ pub fn select(
     vector: &Path,
     trait_file: &Path,
     settings: &Path,
+    overrides: &Overrides,
     model: &str,
     device: &str,
 ) -> Result<()> {
     use persona_eval::select::{SelectSettings, select, store};
-    let s: SelectSettings = read_toml(settings)?;
+    let mut s: SelectSettings = read_toml(settings)?;
+    overrides.apply(&mut s.judge, &mut s.samples);
     let def = persona_vectors::TraitDef::load(trait_file)?;
     let mut file = persona_vectors::VectorFile::load(vector)?;
     let device = persona_model::parse_device(device)?;
@@ -412,14 +414,47 @@ pub fn print_selection(sel: &persona_eval::select::Selection) {
 }
 
 /// `persona extract --source generated`.
+/// Command-line replacements for keys of a settings file (`persona extract
+/// --judge/--samples`). The settings actually used are what the vector's
+/// metadata records.
+#[derive(Debug, Default)]
+pub struct Overrides {
+    pub judge: Option<PathBuf>,
+    pub samples: Option<usize>,
+}
+
+impl Overrides {
+    fn apply(&self, judge: &mut PathBuf, samples: &mut usize) {
+        if let Some(j) = &self.judge {
+            *judge = j.clone();
+        }
+        if let Some(n) = self.samples {
+            *samples = n;
+        }
+    }
+}
+
+/// `--judge` value -> judge config: the short names of the shipped configs
+/// in `judges/`, anything else a path.
+pub fn judge_config_path(name: &str) -> PathBuf {
+    match name {
+        "classifier" => "judges/classifier.toml".into(),
+        "local" => "judges/local-smollm.toml".into(),
+        "openai" => "judges/openai.toml".into(),
+        path => path.into(),
+    }
+}
+
 pub fn extract_generated(
     trait_file: &Path,
     settings: &Path,
+    overrides: &Overrides,
     model: &str,
     out: Option<PathBuf>,
     device: &str,
 ) -> Result<PathBuf> {
-    let g: persona_vectors::generated::GeneratedSettings = read_toml(settings)?;
+    let mut g: persona_vectors::generated::GeneratedSettings = read_toml(settings)?;
+    overrides.apply(&mut g.judge, &mut g.samples);
     let def = persona_vectors::TraitDef::load(trait_file)?;
     let rubric = persona_vectors::traits::load_coherence_rubric(&g.coherence_file)?;
     let device = persona_model::parse_device(device)?;

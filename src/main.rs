@@ -148,6 +148,15 @@ enum Command {
         select: bool,
         #[arg(long, default_value = "settings/vector-select.toml")]
         select_settings: PathBuf,
+        /// Judge of the generated source and of --select, overriding the
+        /// settings files' `judge`: `classifier`, `local` or `openai` (the
+        /// configs in judges/) or a judge config file.
+        #[arg(long)]
+        judge: Option<String>,
+        /// Samples per prompt for the generated source and --select,
+        /// overriding the settings files' `samples` (paper: 10).
+        #[arg(long)]
+        samples: Option<usize>,
         #[arg(long, default_value = DEFAULT_MODEL)]
         model: String,
         /// Output file (default: checkpoints/vectors/<model>/<trait>.safetensors).
@@ -375,26 +384,46 @@ fn run(cli: Cli) -> Result<()> {
             generated_settings,
             select,
             select_settings,
+            judge,
+            samples,
             model,
             out,
             batch_size,
             device,
         } => {
+            let overrides = eval::Overrides {
+                judge: judge.as_deref().map(eval::judge_config_path),
+                samples,
+            };
             if source == "generated" {
                 let out = eval::extract_generated(
                     &trait_file,
                     &generated_settings,
+                    &overrides,
                     &model,
                     out,
                     &device,
                 )?;
                 if select {
-                    eval::select(&out, &trait_file, &select_settings, &model, &device)?;
+                    eval::select(
+                        &out,
+                        &trait_file,
+                        &select_settings,
+                        &overrides,
+                        &model,
+                        &device,
+                    )?;
                 }
                 return Ok(());
             }
             if source != "authored" {
                 bail!("--source {source}: use `authored` or `generated`");
+            }
+            if !select && (overrides.judge.is_some() || overrides.samples.is_some()) {
+                bail!(
+                    "--judge and --samples apply to the generated source and to --select; \
+                     the authored source neither samples nor judges"
+                );
             }
             let device_name = device.clone();
             let device = parse_device(&device)?;
@@ -432,7 +461,14 @@ fn run(cli: Cli) -> Result<()> {
             );
             print_norms(&file);
             if select {
-                eval::select(&out, &trait_file, &select_settings, &model, &device_name)?;
+                eval::select(
+                    &out,
+                    &trait_file,
+                    &select_settings,
+                    &overrides,
+                    &model,
+                    &device_name,
+                )?;
             }
             Ok(())
         }
@@ -477,7 +513,14 @@ fn run(cli: Cli) -> Result<()> {
             settings,
             model,
             device,
-        }) => eval::select(&vector, &trait_file, &settings, &model, &device),
+        }) => eval::select(
+            &vector,
+            &trait_file,
+            &settings,
+            &eval::Overrides::default(),
+            &model,
+            &device,
+        ),
         Command::Vector(VectorCommand::Info { file }) => {
             let f = VectorFile::load(&file)?;
             println!("file:           {}", file.display());

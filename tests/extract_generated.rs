@@ -79,4 +79,24 @@ fn generated_extraction_resumes_to_the_same_answers_and_vector() {
         (Err(ea), Err(eb)) => assert_eq!(ea.to_string().replace("/a/", "/b/"), eb.to_string()),
         (ra, rb) => panic!("uninterrupted {:?} vs resumed {:?}", ra.is_ok(), rb.is_ok()),
     }
+    // Resuming with other settings is refused rather than mixing answers.
+    let other = GeneratedSettings {
+        samples: 2,
+        ..s.clone()
+    };
+    let mut cache = JudgmentCache::open(&a.join("judgments.jsonl")).unwrap();
+    let e = extract_generated(
+        loaded,
+        &def,
+        &rubric,
+        &judge,
+        &mut cache,
+        &other,
+        &a,
+        |_, _| {},
+    )
+    .err()
+    .expect("other settings must be refused")
+    .to_string();
+    assert!(e.contains("other settings") && e.contains("delete"), "{e}");
 }

@@ -69,6 +69,50 @@ pub enum GeneratedError {
     Input(String),
 }
 
+/// A work folder holds the answers and judgments of one set of settings:
+/// `work/settings.json` records them (with the trait file's hash and the
+/// judge) on the first start, and a resume with anything different is
+/// refused rather than mixing answers sampled or judged differently.
+fn check_work_settings(
+    work: &Path,
+    def: &TraitDef,
+    s: &GeneratedSettings,
+    judge: &Judge,
+) -> Result<(), GeneratedError> {
+    let path = work.join("settings.json");
+    let want = serde_json::json!({
+        "trait_sha256": def.sha256,
+        "judge": judge.identity(),
+        "settings": s,
+    });
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let have: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+                GeneratedError::Input(format!("{} is not valid JSON: {e}", path.display()))
+            })?;
+            if have != want {
+                return Err(GeneratedError::Input(format!(
+                    "{} holds answers made with other settings, trait file or judge ({} vs now {}); \
+                     rerun with the same ones, or delete {} to start over",
+                    work.display(),
+                    have,
+                    want,
+                    work.display()
+                )));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(work)
+                .map_err(|e| GeneratedError::Input(format!("{}: {e}", work.display())))?;
+            let text = serde_json::to_string_pretty(&want).expect("serialises");
+            persona_model::write_atomic(&path, text.as_bytes())?;
+            Ok(())
+        }
+        Err(e) => Err(GeneratedError::Input(format!("{}: {e}", path.display()))),
+    }
+}
+
 /// Whether a (positive, negative) pair is kept.
 pub fn keep_pair(pos: &GeneratedAnswer, neg: &GeneratedAnswer, s: &GeneratedSettings) -> bool {
     let coherent = |a: &GeneratedAnswer| a.coherence.is_some_and(|c| c >= s.coherence_threshold);
@@ -173,6 +217,7 @@ pub fn extract_generated(
         ));
     }
     let log = work.join("generated.jsonl");
+    check_work_settings(work, def, s, judge)?;
     let per_question = 2 * def.instructions.len() * s.samples;
     let n = def.extraction.len();
     // Only whole questions count (a question's answers are appended at once,
