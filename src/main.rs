@@ -228,6 +228,14 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Like other Unix tools, stop quietly when a reader closes the pipe
+    // (`persona vector info ... | head`) instead of panicking in `println!`.
+    // SAFETY: restoring the default action of a signal before any thread
+    // starts; no handler is installed.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
