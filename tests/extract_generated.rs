@@ -85,7 +85,7 @@ fn generated_extraction_resumes_to_the_same_answers_and_vector() {
         ..s.clone()
     };
     let mut cache = JudgmentCache::open(&a.join("judgments.jsonl")).unwrap();
-    let e = extract_generated(
+    let Err(e) = extract_generated(
         loaded,
         &def,
         &rubric,
@@ -94,9 +94,9 @@ fn generated_extraction_resumes_to_the_same_answers_and_vector() {
         &other,
         &a,
         |_, _| {},
-    )
-    .err()
-    .expect("other settings must be refused")
-    .to_string();
+    ) else {
+        panic!("other settings must be refused");
+    };
+    let e = e.to_string();
     assert!(e.contains("other settings") && e.contains("delete"), "{e}");
 }
