@@ -142,10 +142,11 @@ enum Command {
         /// Settings of the `generated` source (sampling, thresholds, judge).
         #[arg(long, default_value = "settings/extract-generated.toml")]
         generated_settings: PathBuf,
-        /// Then choose the steering row and sweep the coefficient (as
-        /// `persona vector select`), storing both in the file's metadata.
+        /// Skip the layer scan and coefficient sweep that otherwise follow
+        /// extraction (as `persona vector select`, stored in the file's
+        /// metadata; about 10-13 min per trait on 2 CPU cores).
         #[arg(long)]
-        select: bool,
+        no_select: bool,
         #[arg(long, default_value = "settings/vector-select.toml")]
         select_settings: PathBuf,
         /// Judge of the generated source and of --select, overriding the
@@ -390,7 +391,7 @@ fn run(cli: Cli) -> Result<()> {
             trait_file,
             source,
             generated_settings,
-            select,
+            no_select,
             select_settings,
             judge,
             samples,
@@ -399,6 +400,7 @@ fn run(cli: Cli) -> Result<()> {
             batch_size,
             device,
         } => {
+            let select = !no_select;
             let overrides = eval::Overrides {
                 judge: judge.as_deref().map(eval::judge_config_path),
                 samples,
@@ -429,8 +431,8 @@ fn run(cli: Cli) -> Result<()> {
             }
             if !select && (overrides.judge.is_some() || overrides.samples.is_some()) {
                 bail!(
-                    "--judge and --samples apply to the generated source and to --select; \
-                     the authored source neither samples nor judges"
+                    "--judge and --samples apply to the generated source and to the selection \
+                     that --no-select skips; the authored source neither samples nor judges"
                 );
             }
             let device_name = device.clone();

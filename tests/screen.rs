@@ -13,7 +13,12 @@ use persona_monitor::screen::{FilterManifest, SampleScore, ScreenSummary};
 fn vector(home: &Path) -> PathBuf {
     let out = home.join("vectors/syc.safetensors");
     let o = persona(home)
-        .args(["extract", "--trait", "datasets/traits/sycophantic.toml"])
+        .args([
+            "extract",
+            "--trait",
+            "datasets/traits/sycophantic.toml",
+            "--no-select",
+        ])
         .arg("--out")
         .arg(&out)
         .output()
