@@ -149,12 +149,12 @@ enum Command {
         no_select: bool,
         #[arg(long, default_value = "settings/vector-select.toml")]
         select_settings: PathBuf,
-        /// Judge of the generated source and of --select, overriding the
+        /// Judge of the generated source and of the selection, overriding the
         /// settings files' `judge`: `classifier`, `local` or `openai` (the
         /// configs in judges/) or a judge config file.
         #[arg(long)]
         judge: Option<String>,
-        /// Samples per prompt for the generated source and --select,
+        /// Samples per prompt for the generated source and the selection,
         /// overriding the settings files' `samples` (paper: 10).
         #[arg(long)]
         samples: Option<usize>,
