@@ -413,7 +413,6 @@ pub fn print_selection(sel: &persona_eval::select::Selection) {
     }
 }
 
-/// `persona extract --source generated`.
 /// Command-line replacements for keys of a settings file (`persona extract
 /// --judge/--samples`). The settings actually used are what the vector's
 /// metadata records.
@@ -445,6 +444,7 @@ pub fn judge_config_path(name: &str) -> PathBuf {
     }
 }
 
+/// `persona extract --source generated`. Returns the file written.
 pub fn extract_generated(
     trait_file: &Path,
     settings: &Path,

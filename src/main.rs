@@ -262,6 +262,52 @@ fn ensure_empty(out: &std::path::Path) -> Result<()> {
 }
 
 /// Per-row norms of every variant of a vector file.
+/// `persona extract --source authored`: teacher-forced authored responses
+/// -> vector file (printed norms). Returns the file written.
+fn extract_authored(
+    trait_file: &std::path::Path,
+    model: &str,
+    out: Option<PathBuf>,
+    batch_size: usize,
+    device: &str,
+) -> Result<PathBuf> {
+    let device = parse_device(device)?;
+    let def = persona_vectors::TraitDef::load(trait_file)?;
+    let loaded =
+        persona_model::load(model, &device).with_context(|| format!("loading model `{model}`"))?;
+    let out = out.unwrap_or_else(|| {
+        persona_model::persona_home()
+            .join("vectors")
+            .join(&loaded.identity.name)
+            .join(format!("{}.safetensors", def.name))
+    });
+    let n: usize = def
+        .responses
+        .iter()
+        .map(|r| r.pos.len() + r.neg.len())
+        .sum();
+    let bar = indicatif::ProgressBar::new(n as u64);
+    let started = std::time::Instant::now();
+    let file = persona_vectors::extract::extract_authored(
+        &loaded.model,
+        &loaded.codec,
+        &loaded.identity,
+        &def,
+        batch_size,
+        |k| bar.set_position(k as u64),
+    )?;
+    bar.finish_and_clear();
+    file.save(&out)?;
+    println!(
+        "wrote {} ({} authored responses, {:.1} s)",
+        out.display(),
+        n,
+        started.elapsed().as_secs_f64()
+    );
+    print_norms(&file);
+    Ok(out)
+}
+
 fn print_norms(file: &VectorFile) {
     let d = file.meta.d_model;
     let names: Vec<&String> = file.variants.keys().collect();
@@ -400,84 +446,39 @@ fn run(cli: Cli) -> Result<()> {
             batch_size,
             device,
         } => {
-            let select = !no_select;
             let overrides = eval::Overrides {
                 judge: judge.as_deref().map(eval::judge_config_path),
                 samples,
             };
-            if source == "generated" {
-                let out = eval::extract_generated(
+            let out = match source.as_str() {
+                "generated" => eval::extract_generated(
                     &trait_file,
                     &generated_settings,
                     &overrides,
                     &model,
                     out,
                     &device,
-                )?;
-                if select {
-                    eval::select(
-                        &out,
-                        &trait_file,
-                        &select_settings,
-                        &overrides,
-                        &model,
-                        &device,
-                    )?;
+                )?,
+                "authored" => {
+                    if no_select && (overrides.judge.is_some() || overrides.samples.is_some()) {
+                        bail!(
+                            "--judge and --samples apply to the generated source and to the \
+                             selection that --no-select skips; the authored source neither \
+                             samples nor judges"
+                        );
+                    }
+                    extract_authored(&trait_file, &model, out, batch_size, &device)?
                 }
-                return Ok(());
-            }
-            if source != "authored" {
-                bail!("--source {source}: use `authored` or `generated`");
-            }
-            if !select && (overrides.judge.is_some() || overrides.samples.is_some()) {
-                bail!(
-                    "--judge and --samples apply to the generated source and to the selection \
-                     that --no-select skips; the authored source neither samples nor judges"
-                );
-            }
-            let device_name = device.clone();
-            let device = parse_device(&device)?;
-            let def = persona_vectors::TraitDef::load(&trait_file)?;
-            let loaded = persona_model::load(&model, &device)
-                .with_context(|| format!("loading model `{model}`"))?;
-            let out = out.unwrap_or_else(|| {
-                persona_model::persona_home()
-                    .join("vectors")
-                    .join(&loaded.identity.name)
-                    .join(format!("{}.safetensors", def.name))
-            });
-            let n: usize = def
-                .responses
-                .iter()
-                .map(|r| r.pos.len() + r.neg.len())
-                .sum();
-            let bar = indicatif::ProgressBar::new(n as u64);
-            let started = std::time::Instant::now();
-            let file = persona_vectors::extract::extract_authored(
-                &loaded.model,
-                &loaded.codec,
-                &loaded.identity,
-                &def,
-                batch_size,
-                |k| bar.set_position(k as u64),
-            )?;
-            bar.finish_and_clear();
-            file.save(&out)?;
-            println!(
-                "wrote {} ({} authored responses, {:.1} s)",
-                out.display(),
-                n,
-                started.elapsed().as_secs_f64()
-            );
-            print_norms(&file);
-            if select {
+                other => bail!("--source {other}: use `authored` or `generated`"),
+            };
+            if !no_select {
                 eval::select(
                     &out,
                     &trait_file,
                     &select_settings,
                     &overrides,
                     &model,
-                    &device_name,
+                    &device,
                 )?;
             }
             Ok(())

@@ -228,7 +228,10 @@ impl Lora {
     ) -> Option<Tensor<2>> {
         let pair = self.layers.get(layer)?.get(&target)?;
         let x = match dropout {
-            Some(d) if d.p > 0.0 => x.clone() * d.mask(layer, target, x.dims(), &x.device()),
+            Some(d) if d.p > 0.0 => {
+                let mask = d.mask(layer, target, x.dims(), &x.device());
+                x * mask
+            }
             _ => x,
         };
         Some(

@@ -597,22 +597,14 @@ impl Model {
             Logits::None => None,
             Logits::All => Some(self.lm_head(h).reshape([b_n, s_n, cfg.vocab_size])),
             Logits::Last => {
-                let idx: Vec<i64> = (0..b_n)
+                let idx = (0..b_n)
                     .map(|b| (b * s_n + batch.last_token_index(b).unwrap_or(s_n - 1)) as i64)
                     .collect();
-                let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [b_n]), dev);
-                Some(
-                    self.lm_head(h.select(0, idx))
-                        .reshape([b_n, 1, cfg.vocab_size]),
-                )
+                Some(self.lm_head_at(h, idx).reshape([b_n, 1, cfg.vocab_size]))
             }
             Logits::Scored => {
                 let n = scored.len();
-                let idx = Tensor::<1, Int>::from_data(TensorData::new(scored, [n]), dev);
-                Some(
-                    self.lm_head(h.select(0, idx))
-                        .reshape([1, n, cfg.vocab_size]),
-                )
+                Some(self.lm_head_at(h, scored).reshape([1, n, cfg.vocab_size]))
             }
         };
         Ok(ForwardOutput {
@@ -631,6 +623,16 @@ impl Model {
             Some(w) => h.matmul(w.clone()),
             None => h.matmul(self.embed_tokens.clone().transpose()),
         }
+    }
+
+    /// The LM head at the flat positions `idx` of `h` only.
+    ///
+    /// # Shapes
+    /// `h`: `[b*s, d_model]` -> `[idx.len(), vocab]`
+    fn lm_head_at(&self, h: Tensor<2>, idx: Vec<i64>) -> Tensor<2> {
+        let n = idx.len();
+        let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [n]), &self.device);
+        self.lm_head(h.select(0, idx))
     }
 
     /// One pre-norm block. Returns the new residual and this chunk's

@@ -86,13 +86,13 @@ fn xy_chart(labels: Labels<'_>, series: &[Series], lines: bool) -> Result<String
                     .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
                     .map_err(|x| e(x.to_string()))?;
             }
-            let text = |i: usize| s.point_labels.get(i).cloned().unwrap_or_default();
             chart
-                .draw_series(pts.enumerate().map(|(i, p)| {
-                    EmptyElement::at(p)
-                        + Circle::new((0, 0), 3, color.filled())
-                        + Text::new(text(i), (6, -14), ("sans-serif", 12))
+                .draw_series(s.points.iter().zip(&s.point_labels).map(|(&p, t)| {
+                    EmptyElement::at(p) + Text::new(t.clone(), (6, -14), ("sans-serif", 12))
                 }))
+                .map_err(|x| e(x.to_string()))?;
+            chart
+                .draw_series(pts.map(|p| Circle::new(p, 3, color.filled())))
                 .map_err(|x| e(x.to_string()))?
                 .label(s.name.clone())
                 .legend(move |(x, y)| {
