@@ -4,9 +4,9 @@
 
 use std::time::Instant;
 
-/// The same allocator as the `persona` binary (see src/main.rs).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+/// The same allocator, configured the same way, as the `persona` binary.
+#[path = "../src/alloc.rs"]
+mod alloc;
 
 use burn::tensor::Device;
 use persona_model::{
@@ -32,6 +32,7 @@ fn prompt(len: usize, salt: usize) -> Vec<u32> {
 }
 
 fn main() {
+    alloc::keep_freed_memory();
     let device = Device::flex();
     let t = Instant::now();
     let m = load(DEFAULT_MODEL, &device).expect("run `just fetch-model` first");

@@ -18,12 +18,8 @@ mod monitor;
 mod screen;
 mod vector_args;
 
-/// mimalloc instead of the system allocator: burn allocates a fresh buffer
-/// for every tensor op, and glibc hands large ones back to the kernel each
-/// time (page faults on every reuse). Measured with `just bench`: prefill
-/// about 15% faster.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+/// The global allocator (mimalloc, keeping freed memory for reuse).
+mod alloc;
 
 #[derive(Parser)]
 #[command(
@@ -229,6 +225,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    alloc::keep_freed_memory();
     // Like other Unix tools, stop quietly when a reader closes the pipe
     // (`persona vector info ... | head`) instead of panicking in `println!`.
     // SAFETY: restoring the default action of a signal before any thread
