@@ -158,6 +158,14 @@ pub struct Lora {
 }
 
 impl Lora {
+    /// Whether the adapters are being trained (tracked by autodiff).
+    pub fn is_tracked(&self) -> bool {
+        self.layers
+            .iter()
+            .flat_map(|l| l.values())
+            .any(|p| p.a.is_require_grad() || p.b.is_require_grad())
+    }
+
     /// PEFT-style initialisation: `A` Kaiming-uniform (bound `1/sqrt(d_in)`,
     /// PEFT's `kaiming_uniform_(a=sqrt(5))`), `B` zero, so a fresh adapter
     /// leaves the model unchanged.

@@ -584,3 +584,117 @@ mod lora {
         );
     }
 }
+
+/// Runs `f` on a rayon pool of two threads, where inference passes split
+/// into two row groups.
+fn on_two_threads<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap()
+        .install(f)
+}
+
+/// Four rows of different lengths (right-padded), with responses.
+fn mixed_batch() -> Batch {
+    let rows: Vec<Sequence> = (0..4u32)
+        .map(|r| {
+            let prompt: Vec<u32> = (0..12 + r).map(|i| (i * 5 + r * 11 + 1) % VOCAB).collect();
+            let response: Vec<u32> = (0..6 + 2 * r).map(|i| (i * 3 + r + 2) % VOCAB).collect();
+            seq(&prompt, &response)
+        })
+        .collect();
+    Batch::new(&rows, PadSide::Right, 0).unwrap()
+}
+
+#[test]
+fn inference_passes_split_into_row_groups_and_training_passes_do_not() {
+    let m = model();
+    let b = mixed_batch();
+    on_two_threads(|| {
+        assert_eq!(m.row_groups(&b, &ForwardArgs::plain()), vec![0..2, 2..4]);
+        let mut cache = KvCache::new();
+        assert_eq!(
+            m.row_groups(&b, &ForwardArgs::decode(&mut cache, &[]))
+                .len(),
+            1
+        );
+        // Too few tokens for two groups.
+        let small =
+            Batch::new(&[seq(&[1, 2, 3], &[]), seq(&[4, 5], &[])], PadSide::Left, 0).unwrap();
+        assert_eq!(m.row_groups(&small, &ForwardArgs::plain()).len(), 1);
+        // Scored logits with a group that has no response token.
+        let no_response = Batch::new(
+            &[
+                seq(&[1; 30], &[]),
+                seq(&[2; 30], &[]),
+                seq(&[3; 30], &[4, 5]),
+                seq(&[6; 30], &[7]),
+            ],
+            PadSide::Right,
+            0,
+        )
+        .unwrap();
+        let mut args = ForwardArgs::plain();
+        args.logits = Logits::Scored;
+        assert_eq!(m.row_groups(&no_response, &args).len(), 1);
+        assert_eq!(m.row_groups(&b, &args).len(), 2);
+    });
+}
+
+#[test]
+fn row_group_split_matches_the_whole_batch_pass() {
+    let m = model();
+    let b = mixed_batch();
+    let reductions = [
+        Reduction::ResponseMean,
+        Reduction::PromptMean,
+        Reduction::LastPrompt,
+        Reduction::Full,
+    ];
+    let req = CaptureRequest::new([0, 1, 2], &reductions);
+    let steer = [Steering::add(
+        1,
+        &[0.5; 32],
+        2.0,
+        Positions::All,
+        &test_device(),
+    )];
+    for logits in [Logits::All, Logits::Last, Logits::Scored, Logits::None] {
+        let args = || ForwardArgs {
+            cache: None,
+            steering: &steer,
+            capture: &req,
+            logits,
+            lora: None,
+            lora_dropout: None,
+        };
+        let whole = m.forward_rows(&b, args()).unwrap();
+        let split = on_two_threads(|| {
+            assert_eq!(m.row_groups(&b, &args()).len(), 2);
+            m.forward(&b, args()).unwrap()
+        });
+        match (whole.logits, split.logits) {
+            (Some(w), Some(s)) => {
+                assert_eq!(w.dims(), s.dims(), "{logits:?}");
+                assert!(max_diff(&host(w), &host(s)) < 1e-5, "{logits:?}");
+            }
+            (None, None) => assert_eq!(logits, Logits::None),
+            _ => panic!("{logits:?}: logits present in one pass only"),
+        }
+        assert_eq!(whole.counts, split.counts, "{logits:?}");
+        assert_eq!(whole.captured.len(), 9);
+        for (k, w) in whole.captured {
+            let s = &split.captured[&k];
+            assert_eq!(w.dims(), s.dims());
+            assert!(max_diff(&host2(w), &host2(s.clone())) < 1e-5, "{k:?}");
+        }
+        assert_eq!(whole.full.len(), 3);
+        for (k, w) in whole.full {
+            assert!(
+                max_diff(&host(w), &host(split.full[&k].clone())) < 1e-5,
+                "{k}"
+            );
+        }
+    }
+}

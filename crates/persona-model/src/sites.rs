@@ -104,6 +104,17 @@ impl Batch {
         &self.roles[b * self.seq_len..(b + 1) * self.seq_len]
     }
 
+    /// Rows `rows` of this batch (same `seq_len`, same padding).
+    pub fn rows(&self, rows: std::ops::Range<usize>) -> Batch {
+        let s_n = self.seq_len;
+        Batch {
+            ids: self.ids[rows.start * s_n..rows.end * s_n].to_vec(),
+            roles: self.roles[rows.start * s_n..rows.end * s_n].to_vec(),
+            n_rows: rows.len(),
+            seq_len: s_n,
+        }
+    }
+
     /// Index in row `b` of its last prompt token, if the row has one.
     pub fn last_prompt_index(&self, b: usize) -> Option<usize> {
         self.row_roles(b).iter().rposition(|r| *r == Role::Prompt)
