@@ -493,7 +493,7 @@ impl Model {
         batch: &Batch,
         args: &ForwardArgs<'_>,
     ) -> Vec<std::ops::Range<usize>> {
-        let whole = vec![0..batch.n_rows];
+        let whole: Vec<_> = std::iter::once(0..batch.n_rows).collect();
         if args.cache.is_some()
             || args.lora_dropout.is_some()
             || args.lora.is_some_and(Lora::is_tracked)
