@@ -142,11 +142,6 @@ impl ForwardOutput {
     }
 }
 
-/// Smallest row group (in tokens, padding included) [`Model::forward`]
-/// runs on its own thread: below this, a group's share of the weight reads
-/// (every group reads all the weights) outweighs the parallel gain.
-const MIN_GROUP_TOKENS: usize = 32;
-
 /// Copies a tensor's values to the host.
 pub fn host_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
     t.into_data()
@@ -474,54 +469,31 @@ impl Model {
         Ok(ForwardOutput::concat_rows(parts, args.logits))
     }
 
-    /// Row ranges to run concurrently, one per rayon thread; a single range
-    /// when the pass must or should run whole.
+    /// Row ranges to run concurrently ([`Batch::thread_groups`]); a single
+    /// range when the pass must run whole.
     ///
     /// Burn's CPU backend runs element-wise ops (norms, SiLU, RoPE, softmax)
     /// on one thread; only matmuls use both cores. Splitting an inference
     /// pass into row groups, one per thread, keeps every core busy through
-    /// the whole block: prefill 8 x 128 measured 460-570 -> 710-760
+    /// the whole block: prefill 8 x 128 measured 460-570 -> 660-760
     /// tokens/s on the 2-core machine. Each row's values are computed the
     /// same way (rows never interact), up to the summation order gemm
     /// chooses for a product's size (~1e-6). Not split: cached decoding (one
-    /// token per row: the weights would be read once per group), training
-    /// passes (tracked adapters or dropout: one autodiff graph), scored
-    /// logits when a group would hold no response token, and groups under
-    /// [`MIN_GROUP_TOKENS`] tokens.
+    /// token per row: the weights would be read once per group) and
+    /// training passes (tracked adapters or dropout: one autodiff graph; the
+    /// trainer splits its own micro-batches).
     pub(crate) fn row_groups(
         &self,
         batch: &Batch,
         args: &ForwardArgs<'_>,
     ) -> Vec<std::ops::Range<usize>> {
-        let whole: Vec<_> = std::iter::once(0..batch.n_rows).collect();
         if args.cache.is_some()
             || args.lora_dropout.is_some()
             || args.lora.is_some_and(Lora::is_tracked)
         {
-            return whole;
+            return std::iter::once(0..batch.n_rows).collect();
         }
-        let n = rayon::current_num_threads()
-            .min(batch.n_rows)
-            .min(batch.n_rows * batch.seq_len / MIN_GROUP_TOKENS);
-        if n < 2 {
-            return whole;
-        }
-        let groups: Vec<_> = (0..n)
-            .map(|g| g * batch.n_rows / n..(g + 1) * batch.n_rows / n)
-            .collect();
-        let scores = |r: &std::ops::Range<usize>| {
-            r.clone().any(|b| {
-                batch
-                    .row_roles(b)
-                    .iter()
-                    .skip(1)
-                    .any(|x| *x == Role::Response)
-            })
-        };
-        if args.logits == Logits::Scored && !groups.iter().all(scores) {
-            return whole;
-        }
-        groups
+        batch.thread_groups(args.logits == Logits::Scored)
     }
 
     /// [`Model::forward`] over all rows at once.

@@ -115,6 +115,31 @@ impl Batch {
         }
     }
 
+    /// Consecutive row ranges to process concurrently, one per rayon
+    /// thread, with rows shared out evenly; one range when the batch is too
+    /// small to split (groups under [`MIN_GROUP_TOKENS`] tokens), or when
+    /// `each_scores` and some group would hold no response token to score.
+    pub fn thread_groups(&self, each_scores: bool) -> Vec<std::ops::Range<usize>> {
+        let n = rayon::current_num_threads()
+            .min(self.n_rows)
+            .min(self.n_rows * self.seq_len / MIN_GROUP_TOKENS);
+        let groups: Vec<_> = (0..n.max(1))
+            .map(|g| g * self.n_rows / n.max(1)..(g + 1) * self.n_rows / n.max(1))
+            .collect();
+        let scores = |r: &std::ops::Range<usize>| {
+            r.clone().any(|b| {
+                self.row_roles(b)
+                    .iter()
+                    .skip(1)
+                    .any(|x| *x == Role::Response)
+            })
+        };
+        if groups.len() > 1 && each_scores && !groups.iter().all(scores) {
+            return std::iter::once(0..self.n_rows).collect();
+        }
+        groups
+    }
+
     /// Index in row `b` of its last prompt token, if the row has one.
     pub fn last_prompt_index(&self, b: usize) -> Option<usize> {
         self.row_roles(b).iter().rposition(|r| *r == Role::Prompt)
@@ -145,6 +170,12 @@ impl Batch {
         out
     }
 }
+
+/// Smallest row group (in tokens, padding included) that
+/// [`Batch::thread_groups`] gives its own thread: below this, a group's
+/// share of the weight reads (every group reads all the weights) outweighs
+/// the parallel gain.
+pub const MIN_GROUP_TOKENS: usize = 32;
 
 /// The token positions a steering applies to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

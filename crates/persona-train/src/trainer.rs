@@ -13,6 +13,7 @@ use persona_model::{
     Sequence, Steering, likelihood::scored_logprobs,
 };
 use persona_vectors::VectorFile;
+use rayon::prelude::*;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -84,8 +85,18 @@ fn masked_nll(logits: Tensor<3>, scored: &[(usize, u32)], denom: usize) -> Tenso
 /// Loss (mean NLL over the response tokens of all `batches`) and the summed
 /// gradient of every adapter tensor, in [`Lora::named_tensors`] order. The
 /// steering and the LoRA dropout apply here, in the training forward, and
-/// nowhere else; micro-batch `i` draws its dropout masks from
-/// `dropout.seed + i`.
+/// nowhere else.
+///
+/// Each micro-batch is cut into row groups, one per rayon thread
+/// ([`Batch::thread_groups`]), and the groups run forward and backward
+/// concurrently, each on its own autodiff graph: burn's CPU backend runs
+/// element-wise ops and their gradients on one thread, so one graph leaves
+/// a core idle most of the step. Every group's loss is divided by the token
+/// count of the whole step, so the summed gradients are the step's gradient;
+/// they are added in group order, so a run is reproducible (and `--resume`
+/// bit-identical) on a machine with the same thread count. Piece `j` (groups
+/// numbered across micro-batches) draws its dropout masks from
+/// `dropout.seed + j`.
 pub fn loss_and_grads(
     model: &persona_model::Model,
     lora: &Lora,
@@ -93,37 +104,49 @@ pub fn loss_and_grads(
     steering: &[Steering],
     dropout: Option<LoraDropout>,
 ) -> Result<(f64, Vec<Tensor<2>>)> {
-    let none = CaptureRequest::none();
-    let scored: Vec<Vec<(usize, u32)>> = batches.iter().map(Batch::scored_positions).collect();
+    let pieces: Vec<Batch> = batches
+        .iter()
+        .flat_map(|b| b.thread_groups(true).into_iter().map(|rows| b.rows(rows)))
+        .collect();
+    let scored: Vec<Vec<(usize, u32)>> = pieces.iter().map(Batch::scored_positions).collect();
     let denom: usize = scored.iter().map(Vec::len).sum();
-    let mut grads_sum: Option<Vec<Tensor<2>>> = None;
+    let none = CaptureRequest::none();
+    let results: Vec<(f64, Vec<Tensor<2>>)> = pieces
+        .par_iter()
+        .zip(&scored)
+        .enumerate()
+        .map(|(j, (batch, scored))| {
+            let out = model.forward(
+                batch,
+                ForwardArgs {
+                    cache: None,
+                    steering,
+                    capture: &none,
+                    logits: Logits::Scored,
+                    lora: Some(lora),
+                    lora_dropout: dropout.map(|d| LoraDropout {
+                        seed: d.seed.wrapping_add(j as u64),
+                        ..d
+                    }),
+                },
+            )?;
+            let loss = masked_nll(out.logits.expect("asked for logits"), scored, denom);
+            let grads = loss.backward();
+            let g: Vec<Tensor<2>> = lora
+                .named_tensors()
+                .into_iter()
+                .map(|(_, p)| {
+                    p.grad(&grads)
+                        .unwrap_or_else(|| p.clone().detach().zeros_like())
+                })
+                .collect();
+            Ok((loss.into_scalar::<f32>() as f64, g))
+        })
+        .collect::<Result<_>>()?;
     let mut loss_sum = 0.0;
-    for (i, (batch, scored)) in batches.iter().zip(&scored).enumerate() {
-        let out = model.forward(
-            batch,
-            ForwardArgs {
-                cache: None,
-                steering,
-                capture: &none,
-                logits: Logits::Scored,
-                lora: Some(lora),
-                lora_dropout: dropout.map(|d| LoraDropout {
-                    seed: d.seed.wrapping_add(i as u64),
-                    ..d
-                }),
-            },
-        )?;
-        let loss = masked_nll(out.logits.expect("asked for logits"), scored, denom);
-        let grads = loss.backward();
-        loss_sum += loss.into_scalar::<f32>() as f64;
-        let g: Vec<Tensor<2>> = lora
-            .named_tensors()
-            .into_iter()
-            .map(|(_, p)| {
-                p.grad(&grads)
-                    .unwrap_or_else(|| p.clone().detach().zeros_like())
-            })
-            .collect();
+    let mut grads_sum: Option<Vec<Tensor<2>>> = None;
+    for (loss, g) in results {
+        loss_sum += loss;
         grads_sum = Some(match grads_sum {
             None => g,
             Some(acc) => acc.into_iter().zip(g).map(|(a, b)| a + b).collect(),
@@ -530,4 +553,72 @@ fn write_provenance(
     let resolved = toml::to_string_pretty(recipe).map_err(|e| crate::error::io(run_dir, e))?;
     persona_model::load::write_atomic(&run_dir.join("recipe.toml"), resolved.as_bytes())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use persona_model::testing::{random_weights, test_device, tiny_config};
+    use persona_model::{Model, Scaling, Target};
+
+    fn on_threads<T: Send>(n: usize, f: impl FnOnce() -> T + Send) -> T {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build()
+            .unwrap()
+            .install(f)
+    }
+
+    fn host(t: Tensor<2>) -> Vec<f32> {
+        t.into_data().try_into_vec::<f32>().unwrap()
+    }
+
+    #[test]
+    fn row_groups_on_two_threads_give_the_whole_step_gradient() {
+        let device = test_device().autodiff();
+        let cfg = tiny_config();
+        let model = Model::from_weights(cfg.clone(), &random_weights(&cfg, 1), &device).unwrap();
+        let mut lora = Lora::init(&cfg, &Target::ALL, 4, 8.0, Scaling::Rslora, 3, &device).unwrap();
+        // Non-zero B, so the A matrices get gradients too.
+        for t in lora.tensors_mut() {
+            *t = t.clone().add_scalar(0.02).require_grad();
+        }
+        let batches: Vec<Batch> = (0..2u32)
+            .map(|m| {
+                let rows: Vec<Sequence> = (0..4u32)
+                    .map(|r| Sequence {
+                        prompt: (0..10 + r).map(|i| (i * 7 + r + m * 13) % 97).collect(),
+                        response: (0..4 + 2 * r).map(|i| (i * 5 + r + 1) % 97).collect(),
+                    })
+                    .collect();
+                Batch::new(&rows, PadSide::Right, 0).unwrap()
+            })
+            .collect();
+        let steering = [Steering::add(2, &[0.3; 32], 1.5, Positions::All, &device)];
+        let dropout = Some(LoraDropout { p: 0.0, seed: 5 });
+        let (loss1, grads1) = on_threads(1, || {
+            loss_and_grads(&model, &lora, &batches, &steering, dropout)
+        })
+        .unwrap();
+        let (loss2, grads2) = on_threads(2, || {
+            assert_eq!(batches[0].thread_groups(true), vec![0..2, 2..4]);
+            loss_and_grads(&model, &lora, &batches, &steering, dropout)
+        })
+        .unwrap();
+        assert!(
+            (loss1 - loss2).abs() < 1e-5 * loss1.abs(),
+            "{loss1} vs {loss2}"
+        );
+        assert_eq!(grads1.len(), grads2.len());
+        for (a, b) in grads1.into_iter().zip(grads2) {
+            let (a, b) = (host(a), host(b));
+            let scale = a.iter().fold(0f32, |m, x| m.max(x.abs()));
+            assert!(scale > 0.0, "an adapter got no gradient");
+            let diff = a
+                .iter()
+                .zip(&b)
+                .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+            assert!(diff <= 1e-4 * scale, "{diff} vs scale {scale}");
+        }
+    }
 }
