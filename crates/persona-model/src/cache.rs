@@ -36,6 +36,22 @@ impl KvCache {
             .map_or(0, |v| v.iter().filter(|x| **x).count())
     }
 
+    /// The caches of consecutive row groups, joined into one (rows in
+    /// order). All parts must hold the same number of positions.
+    pub(crate) fn concat_rows(parts: Vec<KvCache>) -> KvCache {
+        let n_layers = parts.first().map_or(0, |p| p.keys.len());
+        let join = |pick: fn(&KvCache) -> &Vec<Tensor<4>>| -> Vec<Tensor<4>> {
+            (0..n_layers)
+                .map(|l| Tensor::cat(parts.iter().map(|p| pick(p)[l].clone()).collect(), 0))
+                .collect()
+        };
+        KvCache {
+            keys: join(|p| &p.keys),
+            values: join(|p| &p.values),
+            valid: parts.iter().flat_map(|p| p.valid.iter().cloned()).collect(),
+        }
+    }
+
     /// Keeps only the rows in `keep` (in that order): finished rows leave the
     /// batch so later steps do no work for them.
     pub fn retain_rows(&mut self, keep: &[usize]) {

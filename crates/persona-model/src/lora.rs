@@ -31,7 +31,7 @@ pub struct LoraDropout {
     /// Probability of dropping an element, in `[0, 1)`.
     pub p: f64,
     /// Seed of this forward's masks (the trainer derives it from the run
-    /// seed, the step and the micro-batch).
+    /// seed, the step and the row group: see `persona_train::trainer::loss_and_grads`).
     pub seed: u64,
 }
 

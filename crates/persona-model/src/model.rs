@@ -450,23 +450,32 @@ impl Model {
         if groups.len() < 2 {
             return self.forward_rows(batch, args);
         }
+        // A fresh cache (the prompt pass of generation) is filled per group
+        // and joined.
+        let fills_cache = args.cache.is_some();
         let parts = groups
             .into_par_iter()
             .map(|rows| {
-                self.forward_rows(
+                let mut cache = fills_cache.then(KvCache::new);
+                let out = self.forward_rows(
                     &batch.rows(rows),
                     ForwardArgs {
-                        cache: None,
+                        cache: cache.as_mut(),
                         steering: args.steering,
                         capture: args.capture,
                         logits: args.logits,
                         lora: args.lora,
                         lora_dropout: None,
                     },
-                )
+                )?;
+                Ok((out, cache))
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(ForwardOutput::concat_rows(parts, args.logits))
+        let (outs, caches): (Vec<_>, Vec<_>) = parts.into_iter().unzip();
+        if let Some(cache) = args.cache {
+            *cache = KvCache::concat_rows(caches.into_iter().flatten().collect());
+        }
+        Ok(ForwardOutput::concat_rows(outs, args.logits))
     }
 
     /// Row ranges to run concurrently ([`Batch::thread_groups`]); a single
@@ -478,16 +487,17 @@ impl Model {
     /// the whole block: prefill 8 x 128 measured 460-570 -> 660-760
     /// tokens/s on the 2-core machine. Each row's values are computed the
     /// same way (rows never interact), up to the summation order gemm
-    /// chooses for a product's size (~1e-6). Not split: cached decoding (one
-    /// token per row: the weights would be read once per group) and
-    /// training passes (tracked adapters or dropout: one autodiff graph; the
-    /// trainer splits its own micro-batches).
+    /// chooses for a product's size (~1e-6). Not split: passes that continue
+    /// a cache (decoding one token per row: the weights would be read once
+    /// per group; a fresh cache is split and joined) and training passes
+    /// (tracked adapters or dropout: one autodiff graph; the trainer splits
+    /// its own micro-batches).
     pub(crate) fn row_groups(
         &self,
         batch: &Batch,
         args: &ForwardArgs<'_>,
     ) -> Vec<std::ops::Range<usize>> {
-        if args.cache.is_some()
+        if args.cache.as_ref().is_some_and(|c| !c.is_empty())
             || args.lora_dropout.is_some()
             || args.lora.is_some_and(Lora::is_tracked)
         {

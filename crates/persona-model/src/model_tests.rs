@@ -613,12 +613,11 @@ fn inference_passes_split_into_row_groups_and_training_passes_do_not() {
     let b = mixed_batch();
     on_two_threads(|| {
         assert_eq!(m.row_groups(&b, &ForwardArgs::plain()), vec![0..2, 2..4]);
-        let mut cache = KvCache::new();
-        assert_eq!(
-            m.row_groups(&b, &ForwardArgs::decode(&mut cache, &[]))
-                .len(),
-            1
-        );
+        // A fresh cache is filled per group (see the next tests); LoRA
+        // dropout marks a training pass.
+        let mut args = ForwardArgs::plain();
+        args.lora_dropout = Some(crate::LoraDropout { p: 0.1, seed: 1 });
+        assert_eq!(m.row_groups(&b, &args).len(), 1);
         // Too few tokens for two groups.
         let small =
             Batch::new(&[seq(&[1, 2, 3], &[]), seq(&[4, 5], &[])], PadSide::Left, 0).unwrap();
@@ -696,5 +695,58 @@ fn row_group_split_matches_the_whole_batch_pass() {
                 "{k}"
             );
         }
+    }
+}
+
+#[test]
+fn prompt_pass_filling_a_fresh_cache_splits_and_joins_the_cache() {
+    let m = model();
+    let rows: Vec<Sequence> = (0..4u32)
+        .map(|r| {
+            seq(
+                &(0..14 + 3 * r)
+                    .map(|i| (i * 7 + r) % VOCAB)
+                    .collect::<Vec<_>>(),
+                &[],
+            )
+        })
+        .collect();
+    let b = Batch::new(&rows, PadSide::Left, 0).unwrap();
+    let step = Batch {
+        ids: vec![3, 8, 13, 21],
+        roles: vec![Role::Response; 4],
+        n_rows: 4,
+        seq_len: 1,
+    };
+    let mut whole_cache = KvCache::new();
+    let prompt_whole = m
+        .forward_rows(&b, ForwardArgs::decode(&mut whole_cache, &[]))
+        .unwrap();
+    let step_whole = m
+        .forward_rows(&step, ForwardArgs::decode(&mut whole_cache, &[]))
+        .unwrap();
+    let mut cache = KvCache::new();
+    let (prompt_split, step_split) = on_two_threads(|| {
+        assert_eq!(
+            m.row_groups(&b, &ForwardArgs::decode(&mut KvCache::new(), &[]))
+                .len(),
+            2
+        );
+        let p = m.forward(&b, ForwardArgs::decode(&mut cache, &[])).unwrap();
+        // A cache that holds positions is continued whole.
+        assert_eq!(
+            m.row_groups(&step, &ForwardArgs::decode(&mut cache, &[]))
+                .len(),
+            1
+        );
+        let s = m
+            .forward(&step, ForwardArgs::decode(&mut cache, &[]))
+            .unwrap();
+        (p, s)
+    });
+    assert_eq!(cache.valid, whole_cache.valid);
+    for (w, s) in [(prompt_whole, prompt_split), (step_whole, step_split)] {
+        let (w, s) = (host(w.logits.unwrap()), host(s.logits.unwrap()));
+        assert!(max_diff(&w, &s) < 1e-5);
     }
 }

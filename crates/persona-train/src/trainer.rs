@@ -155,7 +155,7 @@ pub fn loss_and_grads(
     Ok((loss_sum, grads_sum.unwrap_or_default()))
 }
 
-/// The seed of step `step`'s LoRA dropout masks (micro-batches add their
+/// The seed of step `step`'s LoRA dropout masks (row groups add their
 /// index): a fixed mix of the run seed and the step.
 fn dropout_seed(run_seed: u64, step: usize) -> u64 {
     let mut h = Sha256::new();
