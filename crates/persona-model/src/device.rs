@@ -23,6 +23,13 @@ pub fn parse_device(name: &str) -> Result<Device> {
     }
 }
 
+/// Whether `device` is burn's CPU backend (`flex`), with or without
+/// autodiff: the CPU-only work sharing (row groups, column-split products)
+/// applies there only; a GPU runs a whole batch in one go.
+pub fn is_cpu(device: &Device) -> bool {
+    device.clone().without_autodiff() == Device::flex()
+}
+
 /// Tunes the gemm crate that burn's CPU backend multiplies matrices with.
 /// Called once by [`crate::Model::from_weights`]; process-wide; no effect
 /// on other devices.
@@ -44,4 +51,15 @@ pub fn tune_cpu_matmul() {
         gemm::set_lhs_packing_threshold_single_thread(1);
         gemm::set_lhs_packing_threshold_multi_thread(1);
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cpu_is_recognised_with_and_without_autodiff() {
+        assert!(is_cpu(&Device::flex()));
+        assert!(is_cpu(&Device::flex().autodiff()));
+    }
 }

@@ -173,7 +173,8 @@ const MIN_BLOCK_COLUMNS: usize = 288;
 /// threshold) on one thread, which reads the weights at about half the
 /// machine's memory bandwidth; decoding is bound by exactly that read.
 /// Each output column is computed by the same kernel either way, so the
-/// values do not change (see [`MIN_BLOCK_COLUMNS`]). Tracked (autodiff) inputs take the plain path.
+/// values do not change (see [`MIN_BLOCK_COLUMNS`]). Tracked (autodiff)
+/// inputs and other devices than the CPU take the plain path.
 ///
 /// # Shapes
 /// `x`: `[m, k]`, `w`: `[k, n]` (may be a view) -> `[m, n]`
@@ -181,7 +182,11 @@ fn matmul_few_rows(x: Tensor<2>, w: &Tensor<2>, blocks_per_thread: usize) -> Ten
     let [m, _] = x.dims();
     let [_, n] = w.dims();
     let blocks = column_blocks(m, n, blocks_per_thread);
-    if blocks < 2 || x.is_require_grad() || w.is_require_grad() {
+    if blocks < 2
+        || x.is_require_grad()
+        || w.is_require_grad()
+        || !crate::device::is_cpu(&x.device())
+    {
         return x.matmul(w.clone());
     }
     let width = n.div_ceil(blocks);
@@ -333,7 +338,9 @@ impl Model {
     /// Builds the model from HF-named weights; strict about keys and shapes.
     pub fn from_weights(config: ModelConfig, w: &WeightMap, device: &Device) -> Result<Self> {
         check_strict(&config, w)?;
-        crate::device::tune_cpu_matmul();
+        if crate::device::is_cpu(device) {
+            crate::device::tune_cpu_matmul();
+        }
         // Several HF projections fused into one linear map.
         let lin = |names: &[String]| Linear {
             weight: transposed_concat(
@@ -487,7 +494,8 @@ impl Model {
     /// the whole block: prefill 8 x 128 measured 460-570 -> 660-760
     /// tokens/s on the 2-core machine. Each row's values are computed the
     /// same way (rows never interact), up to the summation order gemm
-    /// chooses for a product's size (~1e-6). Not split: passes that continue
+    /// chooses for a product's size (~1e-6). Not split: passes on a GPU,
+    /// passes that continue
     /// a cache (decoding one token per row: the weights would be read once
     /// per group; a fresh cache is split and joined) and training passes
     /// (tracked adapters or dropout: one autodiff graph; the trainer splits
@@ -497,7 +505,8 @@ impl Model {
         batch: &Batch,
         args: &ForwardArgs<'_>,
     ) -> Vec<std::ops::Range<usize>> {
-        if args.cache.as_ref().is_some_and(|c| !c.is_empty())
+        if !crate::device::is_cpu(&self.device)
+            || args.cache.as_ref().is_some_and(|c| !c.is_empty())
             || args.lora_dropout.is_some()
             || args.lora.is_some_and(Lora::is_tracked)
         {

@@ -87,7 +87,7 @@ fn masked_nll(logits: Tensor<3>, scored: &[(usize, u32)], denom: usize) -> Tenso
 /// steering and the LoRA dropout apply here, in the training forward, and
 /// nowhere else.
 ///
-/// Each micro-batch is cut into row groups, one per rayon thread
+/// On the CPU, each micro-batch is cut into row groups, one per rayon thread
 /// ([`Batch::thread_groups`]), and the groups run forward and backward
 /// concurrently, each on its own autodiff graph: burn's CPU backend runs
 /// element-wise ops and their gradients on one thread, so one graph leaves
@@ -104,9 +104,17 @@ pub fn loss_and_grads(
     steering: &[Steering],
     dropout: Option<LoraDropout>,
 ) -> Result<(f64, Vec<Tensor<2>>)> {
+    let cpu = persona_model::device::is_cpu(model.device());
     let pieces: Vec<Batch> = batches
         .iter()
-        .flat_map(|b| b.thread_groups(true).into_iter().map(|rows| b.rows(rows)))
+        .flat_map(|b| {
+            let groups = if cpu {
+                b.thread_groups(true)
+            } else {
+                std::iter::once(0..b.n_rows).collect()
+            };
+            groups.into_iter().map(|rows| b.rows(rows))
+        })
         .collect();
     let scored: Vec<Vec<(usize, u32)>> = pieces.iter().map(Batch::scored_positions).collect();
     let denom: usize = scored.iter().map(Vec::len).sum();
