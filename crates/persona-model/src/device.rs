@@ -31,8 +31,8 @@ pub fn is_cpu(device: &Device) -> bool {
 }
 
 /// Tunes the gemm crate that burn's CPU backend multiplies matrices with.
-/// Called once by [`crate::Model::from_weights`]; process-wide; no effect
-/// on other devices.
+/// Called by [`crate::Model::from_weights`] for a CPU model (once per
+/// process; the setting is process-wide and only affects CPU matmuls).
 ///
 /// gemm reads the weight matrix in place, without repacking it, when the
 /// product has few rows (up to 8 x its 6-column kernel width on one thread,
@@ -42,9 +42,9 @@ pub fn is_cpu(device: &Device) -> bool {
 /// Repacking as soon as a product has more than one kernel width of rows
 /// (threshold 1) streams the weights instead. Measured on the 2-core
 /// machine, 30 layers' projections, weights not in cache: 16 rows 90 -> 50
-/// ms, 64 rows 180 -> 96 ms; 1024 rows unchanged (repacked already). The
-/// summation order of each output does not change, only how the weights are
-/// fetched.
+/// ms, 64 rows 180 -> 96 ms; 1024 rows unchanged (repacked already). Only
+/// how the weights are fetched changes, not the kernel (the reference
+/// numerics tests pass unchanged).
 pub fn tune_cpu_matmul() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {

@@ -122,9 +122,10 @@ impl Batch {
     pub fn thread_groups(&self, each_scores: bool) -> Vec<std::ops::Range<usize>> {
         let n = rayon::current_num_threads()
             .min(self.n_rows)
-            .min(self.n_rows * self.seq_len / MIN_GROUP_TOKENS);
-        let groups: Vec<_> = (0..n.max(1))
-            .map(|g| g * self.n_rows / n.max(1)..(g + 1) * self.n_rows / n.max(1))
+            .min(self.n_rows * self.seq_len / MIN_GROUP_TOKENS)
+            .max(1);
+        let groups: Vec<_> = (0..n)
+            .map(|g| g * self.n_rows / n..(g + 1) * self.n_rows / n)
             .collect();
         let scores = |r: &std::ops::Range<usize>| {
             r.clone().any(|b| {
