@@ -461,10 +461,10 @@ pub fn extract_generated(
     let loaded =
         persona_model::load(model, &device).with_context(|| format!("loading model `{model}`"))?;
     let out = out.unwrap_or_else(|| {
-        persona_model::persona_home()
-            .join("vectors")
-            .join(&loaded.identity.name)
-            .join(format!("{}-generated.safetensors", def.name))
+        persona_vectors::default_vector_path(
+            &loaded.identity.name,
+            &format!("{}-generated", def.name),
+        )
     });
     let work = out.with_extension("work");
     let judge = Judge::from_config(&JudgeConfig::load(&g.judge)?)?;

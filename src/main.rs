@@ -258,7 +258,6 @@ fn ensure_empty(out: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-/// Per-row norms of every variant of a vector file.
 /// `persona extract --source authored`: teacher-forced authored responses
 /// -> vector file (printed norms). Returns the file written.
 fn extract_authored(
@@ -272,12 +271,8 @@ fn extract_authored(
     let def = persona_vectors::TraitDef::load(trait_file)?;
     let loaded =
         persona_model::load(model, &device).with_context(|| format!("loading model `{model}`"))?;
-    let out = out.unwrap_or_else(|| {
-        persona_model::persona_home()
-            .join("vectors")
-            .join(&loaded.identity.name)
-            .join(format!("{}.safetensors", def.name))
-    });
+    let out = out
+        .unwrap_or_else(|| persona_vectors::default_vector_path(&loaded.identity.name, &def.name));
     let n: usize = def
         .responses
         .iter()
@@ -305,6 +300,7 @@ fn extract_authored(
     Ok(out)
 }
 
+/// Per-row norms of every variant of a vector file.
 fn print_norms(file: &VectorFile) {
     let d = file.meta.d_model;
     let names: Vec<&String> = file.variants.keys().collect();

@@ -505,14 +505,13 @@ impl Model {
         batch: &Batch,
         args: &ForwardArgs<'_>,
     ) -> Vec<std::ops::Range<usize>> {
-        if !crate::device::is_cpu(&self.device)
-            || args.cache.as_ref().is_some_and(|c| !c.is_empty())
+        if args.cache.as_ref().is_some_and(|c| !c.is_empty())
             || args.lora_dropout.is_some()
             || args.lora.is_some_and(Lora::is_tracked)
         {
             return std::iter::once(0..batch.n_rows).collect();
         }
-        batch.thread_groups(args.logits == Logits::Scored)
+        batch.thread_groups(&self.device, args.logits == Logits::Scored)
     }
 
     /// [`Model::forward`] over all rows at once.

@@ -8,7 +8,7 @@ use crate::model::{ForwardArgs, Logits, Model};
 use crate::sites::{
     Batch, CaptureRequest, PadSide, Positions, Reduction, Role, Sequence, Steering,
 };
-use crate::testing::{random_weights, test_device, tiny_config};
+use crate::testing::{on_threads, random_weights, test_device, tiny_config};
 
 fn model() -> Model {
     let cfg = tiny_config();
@@ -585,16 +585,6 @@ mod lora {
     }
 }
 
-/// Runs `f` on a rayon pool of two threads, where inference passes split
-/// into two row groups.
-fn on_two_threads<T: Send>(f: impl FnOnce() -> T + Send) -> T {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(2)
-        .build()
-        .unwrap()
-        .install(f)
-}
-
 /// Four rows of different lengths (right-padded), with responses.
 fn mixed_batch() -> Batch {
     let rows: Vec<Sequence> = (0..4u32)
@@ -611,7 +601,7 @@ fn mixed_batch() -> Batch {
 fn inference_passes_split_into_row_groups_and_training_passes_do_not() {
     let m = model();
     let b = mixed_batch();
-    on_two_threads(|| {
+    on_threads(2, || {
         assert_eq!(m.row_groups(&b, &ForwardArgs::plain()), vec![0..2, 2..4]);
         // A fresh cache is filled per group (see the next tests); LoRA
         // dropout marks a training pass.
@@ -669,7 +659,7 @@ fn row_group_split_matches_the_whole_batch_pass() {
             lora_dropout: None,
         };
         let whole = m.forward_rows(&b, args()).unwrap();
-        let split = on_two_threads(|| {
+        let split = on_threads(2, || {
             assert_eq!(m.row_groups(&b, &args()).len(), 2);
             m.forward(&b, args()).unwrap()
         });
@@ -726,7 +716,7 @@ fn prompt_pass_filling_a_fresh_cache_splits_and_joins_the_cache() {
         .forward_rows(&step, ForwardArgs::decode(&mut whole_cache, &[]))
         .unwrap();
     let mut cache = KvCache::new();
-    let (prompt_split, step_split) = on_two_threads(|| {
+    let (prompt_split, step_split) = on_threads(2, || {
         assert_eq!(
             m.row_groups(&b, &ForwardArgs::decode(&mut KvCache::new(), &[]))
                 .len(),

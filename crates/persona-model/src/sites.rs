@@ -116,10 +116,14 @@ impl Batch {
     }
 
     /// Consecutive row ranges to process concurrently, one per rayon
-    /// thread, with rows shared out evenly; one range when the batch is too
+    /// thread, with rows shared out evenly. One range when `device` is not
+    /// the CPU (a GPU runs the whole batch in one go), when the batch is too
     /// small to split (groups under [`MIN_GROUP_TOKENS`] tokens), or when
     /// `each_scores` and some group would hold no response token to score.
-    pub fn thread_groups(&self, each_scores: bool) -> Vec<std::ops::Range<usize>> {
+    pub fn thread_groups(&self, device: &Device, each_scores: bool) -> Vec<std::ops::Range<usize>> {
+        if !crate::device::is_cpu(device) {
+            return std::iter::once(0..self.n_rows).collect();
+        }
         let n = rayon::current_num_threads()
             .min(self.n_rows)
             .min(self.n_rows * self.seq_len / MIN_GROUP_TOKENS)

@@ -62,6 +62,16 @@ pub fn full_row_activations(
         .collect())
 }
 
+/// Runs `f` on a rayon pool of `n` threads (the work sharing of
+/// [`crate::Batch::thread_groups`] follows the pool's thread count).
+pub fn on_threads<T: Send>(n: usize, f: impl FnOnce() -> T + Send) -> T {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build()
+        .expect("a rayon pool")
+        .install(f)
+}
+
 /// The device unit tests run on: `PERSONA_TEST_DEVICE` (`cpu`, `cuda`,
 /// `wgpu`; default `cpu`), so the same tests can check a GPU build.
 pub fn test_device() -> Device {

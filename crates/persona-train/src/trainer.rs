@@ -104,16 +104,12 @@ pub fn loss_and_grads(
     steering: &[Steering],
     dropout: Option<LoraDropout>,
 ) -> Result<(f64, Vec<Tensor<2>>)> {
-    let cpu = persona_model::device::is_cpu(model.device());
     let pieces: Vec<Batch> = batches
         .iter()
         .flat_map(|b| {
-            let groups = if cpu {
-                b.thread_groups(true)
-            } else {
-                std::iter::once(0..b.n_rows).collect()
-            };
-            groups.into_iter().map(|rows| b.rows(rows))
+            b.thread_groups(model.device(), true)
+                .into_iter()
+                .map(|rows| b.rows(rows))
         })
         .collect();
     let scored: Vec<Vec<(usize, u32)>> = pieces.iter().map(Batch::scored_positions).collect();
@@ -566,16 +562,8 @@ fn write_provenance(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use persona_model::testing::{random_weights, test_device, tiny_config};
+    use persona_model::testing::{on_threads, random_weights, test_device, tiny_config};
     use persona_model::{Model, Scaling, Target};
-
-    fn on_threads<T: Send>(n: usize, f: impl FnOnce() -> T + Send) -> T {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build()
-            .unwrap()
-            .install(f)
-    }
 
     fn host(t: Tensor<2>) -> Vec<f32> {
         t.into_data().try_into_vec::<f32>().unwrap()
@@ -609,7 +597,7 @@ mod tests {
         })
         .unwrap();
         let (loss2, grads2) = on_threads(2, || {
-            assert_eq!(batches[0].thread_groups(true), vec![0..2, 2..4]);
+            assert_eq!(batches[0].thread_groups(&device, true), vec![0..2, 2..4]);
             loss_and_grads(&model, &lora, &batches, &steering, dropout)
         })
         .unwrap();
