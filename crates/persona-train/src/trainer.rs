@@ -82,6 +82,21 @@ fn masked_nll(logits: Tensor<3>, scored: &[(usize, u32)], denom: usize) -> Tenso
         .div_scalar(denom.max(1) as f64)
 }
 
+/// A copy of `lora` whose tensors are fresh autodiff leaves.
+///
+/// burn keeps one graph per set of connected nodes and holds that graph's
+/// lock for a whole backward pass. Row groups that shared the same adapter
+/// leaves would share one graph, so their backward passes (half of a step)
+/// would run one after the other; with their own leaves each group builds
+/// and walks its own graph.
+fn own_leaves(lora: &Lora) -> Lora {
+    let mut own = lora.clone();
+    for t in own.tensors_mut() {
+        *t = t.clone().detach().require_grad();
+    }
+    own
+}
+
 /// Loss (mean NLL over the response tokens of all `batches`) and the summed
 /// gradient of every adapter tensor, in [`Lora::named_tensors`] order. The
 /// steering and the LoRA dropout apply here, in the training forward, and
@@ -120,6 +135,7 @@ pub fn loss_and_grads(
         .zip(&scored)
         .enumerate()
         .map(|(j, (batch, scored))| {
+            let lora = own_leaves(lora);
             let out = model.forward(
                 batch,
                 ForwardArgs {
@@ -127,7 +143,7 @@ pub fn loss_and_grads(
                     steering,
                     capture: &none,
                     logits: Logits::Scored,
-                    lora: Some(lora),
+                    lora: Some(&lora),
                     lora_dropout: dropout.map(|d| LoraDropout {
                         seed: d.seed.wrapping_add(j as u64),
                         ..d
