@@ -103,7 +103,10 @@ impl ActivationOps<Flex> for Flex {
     }
 
     fn sigmoid(tensor: FloatTensor<Flex>) -> FloatTensor<Flex> {
-        unary_op(tensor, sigmoid_f32, sigmoid_f64)
+        match crate::ops::unary::map_f32_vectorized(tensor, rten_vecmath::Sigmoid {}) {
+            Ok(out) => out,
+            Err(tensor) => unary_op(tensor, sigmoid_f32, sigmoid_f64),
+        }
     }
 
     fn sigmoid_backward(output: FloatTensor<Flex>, grad: FloatTensor<Flex>) -> FloatTensor<Flex> {

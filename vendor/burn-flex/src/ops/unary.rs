@@ -163,7 +163,45 @@ where
 
 /// Exponential: e^x
 pub fn exp(tensor: FlexTensor) -> FlexTensor {
-    unary_op(tensor, |x| x.exp(), |x| x.exp())
+    match map_f32_vectorized(tensor, rten_vecmath::Exp {}) {
+        Ok(out) => out,
+        Err(tensor) => unary_op(tensor, |x| x.exp(), |x| x.exp()),
+    }
+}
+
+/// Applies a vectorised f32 kernel from rten-vecmath (persona's patch, see
+/// vendor/README.md: `f32::exp` is a scalar libm call, ~10x slower). Every
+/// f32 tensor goes through the kernel (a strided one is made contiguous
+/// first), so results never depend on the layout; other dtypes are handed
+/// back unchanged.
+pub(crate) fn map_f32_vectorized<Op: rten_simd::SimdUnaryOp<f32>>(
+    tensor: FlexTensor,
+    op: Op,
+) -> Result<FlexTensor, FlexTensor> {
+    use rten_vecmath::ExtendInit;
+    if tensor.dtype() != DType::F32 {
+        return Err(tensor);
+    }
+    let n = tensor.layout().num_elements();
+    let contiguous = tensor.layout().is_contiguous() && tensor.layout().start_offset() == 0;
+    let mut tensor = if contiguous {
+        tensor
+    } else {
+        tensor.into_contiguous()
+    };
+    if tensor.is_unique() {
+        let storage: &mut [f32] = tensor.storage_mut();
+        op.map_mut(&mut storage[..n]);
+        return Ok(tensor);
+    }
+    let src: &[f32] = tensor.storage();
+    let mut out: Vec<f32> = Vec::with_capacity(n);
+    out.extend_init(|uninit| op.map(&src[..n], &mut uninit[..n]));
+    Ok(FlexTensor::new(
+        Bytes::from_elems(out),
+        Layout::contiguous(tensor.layout().shape().clone()),
+        DType::F32,
+    ))
 }
 
 /// Natural logarithm: ln(x)
