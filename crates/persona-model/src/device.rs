@@ -62,4 +62,44 @@ mod tests {
         assert!(is_cpu(&Device::flex()));
         assert!(is_cpu(&Device::flex().autodiff()));
     }
+
+    /// The vendored burn-flex runs f32 `exp` and `sigmoid` through one
+    /// vectorised kernel whatever the layout (vendor/README.md): a strided
+    /// view must give the same bits as a contiguous copy, and the kernel
+    /// must agree with `f32::exp` to a few ulp.
+    #[test]
+    fn cpu_exp_and_sigmoid_match_libm_and_ignore_the_layout() {
+        use burn::tensor::activation::{sigmoid, silu};
+        use burn::tensor::{Distribution, Tensor};
+        let device = Device::flex();
+        let x = Tensor::<2>::random([37, 53], Distribution::Normal(0.0, 6.0), &device);
+        let strided = x.clone().transpose();
+        let contiguous = Tensor::<2>::from_data(strided.clone().into_data(), &device);
+        let bits = |t: Tensor<2>| -> Vec<u32> {
+            let v = t.into_data().try_into_vec::<f32>().unwrap();
+            v.iter().map(|f| f.to_bits()).collect()
+        };
+        let ops: [(&str, fn(Tensor<2>) -> Tensor<2>); 3] =
+            [("exp", |t| t.exp()), ("sigmoid", sigmoid), ("silu", silu)];
+        for (name, op) in ops {
+            assert_eq!(
+                bits(op(strided.clone())),
+                bits(op(contiguous.clone())),
+                "{name} depends on the layout"
+            );
+        }
+        let input = contiguous
+            .clone()
+            .into_data()
+            .try_into_vec::<f32>()
+            .unwrap();
+        let got = contiguous.exp().into_data().try_into_vec::<f32>().unwrap();
+        for (x, y) in input.iter().zip(&got) {
+            let want = x.exp();
+            assert!(
+                (y - want).abs() <= 4.0 * f32::EPSILON * want,
+                "exp({x}) = {y}, libm {want}"
+            );
+        }
+    }
 }
