@@ -79,7 +79,8 @@ mod tests {
             let v = t.into_data().try_into_vec::<f32>().unwrap();
             v.iter().map(|f| f.to_bits()).collect()
         };
-        let ops: [(&str, fn(Tensor<2>) -> Tensor<2>); 3] =
+        type Activation = fn(Tensor<2>) -> Tensor<2>;
+        let ops: [(&str, Activation); 3] =
             [("exp", |t| t.exp()), ("sigmoid", sigmoid), ("silu", silu)];
         for (name, op) in ops {
             assert_eq!(
