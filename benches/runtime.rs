@@ -129,10 +129,9 @@ fn train_bench() {
     let device = Device::flex().autodiff();
     let m = load(DEFAULT_MODEL, &device).expect("run `just fetch-model` first");
     let cfg = &m.model.config;
-    let mut lora = Lora::init(cfg, &Target::ALL, 16, 32.0, Scaling::Rslora, 0, &device).unwrap();
-    for t in lora.tensors_mut() {
-        *t = t.clone().require_grad();
-    }
+    let mut lora = Lora::init(cfg, &Target::ALL, 16, 32.0, Scaling::Rslora, 0, &device)
+        .unwrap()
+        .trainable();
     let mut moments: Vec<Moments> = lora
         .named_tensors()
         .into_iter()

@@ -75,10 +75,8 @@ mod tests {
         let x = Tensor::<2>::random([37, 53], Distribution::Normal(0.0, 6.0), &device);
         let strided = x.clone().transpose();
         let contiguous = Tensor::<2>::from_data(strided.clone().into_data(), &device);
-        let bits = |t: Tensor<2>| -> Vec<u32> {
-            let v = t.into_data().try_into_vec::<f32>().unwrap();
-            v.iter().map(|f| f.to_bits()).collect()
-        };
+        let host = |t: Tensor<2>| crate::host_vec(t).unwrap();
+        let bits = |t: Tensor<2>| -> Vec<u32> { host(t).iter().map(|f| f.to_bits()).collect() };
         type Activation = fn(Tensor<2>) -> Tensor<2>;
         let ops: [(&str, Activation); 3] =
             [("exp", |t| t.exp()), ("sigmoid", sigmoid), ("silu", silu)];
@@ -89,12 +87,8 @@ mod tests {
                 "{name} depends on the layout"
             );
         }
-        let input = contiguous
-            .clone()
-            .into_data()
-            .try_into_vec::<f32>()
-            .unwrap();
-        let got = contiguous.exp().into_data().try_into_vec::<f32>().unwrap();
+        let input = host(contiguous.clone());
+        let got = host(contiguous.exp());
         for (x, y) in input.iter().zip(&got) {
             let want = x.exp();
             assert!(

@@ -274,6 +274,26 @@ impl Lora {
         out
     }
 
+    /// A copy that records no autodiff graph (same values): for evaluation,
+    /// monitoring and saving.
+    pub fn detached(&self) -> Lora {
+        self.map_tensors(|t| t.detach())
+    }
+
+    /// A copy whose tensors are fresh autodiff leaves that collect
+    /// gradients, connected to no graph built so far.
+    pub fn trainable(&self) -> Lora {
+        self.map_tensors(|t| t.detach().require_grad())
+    }
+
+    fn map_tensors(&self, f: impl Fn(Tensor<2>) -> Tensor<2>) -> Lora {
+        let mut out = self.clone();
+        for t in out.tensors_mut() {
+            *t = f(t.clone());
+        }
+        out
+    }
+
     /// The adapted projections.
     pub fn targets(&self) -> Vec<Target> {
         self.layers

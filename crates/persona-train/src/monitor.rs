@@ -75,7 +75,7 @@ impl TraitMonitor {
     /// `shift_row = (mean_now - mean_base) . v̂_row` for the current adapters
     /// (steering off: monitoring always sees the unsteered model).
     pub fn shifts(&self, model: &Model, lora: &Lora) -> Result<Vec<f64>> {
-        let detached = detach(lora);
+        let detached = lora.detached();
         let now = self.means(model, Some(&detached))?;
         Ok(now
             .iter()
@@ -90,13 +90,4 @@ impl TraitMonitor {
             })
             .collect())
     }
-}
-
-/// A copy of the adapters that records no autodiff graph.
-pub fn detach(lora: &Lora) -> Lora {
-    let mut l = lora.clone();
-    for t in l.tensors_mut() {
-        *t = t.clone().detach();
-    }
-    l
 }

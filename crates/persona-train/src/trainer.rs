@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use crate::checkpoint::{self, TrainerState};
 use crate::data::{Dataset, epoch_batches, load_dataset};
 use crate::error::{Result, TrainError};
-use crate::monitor::{TraitMonitor, detach};
+use crate::monitor::TraitMonitor;
 use crate::optim::{AdamW, Moments, global_norm, lr_at};
 use crate::recipe::{Recipe, SteerMode};
 
@@ -82,21 +82,6 @@ fn masked_nll(logits: Tensor<3>, scored: &[(usize, u32)], denom: usize) -> Tenso
         .div_scalar(denom.max(1) as f64)
 }
 
-/// A copy of `lora` whose tensors are fresh autodiff leaves.
-///
-/// burn keeps one graph per set of connected nodes and holds that graph's
-/// lock for a whole backward pass. Row groups that shared the same adapter
-/// leaves would share one graph, so their backward passes (half of a step)
-/// would run one after the other; with their own leaves each group builds
-/// and walks its own graph.
-fn own_leaves(lora: &Lora) -> Lora {
-    let mut own = lora.clone();
-    for t in own.tensors_mut() {
-        *t = t.clone().detach().require_grad();
-    }
-    own
-}
-
 /// Loss (mean NLL over the response tokens of all `batches`) and the summed
 /// gradient of every adapter tensor, in [`Lora::named_tensors`] order. The
 /// steering and the LoRA dropout apply here, in the training forward, and
@@ -135,7 +120,11 @@ pub fn loss_and_grads(
         .zip(&scored)
         .enumerate()
         .map(|(j, (batch, scored))| {
-            let lora = own_leaves(lora);
+            // Each group gets its own adapter leaves: burn joins every node
+            // reachable from a shared leaf into one graph and holds that
+            // graph's lock for a whole backward pass, so groups sharing the
+            // leaves would run their backward passes one after the other.
+            let lora = lora.trainable();
             let out = model.forward(
                 batch,
                 ForwardArgs {
@@ -362,9 +351,7 @@ pub fn train(recipe_path: &Path, resume: bool, show_progress: bool) -> Result<Tr
         weight_decay: recipe.optim.weight_decay,
     };
     let mut last_loss = f64::NAN;
-    for t in lora.tensors_mut() {
-        *t = t.clone().require_grad();
-    }
+    lora = lora.trainable();
     while state.step < total_steps {
         let started = Instant::now();
         let step = state.step;
@@ -476,15 +463,15 @@ pub fn train(recipe_path: &Path, resume: bool, show_progress: bool) -> Result<Tr
         // The snapshot first: a saved checkpoint implies its snapshot exists.
         let every = recipe.run.snapshot_every;
         if every > 0 && state.step % every == 0 {
-            checkpoint::write_adapter(&snapshot_dir(&run_dir, state.step), &detach(&lora), meta)?;
+            checkpoint::write_adapter(&snapshot_dir(&run_dir, state.step), &lora.detached(), meta)?;
         }
         if state.step % recipe.run.save_every == 0 || state.step == total_steps {
-            let detached = detach(&lora);
+            let detached = lora.detached();
             checkpoint::save(&run_dir, &detached, &moments, &state, meta)?;
         }
     }
     bar.finish();
-    checkpoint::write_adapter(&run_dir.join("adapter"), &detach(&lora), meta)?;
+    checkpoint::write_adapter(&run_dir.join("adapter"), &lora.detached(), meta)?;
     Ok(TrainOutcome {
         run_dir,
         steps: state.step,
@@ -579,11 +566,7 @@ fn write_provenance(
 mod tests {
     use super::*;
     use persona_model::testing::{on_threads, random_weights, test_device, tiny_config};
-    use persona_model::{Model, Scaling, Target};
-
-    fn host(t: Tensor<2>) -> Vec<f32> {
-        t.into_data().try_into_vec::<f32>().unwrap()
-    }
+    use persona_model::{Model, Scaling, Target, host_vec};
 
     #[test]
     fn row_groups_on_two_threads_give_the_whole_step_gradient() {
@@ -623,7 +606,7 @@ mod tests {
         );
         assert_eq!(grads1.len(), grads2.len());
         for (a, b) in grads1.into_iter().zip(grads2) {
-            let (a, b) = (host(a), host(b));
+            let (a, b) = (host_vec(a).unwrap(), host_vec(b).unwrap());
             let scale = a.iter().fold(0f32, |m, x| m.max(x.abs()));
             assert!(scale > 0.0, "an adapter got no gradient");
             let diff = a
