@@ -103,6 +103,14 @@ fn main() {
             batch_size,
             steering: vec![],
         };
+        // Warm-up: a CPU model packs its weights for few-row products on the
+        // first decoding step (once per process, ~0.3 s; see
+        // persona-model's `packed` module). Not part of the decoding speed.
+        let warm_up = GenerateOptions {
+            max_new_tokens: 2,
+            ..opts.clone()
+        };
+        generate(&m.model, &prompts, &[], m.codec.pad_id, &warm_up, |_| {}).unwrap();
         // No stop ids: every row generates exactly 128 tokens.
         let t = Instant::now();
         let out = generate(&m.model, &prompts, &[], m.codec.pad_id, &opts, |_| {}).unwrap();

@@ -19,6 +19,7 @@ pub mod likelihood;
 pub mod load;
 pub mod lora;
 pub mod model;
+mod packed;
 pub mod quant;
 pub mod sites;
 pub mod testing;

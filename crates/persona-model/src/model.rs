@@ -3,6 +3,7 @@
 //! capture as arguments, and returns logits plus what was captured.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
 
 use burn::tensor::activation::silu;
 use burn::tensor::module::attention;
@@ -14,6 +15,7 @@ use crate::cache::KvCache;
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::lora::{Lora, LoraDropout, Target};
+use crate::packed::{PACKED_MAX_ROWS, PackedWeight};
 use crate::sites::{
     Batch, CaptureRequest, Reduction, Role, SteerOp, Steering, position_mask, reduction_weights,
 };
@@ -152,8 +154,50 @@ pub fn host_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
 /// A linear projection stored as `[d_in, d_out]` so the forward is `x @ W`.
 #[derive(Debug, Clone)]
 pub(crate) struct Linear {
-    pub weight: Tensor<2>,
+    pub weight: Weight,
     pub bias: Option<Tensor<1>>,
+}
+
+/// A frozen `[d_in, d_out]` weight. Products with few rows (decoding) on
+/// the CPU use a panel-packed copy, built on the first such product and
+/// shared by clones of the model (+4 bytes per parameter: 540 MB for
+/// SmolLM2); see [`crate::packed`]. All other products use burn's matmul.
+#[derive(Debug, Clone)]
+pub(crate) struct Weight {
+    pub tensor: Tensor<2>,
+    packed: Arc<OnceLock<Option<PackedWeight>>>,
+}
+
+impl Weight {
+    fn new(tensor: Tensor<2>) -> Self {
+        Self {
+            tensor,
+            packed: Arc::default(),
+        }
+    }
+
+    /// `x @ W`; `blocks_per_thread` as in [`matmul_few_rows`], for CPUs
+    /// without the packed kernel.
+    ///
+    /// # Shapes
+    /// `x`: `[m, d_in]` -> `[m, d_out]`
+    fn matmul(&self, x: Tensor<2>, blocks_per_thread: usize) -> Tensor<2> {
+        let [m, _] = x.dims();
+        // Not on an autodiff device: the packed product is computed on the
+        // host, outside burn's graph.
+        if m <= PACKED_MAX_ROWS
+            && !x.is_autodiff()
+            && crate::device::is_cpu(&x.device())
+            && let Some(y) = self
+                .packed
+                .get_or_init(|| PackedWeight::new(&self.tensor))
+                .as_ref()
+                .and_then(|p| p.matmul(&x))
+        {
+            return y;
+        }
+        matmul_few_rows(x, &self.tensor, blocks_per_thread)
+    }
 }
 
 /// Products with at most this many rows are split by output columns over
@@ -173,8 +217,8 @@ const MIN_BLOCK_COLUMNS: usize = 288;
 /// threshold) on one thread, which reads the weights at about half the
 /// machine's memory bandwidth; decoding is bound by exactly that read.
 /// Each output column is computed by the same kernel either way, so the
-/// values do not change (see [`MIN_BLOCK_COLUMNS`]). Tracked (autodiff)
-/// inputs and other devices than the CPU take the plain path.
+/// values do not change (see [`MIN_BLOCK_COLUMNS`]). Inputs on an autodiff
+/// device and other devices than the CPU take the plain path.
 ///
 /// # Shapes
 /// `x`: `[m, k]`, `w`: `[k, n]` (may be a view) -> `[m, n]`
@@ -182,10 +226,7 @@ fn matmul_few_rows(x: Tensor<2>, w: &Tensor<2>, blocks_per_thread: usize) -> Ten
     let [m, _] = x.dims();
     let [_, n] = w.dims();
     let blocks = column_blocks(m, n, blocks_per_thread);
-    if blocks < 2
-        || x.is_require_grad()
-        || w.is_require_grad()
-        || !crate::device::is_cpu(&x.device())
+    if blocks < 2 || x.is_autodiff() || !crate::device::is_cpu(&x.device())
     {
         return x.matmul(w.clone());
     }
@@ -216,7 +257,7 @@ impl Linear {
     /// # Shapes
     /// `x`: `[n, d_in]` -> `[n, d_out]`
     fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        let y = matmul_few_rows(x, &self.weight, 1);
+        let y = self.weight.matmul(x, 1);
         match &self.bias {
             Some(b) => y + b.clone().unsqueeze::<2>(),
             None => y,
@@ -296,7 +337,7 @@ pub struct Model {
     /// copy (113 MB for SmolLM2): gemm streams a contiguous `[d, vocab]`
     /// matrix faster than a transposed view of `[vocab, d]` (measured with 16
     /// rows: 10.1 vs 14.9 ms; 64 rows: 25 vs 34 ms).
-    lm_head: Tensor<2>,
+    lm_head: Weight,
     rope: Rope,
     device: Device,
 }
@@ -343,13 +384,13 @@ impl Model {
         }
         // Several HF projections fused into one linear map.
         let lin = |names: &[String]| Linear {
-            weight: transposed_concat(
+            weight: Weight::new(transposed_concat(
                 &names
                     .iter()
                     .map(|n| &w[&format!("{n}.weight")])
                     .collect::<Vec<_>>(),
                 device,
-            ),
+            )),
             bias: concat_bias(
                 &names
                     .iter()
@@ -379,14 +420,14 @@ impl Model {
                 }
             })
             .collect();
-        let lm_head = transposed_concat(
+        let lm_head = Weight::new(transposed_concat(
             &[&w[if config.tie_embeddings {
                 "model.embed_tokens.weight"
             } else {
                 "lm_head.weight"
             }]],
             device,
-        );
+        ));
         Ok(Self {
             rope: Rope::new(&config, device),
             embed_tokens: host_to_tensor(&w["model.embed_tokens.weight"], device),
@@ -791,7 +832,7 @@ impl Model {
     /// `h`: `[n, d_model]` -> `[n, vocab]`
     fn lm_head(&self, h: Tensor<2>) -> Tensor<2> {
         // The vocabulary is wide: two column blocks per thread balance better.
-        matmul_few_rows(self.final_norm(h), &self.lm_head, 2)
+        self.lm_head.matmul(self.final_norm(h), 2)
     }
 
     /// The LM head at the flat positions `idx` of `h` only.
