@@ -226,8 +226,7 @@ fn matmul_few_rows(x: Tensor<2>, w: &Tensor<2>, blocks_per_thread: usize) -> Ten
     let [m, _] = x.dims();
     let [_, n] = w.dims();
     let blocks = column_blocks(m, n, blocks_per_thread);
-    if blocks < 2 || x.is_autodiff() || !crate::device::is_cpu(&x.device())
-    {
+    if blocks < 2 || x.is_autodiff() || !crate::device::is_cpu(&x.device()) {
         return x.matmul(w.clone());
     }
     let width = n.div_ceil(blocks);
