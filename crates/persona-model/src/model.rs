@@ -11,7 +11,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use rayon::prelude::*;
 
-use crate::cache::KvCache;
+use crate::cache::{KvCache, append_positions};
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::lora::{Lora, LoraDropout, Target};
@@ -723,6 +723,11 @@ impl Model {
             Logits::None => args.capture.rows.iter().copied().max().unwrap_or(0),
             _ => cfg.n_layers,
         };
+        if cache.is_some() && last_needed_row != cfg.n_layers {
+            return Err(ModelError::Input(
+                "a forward with a KV cache must run every layer: ask for logits".into(),
+            ));
+        }
 
         let mut captured = BTreeMap::new();
         let mut full = BTreeMap::new();
@@ -735,18 +740,21 @@ impl Model {
         );
         // # (b*s, d)
         let mut h = self.embed_tokens.clone().select(0, ids);
+        // The cache's key/value tensors are moved out (not cloned), so each
+        // layer's `append_positions` can write in place; they go back below.
+        let mut past_keys = cache
+            .as_mut()
+            .map(|c| std::mem::take(&mut c.keys).into_iter());
+        let mut past_values = cache
+            .as_mut()
+            .map(|c| std::mem::take(&mut c.values).into_iter());
         let mut new_keys = Vec::new();
         let mut new_values = Vec::new();
         for row in 0..=last_needed_row {
             if row > 0 {
                 let layer = &self.layers[row - 1];
-                let (k_past, v_past) = match cache.as_ref() {
-                    Some(c) if !c.is_empty() => (
-                        Some(c.keys[row - 1].clone()),
-                        Some(c.values[row - 1].clone()),
-                    ),
-                    _ => (None, None),
-                };
+                let k_past = past_keys.as_mut().and_then(Iterator::next);
+                let v_past = past_values.as_mut().and_then(Iterator::next);
                 let (out, k, v) = self.block(
                     layer,
                     (row - 1, args.lora, args.lora_dropout.as_ref()),
@@ -755,8 +763,7 @@ impl Model {
                     &cos,
                     &sin,
                     &mask,
-                    k_past,
-                    v_past,
+                    (past, k_past, v_past),
                 );
                 h = out;
                 new_keys.push(k);
@@ -795,11 +802,6 @@ impl Model {
             }
         }
         if let Some(c) = cache.as_mut() {
-            if new_keys.len() != cfg.n_layers {
-                return Err(ModelError::Input(
-                    "a forward with a KV cache must run every layer: ask for logits".into(),
-                ));
-            }
             c.keys = new_keys;
             c.values = new_values;
             c.valid = key_valid;
@@ -844,12 +846,14 @@ impl Model {
         self.lm_head(h.select(0, idx))
     }
 
-    /// One pre-norm block. Returns the new residual and this chunk's
-    /// keys/values concatenated after the cached ones.
+    /// One pre-norm block. `cached` is the number of cached positions and
+    /// this layer's cached key/value tensors (none for an empty cache).
+    /// Returns the new residual and the key/value tensors with this
+    /// chunk's positions written after the cached ones.
     ///
     /// # Shapes
     /// `h`: `[b*s, d]`; `cos`/`sin`: `[b, 1, s, hd]`; `mask`: `[b, 1, rep*s, past+s]`;
-    /// cached k/v: `[b, kv_heads, past, hd]`.
+    /// cached k/v: `[b, kv_heads, capacity, hd]` (first `past` in use).
     #[allow(clippy::too_many_arguments)]
     fn block(
         &self,
@@ -860,8 +864,7 @@ impl Model {
         cos: &Tensor<4>,
         sin: &Tensor<4>,
         mask: &Tensor<4, Bool>,
-        k_past: Option<Tensor<4>>,
-        v_past: Option<Tensor<4>>,
+        (past, k_past, v_past): (usize, Option<Tensor<4>>, Option<Tensor<4>>),
     ) -> (Tensor<2>, Tensor<4>, Tensor<4>) {
         let cfg = &self.config;
         let (nh, nkv, hd) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
@@ -880,12 +883,9 @@ impl Model {
         let v = adapt(Target::V, &x, qkv.narrow(1, q_w + kv_w, kv_w));
         let heads = |t: Tensor<2>, n: usize| t.reshape([b_n, s_n, n, hd]).swap_dims(1, 2); // # (b, n, s, hd)
         let q = Rope::apply(heads(q, nh), cos.clone(), sin.clone());
-        let mut k = Rope::apply(heads(k, nkv), cos.clone(), sin.clone());
-        let mut v = heads(v, nkv);
-        if let (Some(kp), Some(vp)) = (k_past, v_past) {
-            k = Tensor::cat(vec![kp, k], 2);
-            v = Tensor::cat(vec![vp, v], 2);
-        }
+        let k = Rope::apply(heads(k, nkv), cos.clone(), sin.clone());
+        let (k_cache, k) = append_positions(k_past, past, k); // k: # (b, nkv, past+s, hd)
+        let (v_cache, v) = append_positions(v_past, past, heads(v, nkv));
         // Grouped-query attention without copying K/V: query heads are
         // ordered kv_head * rep + r, so the `rep` query heads that share a KV
         // head stack along the sequence axis. `mask` is laid out to match:
@@ -894,8 +894,8 @@ impl Model {
         let q = q.reshape([b_n, nkv, rep * s_n, hd]);
         let attn = attention(
             q,
-            k.clone(),
-            v.clone(),
+            k,
+            v,
             Some(mask.clone()),
             None,
             AttentionModuleOptions {
@@ -916,7 +916,7 @@ impl Model {
         let up = adapt(Target::Up, &x, gate_up.narrow(1, ff, ff));
         let act = silu(gate) * up;
         let mlp = adapt(Target::Down, &act, layer.down_proj.forward(act.clone()));
-        (h + mlp, k, v)
+        (h + mlp, k_cache, v_cache)
     }
 }
 

@@ -261,8 +261,10 @@ where
     }
 
     let query = query.to_contiguous();
-    let key = key.to_contiguous();
-    let value = value.to_contiguous();
+    // persona: keys/values are read in place when each [seq, dim] matrix is
+    // contiguous (a KV cache with spare capacity along the sequence axis).
+    let (key, k_place) = head_rows_in_place(key);
+    let (value, v_place) = head_rows_in_place(value);
 
     let q_shape = query.layout().shape();
     let k_shape = key.layout().shape();
@@ -333,10 +335,8 @@ where
     // 4D strides for contiguous layout
     let q_head_stride = seq_q * head_dim;
     let q_batch_stride = heads * q_head_stride;
-    let k_head_stride = seq_kv * head_dim;
-    let k_batch_stride = kv_heads * k_head_stride;
-    let v_head_stride = seq_kv * val_dim;
-    let v_batch_stride = kv_heads * v_head_stride;
+    let k_head_len = seq_kv * head_dim;
+    let v_head_len = seq_kv * val_dim;
     let o_head_stride = seq_q * val_dim;
     let mask_tile_len = seq_q * seq_kv;
 
@@ -364,15 +364,15 @@ where
         // Map query head `h` to its shared K/V head (GQA/MQA).
         let kv_h = h / q_per_kv;
         let q_off = b * q_batch_stride + h * q_head_stride;
-        let k_off = b * k_batch_stride + kv_h * k_head_stride;
-        let v_off = b * v_batch_stride + kv_h * v_head_stride;
+        let k_off = k_place.offset(b, kv_h);
+        let v_off = v_place.offset(b, kv_h);
         let mask_off = b * mask_batch_step + h * mask_head_step;
         let bias_off = b * bias_batch_step + h * bias_head_step;
 
         flash_attention_head(
             &q_data[q_off..q_off + q_head_stride],
-            &k_data[k_off..k_off + k_head_stride],
-            &v_data[v_off..v_off + v_head_stride],
+            &k_data[k_off..k_off + k_head_len],
+            &v_data[v_off..v_off + v_head_len],
             o_chunk,
             mask_data.map(|m| &m[mask_off..mask_off + mask_tile_len]),
             bias_data.map(|bd| &bd[bias_off..bias_off + mask_tile_len]),
@@ -754,8 +754,10 @@ where
     }
 
     let query = query.to_contiguous();
-    let key = key.to_contiguous();
-    let value = value.to_contiguous();
+    // persona: keys/values are read in place when each [seq, dim] matrix is
+    // contiguous (a KV cache with spare capacity along the sequence axis).
+    let (key, k_place) = head_rows_in_place(key);
+    let (value, v_place) = head_rows_in_place(value);
 
     let q_shape = query.layout().shape();
     let k_shape = key.layout().shape();
@@ -828,10 +830,8 @@ where
 
     let q_head_stride = seq_q * head_dim;
     let q_batch_stride = heads * q_head_stride;
-    let k_head_stride = seq_kv * head_dim;
-    let k_batch_stride = kv_heads * k_head_stride;
-    let v_head_stride = seq_kv * val_dim;
-    let v_batch_stride = kv_heads * v_head_stride;
+    let k_head_len = seq_kv * head_dim;
+    let v_head_len = seq_kv * val_dim;
     let o_head_stride = seq_q * val_dim;
     let mask_tile_len = seq_q * seq_kv;
 
@@ -859,15 +859,15 @@ where
         // Map query head `h` to its shared K/V head (GQA/MQA).
         let kv_h = h / q_per_kv;
         let q_off = b * q_batch_stride + h * q_head_stride;
-        let k_off = b * k_batch_stride + kv_h * k_head_stride;
-        let v_off = b * v_batch_stride + kv_h * v_head_stride;
+        let k_off = k_place.offset(b, kv_h);
+        let v_off = v_place.offset(b, kv_h);
         let mask_off = b * mask_batch_step + h * mask_head_step;
         let bias_off = b * bias_batch_step + h * bias_head_step;
 
         naive_attention_head(
             &q_data[q_off..q_off + q_head_stride],
-            &k_data[k_off..k_off + k_head_stride],
-            &v_data[v_off..v_off + v_head_stride],
+            &k_data[k_off..k_off + k_head_len],
+            &v_data[v_off..v_off + v_head_len],
             o_chunk,
             scores,
             &params,
@@ -907,6 +907,62 @@ where
         Layout::contiguous(shape),
         T::dtype(),
     )
+}
+
+/// Where each (batch, head) `[seq, dim]` matrix of a 4-D tensor starts in
+/// its storage.
+#[derive(Clone, Copy)]
+struct HeadPlacement {
+    start: usize,
+    batch_stride: usize,
+    head_stride: usize,
+}
+
+impl HeadPlacement {
+    fn offset(&self, b: usize, h: usize) -> usize {
+        self.start + b * self.batch_stride + h * self.head_stride
+    }
+}
+
+/// persona: `t` itself when every (batch, head) `[seq, dim]` matrix of its
+/// 4-D layout is contiguous (rows of `dim` back to back), whatever the
+/// batch and head strides; otherwise a contiguous copy. A KV cache that
+/// keeps spare capacity along the sequence axis is then read in place
+/// instead of being copied at every decoding step.
+fn head_rows_in_place(t: FlexTensor) -> (FlexTensor, HeadPlacement) {
+    let layout = t.layout();
+    let shape = layout.shape();
+    let strides = layout.strides();
+    if shape.num_dims() == 4
+        && strides[3] == 1
+        && (strides[2] == shape[3] as isize || shape[2] <= 1)
+        && strides[0] >= 0
+        && strides[1] >= 0
+    {
+        let place = HeadPlacement {
+            start: layout.start_offset(),
+            batch_stride: strides[0] as usize,
+            head_stride: strides[1] as usize,
+        };
+        return (t, place);
+    }
+    let t = t.to_contiguous();
+    let shape = t.layout().shape();
+    let head_stride = if shape.num_dims() == 4 {
+        shape[2] * shape[3]
+    } else {
+        0
+    };
+    let place = HeadPlacement {
+        start: 0,
+        batch_stride: if shape.num_dims() == 4 {
+            shape[1] * head_stride
+        } else {
+            0
+        },
+        head_stride,
+    };
+    (t, place)
 }
 
 /// Process a single (batch, head) pair with naive (non-tiled) attention.
