@@ -78,6 +78,14 @@ impl KvCache {
             .map_or(0, |v| v.iter().filter(|x| **x).count())
     }
 
+    /// Moves each layer's (keys, values) out, leaving no layers: a forward
+    /// writes the new positions into them in place and puts them back.
+    pub(crate) fn take_layers(&mut self) -> impl Iterator<Item = (Tensor<4>, Tensor<4>)> + use<> {
+        std::mem::take(&mut self.keys)
+            .into_iter()
+            .zip(std::mem::take(&mut self.values))
+    }
+
     /// The caches of consecutive row groups, joined into one (rows in
     /// order). All parts must hold the same number of positions (and the
     /// same capacity: fresh caches of one padded batch do).
@@ -127,7 +135,7 @@ mod tests {
     use crate::testing::test_device;
 
     fn host(t: Tensor<4>) -> Vec<f32> {
-        t.into_data().try_into_vec::<f32>().unwrap()
+        crate::host_vec(t).unwrap()
     }
 
     /// Appending chunk by chunk gives exactly the concatenation of the

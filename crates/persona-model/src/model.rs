@@ -164,7 +164,7 @@ pub(crate) struct Linear {
 /// SmolLM2); see [`crate::packed`]. All other products use burn's matmul.
 #[derive(Debug, Clone)]
 pub(crate) struct Weight {
-    pub tensor: Tensor<2>,
+    tensor: Tensor<2>,
     packed: Arc<OnceLock<Option<PackedWeight>>>,
 }
 
@@ -742,19 +742,13 @@ impl Model {
         let mut h = self.embed_tokens.clone().select(0, ids);
         // The cache's key/value tensors are moved out (not cloned), so each
         // layer's `append_positions` can write in place; they go back below.
-        let mut past_keys = cache
-            .as_mut()
-            .map(|c| std::mem::take(&mut c.keys).into_iter());
-        let mut past_values = cache
-            .as_mut()
-            .map(|c| std::mem::take(&mut c.values).into_iter());
+        let mut past_layers = cache.as_mut().map(|c| c.take_layers());
         let mut new_keys = Vec::new();
         let mut new_values = Vec::new();
         for row in 0..=last_needed_row {
             if row > 0 {
                 let layer = &self.layers[row - 1];
-                let k_past = past_keys.as_mut().and_then(Iterator::next);
-                let v_past = past_values.as_mut().and_then(Iterator::next);
+                let cached = past_layers.as_mut().and_then(Iterator::next);
                 let (out, k, v) = self.block(
                     layer,
                     (row - 1, args.lora, args.lora_dropout.as_ref()),
@@ -763,7 +757,7 @@ impl Model {
                     &cos,
                     &sin,
                     &mask,
-                    (past, k_past, v_past),
+                    (past, cached),
                 );
                 h = out;
                 new_keys.push(k);
@@ -846,7 +840,7 @@ impl Model {
         self.lm_head(h.select(0, idx))
     }
 
-    /// One pre-norm block. `cached` is the number of cached positions and
+    /// One pre-norm block. `cached`: the number of cached positions and
     /// this layer's cached key/value tensors (none for an empty cache).
     /// Returns the new residual and the key/value tensors with this
     /// chunk's positions written after the cached ones.
@@ -864,7 +858,7 @@ impl Model {
         cos: &Tensor<4>,
         sin: &Tensor<4>,
         mask: &Tensor<4, Bool>,
-        (past, k_past, v_past): (usize, Option<Tensor<4>>, Option<Tensor<4>>),
+        (past, cached): (usize, Option<(Tensor<4>, Tensor<4>)>),
     ) -> (Tensor<2>, Tensor<4>, Tensor<4>) {
         let cfg = &self.config;
         let (nh, nkv, hd) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
@@ -884,6 +878,7 @@ impl Model {
         let heads = |t: Tensor<2>, n: usize| t.reshape([b_n, s_n, n, hd]).swap_dims(1, 2); // # (b, n, s, hd)
         let q = Rope::apply(heads(q, nh), cos.clone(), sin.clone());
         let k = Rope::apply(heads(k, nkv), cos.clone(), sin.clone());
+        let (k_past, v_past) = cached.unzip();
         let (k_cache, k) = append_positions(k_past, past, k); // k: # (b, nkv, past+s, hd)
         let (v_cache, v) = append_positions(v_past, past, heads(v, nkv));
         // Grouped-query attention without copying K/V: query heads are

@@ -930,37 +930,31 @@ impl HeadPlacement {
 /// keeps spare capacity along the sequence axis is then read in place
 /// instead of being copied at every decoding step.
 fn head_rows_in_place(t: FlexTensor) -> (FlexTensor, HeadPlacement) {
-    let layout = t.layout();
-    let shape = layout.shape();
-    let strides = layout.strides();
-    if shape.num_dims() == 4
-        && strides[3] == 1
-        && (strides[2] == shape[3] as isize || shape[2] <= 1)
-        && strides[0] >= 0
-        && strides[1] >= 0
-    {
-        let place = HeadPlacement {
-            start: layout.start_offset(),
-            batch_stride: strides[0] as usize,
-            head_stride: strides[1] as usize,
-        };
-        return (t, place);
-    }
-    let t = t.to_contiguous();
-    let shape = t.layout().shape();
-    let head_stride = if shape.num_dims() == 4 {
-        shape[2] * shape[3]
-    } else {
-        0
+    let rows_contiguous = |t: &FlexTensor| {
+        let (shape, strides) = (t.layout().shape(), t.layout().strides());
+        shape.num_dims() == 4
+            && strides[3] == 1
+            && (strides[2] == shape[3] as isize || shape[2] <= 1)
+            && strides[0] >= 0
+            && strides[1] >= 0
     };
-    let place = HeadPlacement {
-        start: 0,
-        batch_stride: if shape.num_dims() == 4 {
-            shape[1] * head_stride
-        } else {
-            0
+    let t = if rows_contiguous(&t) {
+        t
+    } else {
+        t.to_contiguous()
+    };
+    let place = match *t.layout().strides() {
+        [batch_stride, head_stride, _, _] => HeadPlacement {
+            start: t.layout().start_offset(),
+            batch_stride: batch_stride as usize,
+            head_stride: head_stride as usize,
         },
-        head_stride,
+        // Not 4-D: the callers' shape assertions reject it.
+        _ => HeadPlacement {
+            start: 0,
+            batch_stride: 0,
+            head_stride: 0,
+        },
     };
     (t, place)
 }
