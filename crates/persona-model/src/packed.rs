@@ -2,38 +2,55 @@
 //!
 //! A decoding step multiplies a few rows (one per sequence) by every weight
 //! matrix, so it is bound by reading the weights from memory. gemm, under
-//! burn's CPU backend, copies ("packs") each `[k, n]` weight into panels of
-//! 64 output columns on every call before its AVX-512 kernel runs: the
-//! weights are read, written and read again, every step. [`PackedWeight`]
-//! keeps that panel layout from the start (built once, on the first
-//! few-row product) and calls the same gemm kernel on it directly, so a
-//! step streams each weight once. Measured on the 2-core machine, 30
-//! layers' projections, 16 rows: ~50 -> ~40 ms; 1 row: ~35 -> ~22 ms.
+//! burn's CPU backend, copies ("packs") each `[k, n]` weight into panels on
+//! every call before its kernel runs, so the weights are read, written and
+//! read again every step; and its kernel covers at most 6 rows, so a batch
+//! of 16 passes over each panel three times. [`PackedWeight`] keeps the
+//! weight in panels of 16 columns from the start (built once, on the first
+//! few-row product), and its own AVX-512 kernel multiplies up to 16 rows in
+//! one pass over each panel, prefetching the stream ahead of the loads so
+//! that reading memory overlaps the arithmetic.
 //!
-//! Each output value is one kernel accumulation over the whole `k` in a
-//! fixed order, so it does not depend on the number of rows, on which rows
-//! are in the batch or on the thread count. It can differ from burn's
-//! matmul in the last bits (gemm splits `k` in two halves there).
+//! Measured on the 2-core machine, the projections of 30 layers (425 MB),
+//! best of 10: 16 rows 31-37 ms with gemm's kernel on pre-packed panels
+//! (~50 ms with gemm repacking) -> 23-26 ms; 1 row ~17-19 -> ~16-18 ms.
 //!
-//! Only on x86-64 CPUs with AVX-512 (checked at run time); elsewhere
+//! Each output value is one fused multiply-add chain over `k` in order
+//! `0..k`, so it does not depend on the number of rows, on which rows are
+//! in the batch or on the thread count. It can differ from burn's matmul in
+//! the last bits (gemm splits `k` differently).
+//!
+//! Only on x86-64 CPUs with AVX-512F (checked at run time); elsewhere
 //! [`PackedWeight::new`] returns `None` and callers use burn's matmul.
 
 use burn::tensor::{Tensor, TensorData};
 
 /// Products with at most this many rows use the packed weights; larger
 /// ones (prefill, training) are faster in gemm, which then reuses each
-/// packed panel for many rows. Measured: 32 rows 66 -> 46 ms, 64 rows even.
+/// packed panel for many rows. Measured (gemm's kernel on pre-packed
+/// panels): 32 rows 66 -> 46 ms, 64 rows even.
 pub(crate) const PACKED_MAX_ROWS: usize = 32;
 
-/// Output columns per panel: gemm's AVX-512 f32 kernel height (4 x 16 lanes).
-const PANEL: usize = 64;
+/// Output columns per panel: one AVX-512 register of f32.
+const PANEL: usize = 16;
 
-/// A `[k, n]` weight as `ceil(n / 64)` panels, each `[k, 64]` row-major
-/// (the last one zero-padded): the layout gemm's kernel reads.
+/// Rows of `x` one kernel call multiplies (one accumulator register each);
+/// more rows are done in groups of this many.
+const MAX_GROUP_ROWS: usize = 16;
+
+/// One `k` step of a panel: 16 weights, cache-line aligned so that every
+/// kernel load reads exactly one line.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([f32; PANEL]);
+
+/// A `[k, n]` weight as `ceil(n / 16)` panels of `k` [`Line`]s each,
+/// `panels[p * k + l][j] = w[l, 16 p + j]` (the last panel zero-padded):
+/// each panel is one contiguous stream.
 pub(crate) struct PackedWeight {
     k: usize,
     n: usize,
-    panels: Vec<f32>,
+    panels: Vec<Line>,
 }
 
 impl std::fmt::Debug for PackedWeight {
@@ -43,7 +60,7 @@ impl std::fmt::Debug for PackedWeight {
 }
 
 impl PackedWeight {
-    /// Packs `w` (`[k, n]`, f32). `None` when this CPU has no AVX-512 or
+    /// Packs `w` (`[k, n]`, f32). `None` when this CPU has no AVX-512F or
     /// `w` is not f32.
     pub(crate) fn new(w: &Tensor<2>) -> Option<Self> {
         if !kernel::available() {
@@ -55,11 +72,13 @@ impl PackedWeight {
         // One thread on purpose: this runs inside a `OnceLock` initialiser
         // (see `model::Weight`), where a rayon job could steal work that
         // waits on the same lock. Packing all of SmolLM2 takes ~0.3 s, once.
-        let mut panels = vec![0f32; n.div_ceil(PANEL) * k * PANEL];
-        for (p, panel) in panels.chunks_exact_mut(k * PANEL).enumerate() {
-            let cols = PANEL.min(n - p * PANEL);
-            for (row, dst) in panel.chunks_exact_mut(PANEL).enumerate() {
-                dst[..cols].copy_from_slice(&w[row * n + p * PANEL..][..cols]);
+        let mut panels = vec![Line([0.0; PANEL]); n.div_ceil(PANEL) * k];
+        if k > 0 {
+            for (p, panel) in panels.chunks_exact_mut(k).enumerate() {
+                let cols = PANEL.min(n - p * PANEL);
+                for (row, line) in panel.iter_mut().enumerate() {
+                    line.0[..cols].copy_from_slice(&w[row * n + p * PANEL..][..cols]);
+                }
             }
         }
         Some(Self { k, n, panels })
@@ -78,8 +97,14 @@ impl PackedWeight {
         let data = x.clone().into_data();
         let x_host = data.as_slice::<f32>().ok()?;
         let mut out = vec![0f32; m * self.n];
-        if m > 0 {
-            self.run(x_host, m, &mut out);
+        for (group, out) in x_host
+            .chunks(MAX_GROUP_ROWS * k.max(1))
+            .zip(out.chunks_mut(MAX_GROUP_ROWS * self.n))
+        {
+            if k == 0 || self.n == 0 {
+                break; // nothing to sum, or nothing to write
+            }
+            self.run_group(group, out);
         }
         Some(Tensor::from_data(
             TensorData::new(out, [m, self.n]),
@@ -87,45 +112,47 @@ impl PackedWeight {
         ))
     }
 
-    /// Splits the panels into one contiguous range per rayon thread (each
-    /// thread streams its part of the weight) and runs the kernel on each
-    /// panel for every group of up to `kernel::COLS` rows.
-    fn run(&self, x: &[f32], m: usize, out: &mut [f32]) {
+    /// `out = x @ w` for one group of `rows <= 16` rows (`x`: `[rows, k]`,
+    /// `out`: `[rows, n]`). The panels are split into one contiguous range
+    /// per rayon thread, so each thread streams its part of the weight.
+    fn run_group(&self, x: &[f32], out: &mut [f32]) {
         use rayon::prelude::*;
         let (k, n) = (self.k, self.n);
+        let rows = x.len() / k;
+        // `x` transposed, `[k, rows]`: the values one `k` step broadcasts
+        // lie next to each other.
+        let mut xt = vec![0f32; k * rows];
+        for (r, x_row) in x.chunks_exact(k).enumerate() {
+            for (l, &v) in x_row.iter().enumerate() {
+                xt[l * rows + r] = v;
+            }
+        }
         let n_panels = n.div_ceil(PANEL);
         let per_thread = n_panels.div_ceil(rayon::current_num_threads().max(1));
-        // Every (panel, row group) writes a disjoint block of `out`.
+        // Every panel range writes a disjoint set of columns of `out`.
         let out = SharedOut(out.as_mut_ptr());
         (0..n_panels.div_ceil(per_thread))
             .into_par_iter()
             .for_each(|chunk| {
                 let out = &out;
-                let end = ((chunk + 1) * per_thread).min(n_panels);
-                for p in chunk * per_thread..end {
-                    let panel = &self.panels[p * k * PANEL..][..k * PANEL];
-                    let cols = PANEL.min(n - p * PANEL);
-                    let mut row = 0;
-                    while row < m {
-                        let rows = kernel::COLS.min(m - row);
-                        // SAFETY: `kernel::available()` held when `self` was
-                        // built; `panel` holds `k` rows of PANEL floats, `x`
-                        // holds `m` rows of `k`, and the destination block
-                        // (rows `row..row + rows`, columns of panel `p`)
-                        // lies inside `out` and is written by this call only.
-                        unsafe {
-                            kernel::run(
-                                cols,
-                                rows,
-                                k,
-                                panel.as_ptr(),
-                                x.as_ptr().add(row * k),
-                                out.0.add(row * n + p * PANEL),
-                                n,
-                            );
-                        }
-                        row += rows;
-                    }
+                let first = chunk * per_thread;
+                let last = ((chunk + 1) * per_thread).min(n_panels);
+                // SAFETY: `kernel::available()` held when `self` was built;
+                // panels `first..last` lie inside `self.panels`, `xt` holds
+                // `k * rows` floats, `1 <= rows <= 16`, and the columns
+                // `16 * first .. min(16 * last, n)` of the `rows` rows of
+                // `out` are written by this call only.
+                unsafe {
+                    kernel::panels(
+                        k,
+                        rows,
+                        self.panels.as_ptr().add(first * k).cast(),
+                        last - first,
+                        (n - first * PANEL).min((last - first) * PANEL),
+                        xt.as_ptr(),
+                        out.0.add(first * PANEL),
+                        n,
+                    )
                 }
             });
     }
@@ -133,78 +160,170 @@ impl PackedWeight {
 
 /// The output pointer, shared by the threads that write disjoint blocks.
 struct SharedOut(*mut f32);
-// SAFETY: see `PackedWeight::run`: each block is written by one thread only.
+// SAFETY: see `PackedWeight::run_group`: each block is written by one
+// thread only.
 unsafe impl Sync for SharedOut {}
 
 #[cfg(target_arch = "x86_64")]
 mod kernel {
-    use gemm_f32::microkernel::avx512f::f32::{MR_DIV_N, NR, UKR};
+    use std::arch::x86_64::{
+        _MM_HINT_T0, _mm_prefetch, _mm512_fmadd_ps, _mm512_load_ps, _mm512_mask_storeu_ps,
+        _mm512_set1_ps, _mm512_setzero_ps,
+    };
 
-    /// Rows of `x` (kernel columns) per kernel call.
-    pub(super) const COLS: usize = NR;
+    use super::PANEL;
+
+    /// How far ahead of its loads the kernel prefetches a panel, in lines
+    /// (64 lines = 4 KiB). Measured, 16 rows: none 39 ms, 16 lines 28-32,
+    /// 32-128 lines 23-28; 1 row: no difference.
+    const PREFETCH_LINES: usize = 64;
 
     pub(super) fn available() -> bool {
-        MR_DIV_N * 16 == super::PANEL && std::is_x86_feature_detected!("avx512f")
+        std::is_x86_feature_detected!("avx512f")
     }
 
-    /// `out[i, j] = sum_l x[i, l] * panel[l, j]` for `i < rows`, `j < cols`,
-    /// with `out` row stride `ld_out`. gemm's kernel computes
-    /// `dst = lhs @ rhs` column-major; here `lhs` is the panel
-    /// (`[cols, k]`, column stride 64), `rhs` is `x` transposed (`[k, rows]`,
-    /// row stride 1, column stride `k`) and `dst` is `out` transposed.
+    /// `out[r, c] = sum_l xt[l, r] * w[l, c]` for `r < rows` and the `cols`
+    /// columns of `n_panels` consecutive panels starting at `panels` (each
+    /// `k` lines of 16 floats); `out` has row stride `ld_out`.
     ///
     /// # Safety
-    /// AVX-512F must be available; `panel` must hold `k * 64` floats, `x`
-    /// `rows * k`, and `out` must be valid for the block written.
-    pub(super) unsafe fn run(
-        cols: usize,
-        rows: usize,
+    /// AVX-512F must be available; `panels` must hold `n_panels * k` lines,
+    /// 64-byte aligned; `xt` must hold `k * rows` floats; `1 <= rows <= 16`;
+    /// `cols <= 16 * n_panels`; `out` must be valid for `rows` rows of
+    /// `cols` floats at stride `ld_out`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn panels(
         k: usize,
-        panel: *const f32,
-        x: *const f32,
+        rows: usize,
+        panels: *const f32,
+        n_panels: usize,
+        cols: usize,
+        xt: *const f32,
         out: *mut f32,
         ld_out: usize,
     ) {
-        let ukr = UKR[MR_DIV_N - 1][rows - 1];
-        // alpha_status 0: `dst = beta * acc`, dst is not read.
-        unsafe {
-            ukr(
-                cols,
-                rows,
-                k,
-                out,
-                panel,
-                x,
-                ld_out as isize,
-                1,
-                super::PANEL as isize,
-                1,
-                k as isize,
-                0.0,
-                1.0,
-                0,
-                false,
-                false,
-                false,
-                panel,
-            )
+        macro_rules! dispatch {
+            ($($rows:literal => $group:literal),*) => {
+                match rows {
+                    $($rows => unsafe {
+                        panels_for::<$rows, $group>(k, panels, n_panels, cols, xt, out, ld_out)
+                    },)*
+                    _ => unreachable!("row groups have 1..=16 rows"),
+                }
+            };
+        }
+        // Panels per kernel call: as many as keep rows x panels
+        // accumulators (plus the loaded lines) inside the 32 registers.
+        dispatch!(1 => 4, 2 => 4, 3 => 4, 4 => 4, 5 => 4, 6 => 4,
+                  7 => 3, 8 => 3, 9 => 2, 10 => 2, 11 => 2, 12 => 2,
+                  13 => 1, 14 => 1, 15 => 1, 16 => 1)
+    }
+
+    /// [`panels`] with `ROWS` rows, `GROUP` panels per kernel call.
+    ///
+    /// # Safety
+    /// As [`panels`], with `rows == ROWS`.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn panels_for<const ROWS: usize, const GROUP: usize>(
+        k: usize,
+        panels: *const f32,
+        n_panels: usize,
+        cols: usize,
+        xt: *const f32,
+        out: *mut f32,
+        ld_out: usize,
+    ) {
+        let stride = k * PANEL;
+        let mut p = 0;
+        while p < n_panels {
+            let group = GROUP.min(n_panels - p);
+            let group_cols = cols - p * PANEL;
+            // SAFETY: panels `p..p + group` are in range, and so are their
+            // output columns (`group_cols` of them, at most 16 per panel).
+            unsafe {
+                let w = panels.add(p * stride);
+                let o = out.add(p * PANEL);
+                if group == GROUP {
+                    kernel::<ROWS, GROUP>(k, w, stride, xt, o, ld_out, group_cols);
+                } else {
+                    for q in 0..group {
+                        let c = group_cols - q * PANEL;
+                        kernel::<ROWS, 1>(
+                            k,
+                            w.add(q * stride),
+                            stride,
+                            xt,
+                            o.add(q * PANEL),
+                            ld_out,
+                            c,
+                        );
+                    }
+                }
+            }
+            p += group;
+        }
+    }
+
+    /// One pass over `GROUP` panels (`stride` floats apart): `ROWS x GROUP`
+    /// accumulators, each a fused multiply-add chain over `l = 0..k`.
+    /// Writes the first `cols` (of `16 * GROUP`) columns.
+    ///
+    /// # Safety
+    /// As [`panels`].
+    #[target_feature(enable = "avx512f")]
+    unsafe fn kernel<const ROWS: usize, const GROUP: usize>(
+        k: usize,
+        w: *const f32,
+        stride: usize,
+        xt: *const f32,
+        out: *mut f32,
+        ld_out: usize,
+        cols: usize,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); GROUP]; ROWS];
+        for l in 0..k {
+            let mut line = [_mm512_setzero_ps(); GROUP];
+            for (q, line) in line.iter_mut().enumerate() {
+                let at = w.wrapping_add(q * stride + l * PANEL);
+                // A prefetch never faults, so reading past the end (the
+                // last panel's final lines) is harmless; `wrapping_add`
+                // keeps the address arithmetic defined.
+                _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(PREFETCH_LINES * PANEL).cast());
+                // SAFETY: line `l` of panel `q` is in range and aligned.
+                *line = unsafe { _mm512_load_ps(at) };
+            }
+            for (r, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: `xt` holds `k * ROWS` floats.
+                let x = _mm512_set1_ps(unsafe { *xt.add(l * ROWS + r) });
+                for (acc, &line) in acc.iter_mut().zip(&line) {
+                    *acc = _mm512_fmadd_ps(x, line, *acc);
+                }
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            for (q, &acc) in acc.iter().enumerate() {
+                let c = cols.saturating_sub(q * PANEL).min(PANEL);
+                let mask = ((1u32 << c) - 1) as u16;
+                // SAFETY: row `r`, columns `16 q .. 16 q + c` are in `out`.
+                unsafe { _mm512_mask_storeu_ps(out.add(r * ld_out + q * PANEL), mask, acc) };
+            }
         }
     }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
 mod kernel {
-    pub(super) const COLS: usize = 1;
-
     pub(super) fn available() -> bool {
         false
     }
 
-    pub(super) unsafe fn run(
-        _: usize,
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn panels(
         _: usize,
         _: usize,
         _: *const f32,
+        _: usize,
+        _: usize,
         _: *const f32,
         _: *mut f32,
         _: usize,
@@ -225,31 +344,40 @@ mod tests {
     }
 
     /// Agrees with burn's matmul, for widths that are and are not a
-    /// multiple of the panel width; each row's result is the same bits
-    /// whatever other rows share the product.
+    /// multiple of the panel width and for panel counts that do and do not
+    /// fill the kernel's panel groups; each row's result is the same bits
+    /// whatever other rows share the product (1 to 21 rows: one and two
+    /// row groups, every kernel shape) and whatever the thread count.
     #[test]
     fn packed_products_match_matmul_and_do_not_depend_on_the_batch() {
         let dev = test_device();
-        for (k, n) in [(96, 128), (70, 200), (33, 7)] {
+        for (k, n) in [(96, 128), (70, 200), (33, 7), (17, 16 * 7 + 3)] {
             let w = Tensor::<2>::random([k, n], Distribution::Normal(0.0, 1.0), &dev);
             let Some(packed) = PackedWeight::new(&w) else {
                 eprintln!("no AVX-512 on this CPU: packed products not tested");
                 return;
             };
-            let x = Tensor::<2>::random([13, k], Distribution::Normal(0.0, 1.0), &dev);
+            let x = Tensor::<2>::random([21, k], Distribution::Normal(0.0, 1.0), &dev);
             let got = host(packed.matmul(&x).unwrap());
             let want = host(x.clone().matmul(w.clone()));
             for (g, w) in got.iter().zip(&want) {
                 assert!((g - w).abs() <= 1e-4 * (1.0 + w.abs()), "{g} vs {w}");
             }
-            for row in [0, 6, 12] {
-                let alone = host(packed.matmul(&x.clone().narrow(0, row, 1)).unwrap());
+            for rows in 1..=20 {
+                let first = 20 - rows;
+                let part = host(packed.matmul(&x.clone().narrow(0, first, rows)).unwrap());
                 assert_eq!(
-                    alone,
-                    got[row * n..(row + 1) * n],
-                    "row {row}, k {k}, n {n}"
+                    part,
+                    got[first * n..21 * n - n],
+                    "rows {first}..20, k {k}, n {n}"
                 );
             }
+            let one_thread = rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .build()
+                .unwrap()
+                .install(|| host(packed.matmul(&x).unwrap()));
+            assert_eq!(one_thread, got, "1 thread, k {k}, n {n}");
         }
     }
 
