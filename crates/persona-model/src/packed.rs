@@ -34,6 +34,11 @@ pub(crate) const PACKED_MAX_ROWS: usize = 32;
 /// Output columns per panel: one AVX-512 register of f32.
 const PANEL: usize = 16;
 
+/// Panel ranges per rayon thread in one product (see
+/// [`PackedWeight::run_group`]), each at least [`MIN_RANGE_PANELS`] panels.
+const RANGES_PER_THREAD: usize = 4;
+const MIN_RANGE_PANELS: usize = 4;
+
 /// Rows of `x` one kernel call multiplies (one accumulator register each);
 /// more rows are done in groups of this many.
 const MAX_GROUP_ROWS: usize = 16;
@@ -113,8 +118,10 @@ impl PackedWeight {
     }
 
     /// `out = x @ w` for one group of `rows <= 16` rows (`x`: `[rows, k]`,
-    /// `out`: `[rows, n]`). The panels are split into one contiguous range
-    /// per rayon thread, so each thread streams its part of the weight.
+    /// `out`: `[rows, n]`). The panels are split into a few contiguous
+    /// ranges per rayon thread ([`RANGES_PER_THREAD`]): each range is one
+    /// stream, and a thread that starts late (waking up takes tens of
+    /// microseconds) leaves more of the ranges to the others.
     fn run_group(&self, x: &[f32], out: &mut [f32]) {
         use rayon::prelude::*;
         let (k, n) = (self.k, self.n);
@@ -128,15 +135,16 @@ impl PackedWeight {
             }
         }
         let n_panels = n.div_ceil(PANEL);
-        let per_thread = n_panels.div_ceil(rayon::current_num_threads().max(1));
+        let ranges = rayon::current_num_threads().max(1) * RANGES_PER_THREAD;
+        let per_range = n_panels.div_ceil(ranges).max(MIN_RANGE_PANELS);
         // Every panel range writes a disjoint set of columns of `out`.
         let out = SharedOut(out.as_mut_ptr());
-        (0..n_panels.div_ceil(per_thread))
+        (0..n_panels.div_ceil(per_range))
             .into_par_iter()
-            .for_each(|chunk| {
+            .for_each(|range| {
                 let out = &out;
-                let first = chunk * per_thread;
-                let last = ((chunk + 1) * per_thread).min(n_panels);
+                let first = range * per_range;
+                let last = ((range + 1) * per_range).min(n_panels);
                 // SAFETY: `kernel::available()` held when `self` was built;
                 // panels `first..last` lie inside `self.panels`, `xt` holds
                 // `k * rows` floats, `1 <= rows <= 16`, and the columns
