@@ -17,6 +17,9 @@ pub struct KvCache {
     pub(crate) keys: Vec<Tensor<4>>,
     pub(crate) values: Vec<Tensor<4>>,
     pub(crate) valid: Vec<Vec<bool>>,
+    /// Positions to make room for when the tensors are first made (see
+    /// [`KvCache::with_capacity`]).
+    pub(crate) reserve: usize,
 }
 
 /// Positions a full cache tensor grows by, rounded up: the cache is
@@ -27,7 +30,8 @@ const GROWTH: usize = 64;
 /// Writes this chunk's keys (or values) after the `past` positions in use
 /// in `buffer`, growing it when it has no room, and returns the buffer and
 /// a view of its first `past + s` positions (what attention reads).
-/// Without a buffer (an empty cache) the chunk itself becomes the buffer.
+/// Without a buffer (an empty cache) a new one gets room for `reserve`
+/// positions, or is the chunk itself when that is no more than the chunk.
 ///
 /// On the CPU the write is in place when the caller holds the only handle
 /// to the buffer's storage (burn-flex's `slice_assign` copies otherwise).
@@ -38,13 +42,16 @@ const GROWTH: usize = 64;
 pub(crate) fn append_positions(
     buffer: Option<Tensor<4>>,
     past: usize,
+    reserve: usize,
     new: Tensor<4>,
 ) -> (Tensor<4>, Tensor<4>) {
-    let Some(buffer) = buffer else {
-        return (new.clone(), new);
-    };
     let [b, h, s, d] = new.dims();
     let used = past + s;
+    let buffer = match buffer {
+        Some(buffer) => buffer,
+        None if reserve > used => Tensor::zeros([b, h, reserve, d], &new.device()),
+        None => return (new.clone(), new),
+    };
     let buffer = if used > buffer.dims()[2] {
         let capacity = used.div_ceil(GROWTH) * GROWTH;
         let spare = Tensor::zeros([b, h, capacity - past, d], &new.device());
@@ -60,6 +67,17 @@ pub(crate) fn append_positions(
 impl KvCache {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty cache whose tensors get room for `positions` positions
+    /// (prompt and generated tokens, padding included) when first made, so
+    /// that decoding up to that length never copies the cache into a
+    /// longer tensor. Without it they grow by 64 positions at a time.
+    pub fn with_capacity(positions: usize) -> Self {
+        Self {
+            reserve: positions,
+            ..Self::default()
+        }
     }
 
     /// Number of cached positions (padding included).
@@ -91,6 +109,7 @@ impl KvCache {
     /// same capacity: fresh caches of one padded batch do).
     pub(crate) fn concat_rows(parts: Vec<KvCache>) -> KvCache {
         let n_layers = parts.first().map_or(0, |p| p.keys.len());
+        let reserve = parts.first().map_or(0, |p| p.reserve);
         let join = |pick: fn(&KvCache) -> &Vec<Tensor<4>>| -> Vec<Tensor<4>> {
             (0..n_layers)
                 .map(|l| Tensor::cat(parts.iter().map(|p| pick(p)[l].clone()).collect(), 0))
@@ -100,6 +119,7 @@ impl KvCache {
             keys: join(|p| &p.keys),
             values: join(|p| &p.values),
             valid: parts.iter().flat_map(|p| p.valid.iter().cloned()).collect(),
+            reserve,
         }
     }
 
@@ -129,7 +149,7 @@ impl KvCache {
 mod tests {
     use burn::tensor::module::attention;
     use burn::tensor::ops::AttentionModuleOptions;
-    use burn::tensor::{Distribution, Tensor};
+    use burn::tensor::{Bool, Distribution, Tensor};
 
     use super::{GROWTH, append_positions};
     use crate::testing::test_device;
@@ -151,7 +171,7 @@ mod tests {
         let mut past = 0;
         for (i, chunk) in chunks.iter().enumerate() {
             let s = chunk.dims()[2];
-            let (grown, view) = append_positions(buffer.take(), past, chunk.clone());
+            let (grown, view) = append_positions(buffer.take(), past, 0, chunk.clone());
             past += s;
             assert_eq!(view.dims(), [2, 3, past, 4]);
             let capacity = grown.dims()[2];
@@ -159,6 +179,29 @@ mod tests {
             if i > 0 {
                 assert!(capacity % GROWTH == 0 && capacity - past < GROWTH);
             }
+            let want = Tensor::cat(chunks[..=i].to_vec(), 2);
+            assert_eq!(host(view), host(want), "after chunk {i}");
+            buffer = Some(grown);
+        }
+    }
+
+    /// With room reserved, the first chunk is copied into a tensor of that
+    /// many positions and later chunks are written into it: it never grows
+    /// while they fit, and grows as usual after.
+    #[test]
+    fn reserved_positions_are_filled_without_growing() {
+        let dev = test_device();
+        let chunks: Vec<Tensor<4>> = [7, 1, 1, 3, 2]
+            .iter()
+            .map(|&s| Tensor::random([2, 3, s, 4], Distribution::Default, &dev))
+            .collect();
+        let mut buffer = None;
+        let mut past = 0;
+        for (i, chunk) in chunks.iter().enumerate() {
+            let (grown, view) = append_positions(buffer.take(), past, 13, chunk.clone());
+            past += chunk.dims()[2];
+            let want_capacity = if past <= 13 { 13 } else { GROWTH };
+            assert_eq!(grown.dims()[2], want_capacity, "after chunk {i}");
             let want = Tensor::cat(chunks[..=i].to_vec(), 2);
             assert_eq!(host(view), host(want), "after chunk {i}");
             buffer = Some(grown);
@@ -198,6 +241,90 @@ mod tests {
                 run(keys_copy, values_copy),
                 "{s_q} x {s_kv}"
             );
+        }
+    }
+
+    /// Grouped-query attention with a padding mask and the causal offset,
+    /// against a direct f64 computation, for 1-5 query rows: up to 4 rows
+    /// per head the vendored burn-flex computes both products itself
+    /// (decoding), 5 rows go through gemm; head widths that are and are not
+    /// a multiple of 16 lanes.
+    #[test]
+    fn few_row_attention_matches_a_direct_computation() {
+        let dev = test_device();
+        let (b, heads, kv_heads) = (2, 6, 2);
+        for d in [64, 40, 8] {
+            for s_kv in [1, 13, 37] {
+                for s_q in 1..=5.min(s_kv) {
+                    let q = Tensor::<4>::random([b, heads, s_q, d], Distribution::Default, &dev);
+                    let k =
+                        Tensor::<4>::random([b, kv_heads, s_kv, d], Distribution::Default, &dev);
+                    let v =
+                        Tensor::<4>::random([b, kv_heads, s_kv, d], Distribution::Default, &dev);
+                    // Batch row 1 is left-padded: its first 2 keys are masked.
+                    let masked = |bi: usize, j: usize| bi == 1 && j < 2 && s_kv > 2;
+                    let mask: Vec<bool> = (0..b * s_q * s_kv)
+                        .map(|i| masked(i / (s_q * s_kv), i % s_kv))
+                        .collect();
+                    let mask = Tensor::<1, Bool>::from_data(mask.as_slice(), &dev)
+                        .reshape([b, 1, s_q, s_kv])
+                        .expand([b, heads, s_q, s_kv]);
+                    let got = host(attention(
+                        q.clone(),
+                        k.clone(),
+                        v.clone(),
+                        Some(mask),
+                        None,
+                        AttentionModuleOptions {
+                            scale: None,
+                            softcap: None,
+                            is_causal: true,
+                        },
+                    ));
+                    let (q, k, v) = (host(q), host(k), host(v));
+                    for (bi, h, i) in (0..b).flat_map(|bi| {
+                        (0..heads).flat_map(move |h| (0..s_q).map(move |i| (bi, h, i)))
+                    }) {
+                        let kh = h / (heads / kv_heads);
+                        let q_row = &q[((bi * heads + h) * s_q + i) * d..][..d];
+                        let row = |t: &[f32], j: usize| -> Vec<f64> {
+                            t[((bi * kv_heads + kh) * s_kv + j) * d..][..d]
+                                .iter()
+                                .map(|&x| x as f64)
+                                .collect()
+                        };
+                        let visible: Vec<usize> = (0..s_kv)
+                            .filter(|&j| !masked(bi, j) && j + s_q <= i + s_kv)
+                            .collect();
+                        let scores: Vec<f64> = visible
+                            .iter()
+                            .map(|&j| {
+                                let dot: f64 = q_row
+                                    .iter()
+                                    .zip(row(&k, j))
+                                    .map(|(&a, b)| a as f64 * b)
+                                    .sum();
+                                dot / (d as f64).sqrt()
+                            })
+                            .collect();
+                        let max = scores.iter().cloned().fold(f64::MIN, f64::max);
+                        let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                        let total: f64 = weights.iter().sum();
+                        let out = &got[((bi * heads + h) * s_q + i) * d..][..d];
+                        for (c, &o) in out.iter().enumerate() {
+                            let want: f64 = visible
+                                .iter()
+                                .zip(&weights)
+                                .map(|(&j, w)| w / total * row(&v, j)[c])
+                                .sum();
+                            assert!(
+                                (o as f64 - want).abs() < 1e-5,
+                                "d {d}, {s_q} x {s_kv}, batch {bi} head {h} row {i}: {o} vs {want}"
+                            );
+                        }
+                    }
+                }
+            }
         }
     }
 }

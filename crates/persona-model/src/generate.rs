@@ -148,7 +148,10 @@ pub fn generate(
             };
             chunk.len()
         ];
-        let mut cache = KvCache::new();
+        // Room for the longest prompt and every new token: decoding never
+        // copies the cache into a longer tensor.
+        let longest = chunk.iter().map(|&i| prompts[i].len()).max().unwrap_or(0);
+        let mut cache = KvCache::with_capacity(longest + opts.max_new_tokens);
         let mut batch = Batch::new(&rows, PadSide::Left, pad_id)?;
         // Positions in `chunk` of the rows still generating, in cache order.
         let mut active: Vec<usize> = (0..chunk.len()).collect();

@@ -499,11 +499,14 @@ impl Model {
         }
         // A fresh cache (the prompt pass of generation) is filled per group
         // and joined.
-        let fills_cache = args.cache.is_some();
+        let fresh_cache = args
+            .cache
+            .as_ref()
+            .map(|c| KvCache::with_capacity(c.reserve));
         let parts = groups
             .into_par_iter()
             .map(|rows| {
-                let mut cache = fills_cache.then(KvCache::new);
+                let mut cache = fresh_cache.clone();
                 let out = self.forward_rows(
                     &batch.rows(rows),
                     ForwardArgs {
@@ -742,6 +745,7 @@ impl Model {
         let mut h = self.embed_tokens.clone().select(0, ids);
         // The cache's key/value tensors are moved out (not cloned), so each
         // layer's `append_positions` can write in place; they go back below.
+        let reserve = cache.as_ref().map_or(0, |c| c.reserve);
         let mut past_layers = cache.as_mut().map(|c| c.take_layers());
         let mut new_keys = Vec::new();
         let mut new_values = Vec::new();
@@ -757,7 +761,7 @@ impl Model {
                     &cos,
                     &sin,
                     &mask,
-                    (past, cached),
+                    (past, reserve, cached),
                 );
                 h = out;
                 new_keys.push(k);
@@ -858,7 +862,7 @@ impl Model {
         cos: &Tensor<4>,
         sin: &Tensor<4>,
         mask: &Tensor<4, Bool>,
-        (past, cached): (usize, Option<(Tensor<4>, Tensor<4>)>),
+        (past, reserve, cached): (usize, usize, Option<(Tensor<4>, Tensor<4>)>),
     ) -> (Tensor<2>, Tensor<4>, Tensor<4>) {
         let cfg = &self.config;
         let (nh, nkv, hd) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
@@ -879,8 +883,8 @@ impl Model {
         let q = Rope::apply(heads(q, nh), cos.clone(), sin.clone());
         let k = Rope::apply(heads(k, nkv), cos.clone(), sin.clone());
         let (k_past, v_past) = cached.unzip();
-        let (k_cache, k) = append_positions(k_past, past, k); // k: # (b, nkv, past+s, hd)
-        let (v_cache, v) = append_positions(v_past, past, heads(v, nkv));
+        let (k_cache, k) = append_positions(k_past, past, reserve, k); // k: # (b, nkv, past+s, hd)
+        let (v_cache, v) = append_positions(v_past, past, reserve, heads(v, nkv));
         // Grouped-query attention without copying K/V: query heads are
         // ordered kv_head * rep + r, so the `rep` query heads that share a KV
         // head stack along the sequence axis. `mask` is laid out to match:

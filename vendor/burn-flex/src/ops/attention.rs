@@ -986,7 +986,10 @@ fn naive_attention_head<T: FlashGemm>(
     } = *p;
 
     // scores = Q @ K^T
-    unsafe {
+    // persona: few query rows (decoding) skip gemm, which would copy ("pack")
+    // all of K for every head; see `few_query_rows`.
+    if !few_query_rows::scores(q, k, scores, seq_q, seq_kv, head_dim) {
+        unsafe {
         T::block_gemm(BlockGemmArgs {
             m: seq_q,
             n: seq_kv,
@@ -1004,6 +1007,7 @@ fn naive_attention_head<T: FlashGemm>(
             alpha: T::zero(),
             beta: T::one(),
         });
+        }
     }
 
     for qi in 0..seq_q {
@@ -1058,24 +1062,208 @@ fn naive_attention_head<T: FlashGemm>(
     }
 
     // output = softmax(scores) @ V
-    unsafe {
-        T::block_gemm(BlockGemmArgs {
-            m: seq_q,
-            n: val_dim,
-            k: seq_kv,
-            dst: output.as_mut_ptr(),
-            dst_cs: 1,
-            dst_rs: val_dim as isize,
-            read_dst: false,
-            lhs: scores.as_ptr(),
-            lhs_cs: 1,
-            lhs_rs: seq_kv as isize,
-            rhs: v.as_ptr(),
-            rhs_cs: 1,
-            rhs_rs: val_dim as isize,
-            alpha: T::zero(),
-            beta: T::one(),
-        });
+    // persona: few query rows without gemm's set-up; see `few_query_rows`.
+    if !few_query_rows::weighted_values(scores, v, output, seq_q, seq_kv, val_dim) {
+        unsafe {
+            T::block_gemm(BlockGemmArgs {
+                m: seq_q,
+                n: val_dim,
+                k: seq_kv,
+                dst: output.as_mut_ptr(),
+                dst_cs: 1,
+                dst_rs: val_dim as isize,
+                read_dst: false,
+                lhs: scores.as_ptr(),
+                lhs_cs: 1,
+                lhs_rs: seq_kv as isize,
+                rhs: v.as_ptr(),
+                rhs_cs: 1,
+                rhs_rs: val_dim as isize,
+                alpha: T::zero(),
+                beta: T::one(),
+            });
+        }
+    }
+}
+
+/// persona: the two products of `naive_attention_head` for heads with at
+/// most [`few_query_rows::MAX_ROWS`] query rows (a decoding step has one),
+/// in f32 on x86-64 CPUs with AVX-512F. gemm handles such a product badly:
+/// for `Q @ K^T` it first copies all of K (`[seq_kv, head_dim]`) into its
+/// panel layout, for every head and step, which cost more than the product
+/// itself (`pack_lhs` was ~11% of a batch-16 decoding step). Here each
+/// score is a dot product read straight from K's rows, and each output row
+/// a sum of V's rows weighted by the probabilities. Other dtypes, more
+/// rows, or other CPUs return `false` and the caller uses gemm.
+mod few_query_rows {
+    use core::any::TypeId;
+
+    /// Most query rows per head handled here.
+    pub(super) const MAX_ROWS: usize = 4;
+
+    fn as_f32<T: 'static + bytemuck::Pod>(s: &[T]) -> Option<&[f32]> {
+        (TypeId::of::<T>() == TypeId::of::<f32>()).then(|| bytemuck::cast_slice(s))
+    }
+
+    fn as_f32_mut<T: 'static + bytemuck::Pod>(s: &mut [T]) -> Option<&mut [f32]> {
+        (TypeId::of::<T>() == TypeId::of::<f32>()).then(|| bytemuck::cast_slice_mut(s))
+    }
+
+    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+    fn available() -> bool {
+        std::is_x86_feature_detected!("avx512f")
+    }
+
+    #[cfg(not(all(feature = "std", target_arch = "x86_64")))]
+    fn available() -> bool {
+        false
+    }
+
+    /// `scores[i * seq_kv + j] = q[i] . k[j]` (rows of `dim`) for
+    /// `i < seq_q`, `j < seq_kv`. `false` (nothing written) when not
+    /// handled here.
+    pub(super) fn scores<T: 'static + bytemuck::Pod>(
+        q: &[T],
+        k: &[T],
+        scores: &mut [T],
+        seq_q: usize,
+        seq_kv: usize,
+        dim: usize,
+    ) -> bool {
+        if seq_q > MAX_ROWS || dim == 0 || !available() {
+            return false;
+        }
+        let (Some(q), Some(k), Some(scores)) = (as_f32(q), as_f32(k), as_f32_mut(scores)) else {
+            return false;
+        };
+        assert!(q.len() >= seq_q * dim && k.len() >= seq_kv * dim);
+        assert!(scores.len() >= seq_q * seq_kv);
+        #[cfg(all(feature = "std", target_arch = "x86_64"))]
+        // SAFETY: AVX-512F is available; the lengths were checked above.
+        unsafe {
+            avx512::scores(q, k, scores, seq_q, seq_kv, dim)
+        };
+        true
+    }
+
+    /// `out[i * dim + d] = sum_j p[i * seq_kv + j] * v[j * dim + d]` for
+    /// `i < seq_q`. `false` (nothing written) when not handled here.
+    pub(super) fn weighted_values<T: 'static + bytemuck::Pod>(
+        p: &[T],
+        v: &[T],
+        out: &mut [T],
+        seq_q: usize,
+        seq_kv: usize,
+        dim: usize,
+    ) -> bool {
+        if seq_q > MAX_ROWS || dim == 0 || !available() {
+            return false;
+        }
+        let (Some(p), Some(v), Some(out)) = (as_f32(p), as_f32(v), as_f32_mut(out)) else {
+            return false;
+        };
+        assert!(p.len() >= seq_q * seq_kv && v.len() >= seq_kv * dim);
+        assert!(out.len() >= seq_q * dim);
+        #[cfg(all(feature = "std", target_arch = "x86_64"))]
+        // SAFETY: AVX-512F is available; the lengths were checked above.
+        unsafe {
+            avx512::weighted_values(p, v, out, seq_q, seq_kv, dim)
+        };
+        true
+    }
+
+    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+    mod avx512 {
+        use core::arch::x86_64::{
+            __m512, __mmask16, _mm512_add_ps, _mm512_fmadd_ps, _mm512_mask_storeu_ps,
+            _mm512_maskz_loadu_ps, _mm512_reduce_add_ps, _mm512_set1_ps, _mm512_setzero_ps,
+        };
+
+        /// Lanes of `[start, start + 16)` that lie below `len`.
+        fn lanes(start: usize, len: usize) -> __mmask16 {
+            let n = (len - start).min(16);
+            ((1u32 << n) - 1) as __mmask16
+        }
+
+        /// # Safety
+        /// AVX-512F; `x` holds `start + lanes` floats.
+        #[target_feature(enable = "avx512f")]
+        unsafe fn load(x: &[f32], start: usize, len: usize) -> __m512 {
+            unsafe { _mm512_maskz_loadu_ps(lanes(start, len), x.as_ptr().add(start)) }
+        }
+
+        /// See [`super::scores`].
+        ///
+        /// # Safety
+        /// AVX-512F; the slices are as long as `super::scores` checks.
+        #[target_feature(enable = "avx512f")]
+        pub(super) unsafe fn scores(
+            q: &[f32],
+            k: &[f32],
+            scores: &mut [f32],
+            seq_q: usize,
+            seq_kv: usize,
+            dim: usize,
+        ) {
+            for i in 0..seq_q {
+                let q_row = &q[i * dim..(i + 1) * dim];
+                for (j, k_row) in k.chunks_exact(dim).take(seq_kv).enumerate() {
+                    let mut acc = _mm512_setzero_ps();
+                    for c in (0..dim).step_by(16) {
+                        // SAFETY: lane masks keep the loads inside the rows.
+                        let (a, b) = unsafe { (load(q_row, c, dim), load(k_row, c, dim)) };
+                        acc = _mm512_fmadd_ps(a, b, acc);
+                    }
+                    scores[i * seq_kv + j] = _mm512_reduce_add_ps(acc);
+                }
+            }
+        }
+
+        /// See [`super::weighted_values`]. Four partial sums over `j`
+        /// (`j mod 4`; the last `seq_kv mod 4` rows go to the first), added
+        /// at the end, keep the multiply-adds independent.
+        ///
+        /// # Safety
+        /// AVX-512F; the slices are as long as `super::weighted_values`
+        /// checks.
+        #[target_feature(enable = "avx512f")]
+        pub(super) unsafe fn weighted_values(
+            p: &[f32],
+            v: &[f32],
+            out: &mut [f32],
+            seq_q: usize,
+            seq_kv: usize,
+            dim: usize,
+        ) {
+            for i in 0..seq_q {
+                let p_row = &p[i * seq_kv..(i + 1) * seq_kv];
+                for c in (0..dim).step_by(16) {
+                    let mut acc = [_mm512_setzero_ps(); 4];
+                    // SAFETY (both loops): the lane mask keeps each load
+                    // inside row `j` of `v`.
+                    let quads = seq_kv / 4;
+                    for j4 in 0..quads {
+                        for (u, acc) in acc.iter_mut().enumerate() {
+                            let j = 4 * j4 + u;
+                            let vj = unsafe { load(&v[j * dim..(j + 1) * dim], c, dim) };
+                            *acc = _mm512_fmadd_ps(_mm512_set1_ps(p_row[j]), vj, *acc);
+                        }
+                    }
+                    for j in 4 * quads..seq_kv {
+                        let vj = unsafe { load(&v[j * dim..(j + 1) * dim], c, dim) };
+                        acc[0] = _mm512_fmadd_ps(_mm512_set1_ps(p_row[j]), vj, acc[0]);
+                    }
+                    let sum = _mm512_add_ps(
+                        _mm512_add_ps(acc[0], acc[1]),
+                        _mm512_add_ps(acc[2], acc[3]),
+                    );
+                    // SAFETY: the lane mask keeps the store inside row `i`.
+                    unsafe {
+                        _mm512_mask_storeu_ps(out.as_mut_ptr().add(i * dim + c), lanes(c, dim), sum)
+                    };
+                }
+            }
+        }
     }
 }
 
