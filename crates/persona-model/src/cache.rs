@@ -248,12 +248,13 @@ mod tests {
     /// against a direct f64 computation, for 1-5 query rows: up to 4 rows
     /// per head the vendored burn-flex computes both products itself
     /// (decoding), 5 rows go through gemm; head widths that are and are not
-    /// a multiple of 16 lanes.
+    /// a multiple of 16 lanes, up to the widest it handles (128) and one
+    /// past it (gemm again).
     #[test]
     fn few_row_attention_matches_a_direct_computation() {
         let dev = test_device();
         let (b, heads, kv_heads) = (2, 6, 2);
-        for d in [64, 40, 8] {
+        for d in [64, 40, 8, 128, 136] {
             for s_kv in [1, 13, 37] {
                 for s_q in 1..=5.min(s_kv) {
                     let q = Tensor::<4>::random([b, heads, s_q, d], Distribution::Default, &dev);

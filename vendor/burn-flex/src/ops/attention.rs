@@ -1101,6 +1101,9 @@ mod few_query_rows {
     /// Most query rows per head handled here.
     pub(super) const MAX_ROWS: usize = 4;
 
+    /// Widest head handled here.
+    const MAX_DIM: usize = 128;
+
     fn as_f32<T: 'static + bytemuck::Pod>(s: &[T]) -> Option<&[f32]> {
         (TypeId::of::<T>() == TypeId::of::<f32>()).then(|| bytemuck::cast_slice(s))
     }
@@ -1130,7 +1133,7 @@ mod few_query_rows {
         seq_kv: usize,
         dim: usize,
     ) -> bool {
-        if seq_q > MAX_ROWS || dim == 0 || !available() {
+        if seq_q == 0 || seq_q > MAX_ROWS || !(1..=MAX_DIM).contains(&dim) || !available() {
             return false;
         }
         let (Some(q), Some(k), Some(scores)) = (as_f32(q), as_f32(k), as_f32_mut(scores)) else {
@@ -1156,7 +1159,7 @@ mod few_query_rows {
         seq_kv: usize,
         dim: usize,
     ) -> bool {
-        if seq_q > MAX_ROWS || dim == 0 || !available() {
+        if seq_q == 0 || seq_q > MAX_ROWS || !(1..=MAX_DIM).contains(&dim) || !available() {
             return false;
         }
         let (Some(p), Some(v), Some(out)) = (as_f32(p), as_f32(v), as_f32_mut(out)) else {
@@ -1175,27 +1178,55 @@ mod few_query_rows {
     #[cfg(all(feature = "std", target_arch = "x86_64"))]
     mod avx512 {
         use core::arch::x86_64::{
-            __m512, __mmask16, _mm512_add_ps, _mm512_fmadd_ps, _mm512_mask_storeu_ps,
-            _mm512_maskz_loadu_ps, _mm512_reduce_add_ps, _mm512_set1_ps, _mm512_setzero_ps,
+            __m512, __mmask16, _mm512_fmadd_ps, _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps,
+            _mm512_mul_ps, _mm512_reduce_add_ps, _mm512_set1_ps, _mm512_setzero_ps,
         };
 
-        /// Lanes of `[start, start + 16)` that lie below `len`.
-        fn lanes(start: usize, len: usize) -> __mmask16 {
-            let n = (len - start).min(16);
-            ((1u32 << n) - 1) as __mmask16
-        }
-
-        /// # Safety
-        /// AVX-512F; `x` holds `start + lanes` floats.
-        #[target_feature(enable = "avx512f")]
-        unsafe fn load(x: &[f32], start: usize, len: usize) -> __m512 {
-            unsafe { _mm512_maskz_loadu_ps(lanes(start, len), x.as_ptr().add(start)) }
-        }
-
-        /// See [`super::scores`].
+        /// `row[16 c .. 16 c + 16]` for `c < CHUNKS`, zeros past `dim`.
         ///
         /// # Safety
-        /// AVX-512F; the slices are as long as `super::scores` checks.
+        /// AVX-512F; `row` holds `dim` floats and `16 * (CHUNKS - 1) < dim`.
+        #[target_feature(enable = "avx512f")]
+        unsafe fn load_row<const CHUNKS: usize>(row: *const f32, dim: usize) -> [__m512; CHUNKS] {
+            let mut out = [_mm512_setzero_ps(); CHUNKS];
+            for (c, out) in out.iter_mut().enumerate() {
+                let n = (dim - 16 * c).min(16);
+                let mask = ((1u32 << n) - 1) as __mmask16;
+                // SAFETY: the mask keeps the load inside the row.
+                *out = unsafe { _mm512_maskz_loadu_ps(mask, row.add(16 * c)) };
+            }
+            out
+        }
+
+        /// Runs `$f::<ROWS, CHUNKS>` for `rows` in 1..=4 and
+        /// `chunks = dim / 16` rounded up, in 1..=8.
+        macro_rules! dispatch {
+            ($f:ident, $rows:expr, $dim:expr, ($($arg:expr),*)) => {
+                dispatch!(@rows $f, $rows, $dim.div_ceil(16), ($($arg),*), [1, 2, 3, 4])
+            };
+            (@rows $f:ident, $rows:expr, $chunks:expr, $args:tt, [$($r:literal),*]) => {
+                match $rows {
+                    $($r => dispatch!(@chunks $f, $r, $chunks, $args, [1, 2, 3, 4, 5, 6, 7, 8]),)*
+                    _ => unreachable!("1..=4 query rows"),
+                }
+            };
+            (@chunks $f:ident, $r:literal, $chunks:expr, $args:tt, [$($c:literal),*]) => {
+                match $chunks {
+                    $($c => dispatch!(@call $f, $r, $c, $args),)*
+                    _ => unreachable!("head widths up to 128"),
+                }
+            };
+            (@call $f:ident, $r:literal, $c:literal, ($($arg:expr),*)) => {
+                unsafe { $f::<$r, $c>($($arg),*) }
+            };
+        }
+
+        /// See [`super::scores`]: keys in the outer loop, so each key row
+        /// is loaded once for all query rows.
+        ///
+        /// # Safety
+        /// AVX-512F; `1 <= seq_q <= 4`; `1 <= dim <= MAX_DIM`; the slices are
+        /// as long as `super::scores` checks.
         #[target_feature(enable = "avx512f")]
         pub(super) unsafe fn scores(
             q: &[f32],
@@ -1205,27 +1236,41 @@ mod few_query_rows {
             seq_kv: usize,
             dim: usize,
         ) {
-            for i in 0..seq_q {
-                let q_row = &q[i * dim..(i + 1) * dim];
-                for (j, k_row) in k.chunks_exact(dim).take(seq_kv).enumerate() {
-                    let mut acc = _mm512_setzero_ps();
-                    for c in (0..dim).step_by(16) {
-                        // SAFETY: lane masks keep the loads inside the rows.
-                        let (a, b) = unsafe { (load(q_row, c, dim), load(k_row, c, dim)) };
-                        acc = _mm512_fmadd_ps(a, b, acc);
+            dispatch!(scores_for, seq_q, dim, (q, k, scores, seq_kv, dim))
+        }
+
+        #[target_feature(enable = "avx512f")]
+        unsafe fn scores_for<const ROWS: usize, const CHUNKS: usize>(
+            q: &[f32],
+            k: &[f32],
+            scores: &mut [f32],
+            seq_kv: usize,
+            dim: usize,
+        ) {
+            // SAFETY (loads): `q` holds ROWS rows and `k` seq_kv rows of `dim`.
+            let mut q_rows = [[_mm512_setzero_ps(); CHUNKS]; ROWS];
+            for (r, q_row) in q_rows.iter_mut().enumerate() {
+                *q_row = unsafe { load_row::<CHUNKS>(q.as_ptr().add(r * dim), dim) };
+            }
+            for j in 0..seq_kv {
+                let k_row = unsafe { load_row::<CHUNKS>(k.as_ptr().add(j * dim), dim) };
+                for (r, q_row) in q_rows.iter().enumerate() {
+                    let mut acc = _mm512_mul_ps(q_row[0], k_row[0]);
+                    for c in 1..CHUNKS {
+                        acc = _mm512_fmadd_ps(q_row[c], k_row[c], acc);
                     }
-                    scores[i * seq_kv + j] = _mm512_reduce_add_ps(acc);
+                    scores[r * seq_kv + j] = _mm512_reduce_add_ps(acc);
                 }
             }
         }
 
-        /// See [`super::weighted_values`]. Four partial sums over `j`
-        /// (`j mod 4`; the last `seq_kv mod 4` rows go to the first), added
-        /// at the end, keep the multiply-adds independent.
+        /// See [`super::weighted_values`]: value rows in the outer loop, so
+        /// each is loaded once for all query rows; one accumulator per
+        /// (row, 16 lanes), summed over `j` in order.
         ///
         /// # Safety
-        /// AVX-512F; the slices are as long as `super::weighted_values`
-        /// checks.
+        /// As [`scores`], with the slices as long as
+        /// `super::weighted_values` checks.
         #[target_feature(enable = "avx512f")]
         pub(super) unsafe fn weighted_values(
             p: &[f32],
@@ -1235,32 +1280,34 @@ mod few_query_rows {
             seq_kv: usize,
             dim: usize,
         ) {
-            for i in 0..seq_q {
-                let p_row = &p[i * seq_kv..(i + 1) * seq_kv];
-                for c in (0..dim).step_by(16) {
-                    let mut acc = [_mm512_setzero_ps(); 4];
-                    // SAFETY (both loops): the lane mask keeps each load
-                    // inside row `j` of `v`.
-                    let quads = seq_kv / 4;
-                    for j4 in 0..quads {
-                        for (u, acc) in acc.iter_mut().enumerate() {
-                            let j = 4 * j4 + u;
-                            let vj = unsafe { load(&v[j * dim..(j + 1) * dim], c, dim) };
-                            *acc = _mm512_fmadd_ps(_mm512_set1_ps(p_row[j]), vj, *acc);
-                        }
+            dispatch!(weighted_values_for, seq_q, dim, (p, v, out, seq_kv, dim))
+        }
+
+        #[target_feature(enable = "avx512f")]
+        unsafe fn weighted_values_for<const ROWS: usize, const CHUNKS: usize>(
+            p: &[f32],
+            v: &[f32],
+            out: &mut [f32],
+            seq_kv: usize,
+            dim: usize,
+        ) {
+            let mut acc = [[_mm512_setzero_ps(); CHUNKS]; ROWS];
+            for j in 0..seq_kv {
+                // SAFETY: `v` holds seq_kv rows of `dim`.
+                let v_row = unsafe { load_row::<CHUNKS>(v.as_ptr().add(j * dim), dim) };
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let weight = _mm512_set1_ps(p[r * seq_kv + j]);
+                    for (acc, &v) in acc.iter_mut().zip(&v_row) {
+                        *acc = _mm512_fmadd_ps(weight, v, *acc);
                     }
-                    for j in 4 * quads..seq_kv {
-                        let vj = unsafe { load(&v[j * dim..(j + 1) * dim], c, dim) };
-                        acc[0] = _mm512_fmadd_ps(_mm512_set1_ps(p_row[j]), vj, acc[0]);
-                    }
-                    let sum = _mm512_add_ps(
-                        _mm512_add_ps(acc[0], acc[1]),
-                        _mm512_add_ps(acc[2], acc[3]),
-                    );
-                    // SAFETY: the lane mask keeps the store inside row `i`.
-                    unsafe {
-                        _mm512_mask_storeu_ps(out.as_mut_ptr().add(i * dim + c), lanes(c, dim), sum)
-                    };
+                }
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                for (c, &acc) in acc.iter().enumerate() {
+                    let n = (dim - 16 * c).min(16);
+                    let mask = ((1u32 << n) - 1) as __mmask16;
+                    // SAFETY: the mask keeps the store inside row `r` of `out`.
+                    unsafe { _mm512_mask_storeu_ps(out.as_mut_ptr().add(r * dim + 16 * c), mask, acc) };
                 }
             }
         }
