@@ -102,14 +102,15 @@ impl PackedWeight {
         let data = x.clone().into_data();
         let x_host = data.as_slice::<f32>().ok()?;
         let mut out = vec![0f32; m * self.n];
-        for (group, out) in x_host
-            .chunks(MAX_GROUP_ROWS * k.max(1))
-            .zip(out.chunks_mut(MAX_GROUP_ROWS * self.n))
-        {
-            if k == 0 || self.n == 0 {
-                break; // nothing to sum, or nothing to write
+        // With `k == 0` the zeros are the answer; with `n == 0` there is
+        // nothing to write.
+        if k > 0 && self.n > 0 {
+            for (group, out) in x_host
+                .chunks(MAX_GROUP_ROWS * k)
+                .zip(out.chunks_mut(MAX_GROUP_ROWS * self.n))
+            {
+                self.run_group(group, out);
             }
-            self.run_group(group, out);
         }
         Some(Tensor::from_data(
             TensorData::new(out, [m, self.n]),
