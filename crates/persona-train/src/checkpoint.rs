@@ -126,11 +126,26 @@ pub fn save(
     write_safetensors(&exact, &tmp.join("resume.safetensors"))?;
     let st = serde_json::to_string_pretty(state).map_err(|e| ck_err(&tmp, e))?;
     std::fs::write(tmp.join("trainer_state.json"), st).map_err(|e| ck_err(&tmp, e))?;
+    replace_checkpoint(run, &tmp)
+}
+
+/// Moves the complete checkpoint `tmp` to `<run>/checkpoint/`. The one it
+/// replaces is renamed to `checkpoint.old` first and deleted last, so a
+/// kill at any point leaves one complete checkpoint (`load` falls back to
+/// `checkpoint.old` when `checkpoint/` is missing).
+fn replace_checkpoint(run: &Path, tmp: &Path) -> Result<()> {
+    let final_dir = run.join("checkpoint");
     let old = run.join("checkpoint.old");
+    // A save killed while deleting the replaced checkpoint leaves part of
+    // `checkpoint.old` next to a complete `checkpoint/`; renaming onto a
+    // non-empty directory would fail ("Directory not empty").
+    if old.exists() && final_dir.exists() {
+        std::fs::remove_dir_all(&old).map_err(|e| ck_err(&old, e))?;
+    }
     if final_dir.exists() {
         std::fs::rename(&final_dir, &old).map_err(|e| ck_err(&final_dir, e))?;
     }
-    std::fs::rename(&tmp, &final_dir).map_err(|e| ck_err(&final_dir, e))?;
+    std::fs::rename(tmp, &final_dir).map_err(|e| ck_err(&final_dir, e))?;
     if old.exists() {
         std::fs::remove_dir_all(&old).map_err(|e| ck_err(&old, e))?;
     }
@@ -185,4 +200,48 @@ pub fn load(run: &Path, lora: &mut Lora, device: &Device) -> Result<(Vec<Moments
         ));
     }
     Ok((moments, state))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::replace_checkpoint;
+
+    fn write(dir: &Path, text: &str) {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("trainer_state.json"), text).unwrap();
+    }
+
+    fn read(dir: &Path) -> String {
+        std::fs::read_to_string(dir.join("trainer_state.json")).unwrap()
+    }
+
+    /// The new checkpoint replaces the old one, also after a save that was
+    /// killed while deleting the checkpoint it had replaced (a partial,
+    /// non-empty `checkpoint.old` next to a complete `checkpoint/`), and
+    /// after one killed between its two renames (only `checkpoint.old`).
+    #[test]
+    fn a_checkpoint_replaces_the_last_one_after_any_interrupted_save() {
+        let run = tempfile::tempdir().unwrap();
+        let (run, tmp) = (run.path(), run.path().join("checkpoint.tmp"));
+        let (final_dir, old) = (run.join("checkpoint"), run.join("checkpoint.old"));
+
+        write(&tmp, "1");
+        replace_checkpoint(run, &tmp).unwrap();
+        assert_eq!(read(&final_dir), "1");
+
+        write(&old, "partly deleted");
+        std::fs::write(old.join("resume.safetensors"), "x").unwrap();
+        write(&tmp, "2");
+        replace_checkpoint(run, &tmp).unwrap();
+        assert_eq!(read(&final_dir), "2");
+        assert!(!old.exists() && !tmp.exists());
+
+        std::fs::rename(&final_dir, &old).unwrap();
+        write(&tmp, "3");
+        replace_checkpoint(run, &tmp).unwrap();
+        assert_eq!(read(&final_dir), "3");
+        assert!(!old.exists() && !tmp.exists());
+    }
 }
