@@ -275,7 +275,7 @@ mod kernel {
 
     /// One pass over `GROUP` panels (`stride` floats apart): `ROWS x GROUP`
     /// accumulators, each a fused multiply-add chain over `l = 0..k`.
-    /// Writes the first `cols` (of `16 * GROUP`) columns.
+    /// Writes the first `min(cols, 16 * GROUP)` columns.
     ///
     /// # Safety
     /// As [`panels`].
