@@ -110,7 +110,6 @@ pub fn save(
     meta: AdapterMeta<'_>,
 ) -> Result<()> {
     let tmp = run.join("checkpoint.tmp");
-    let final_dir = run.join("checkpoint");
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| ck_err(&tmp, e))?;
     }
