@@ -146,23 +146,22 @@ impl PackedWeight {
                 let out = &out;
                 let first = range * per_range;
                 let last = ((range + 1) * per_range).min(n_panels);
+                let range = PanelRange {
+                    k,
+                    // SAFETY: panels `first..last` lie inside `self.panels`
+                    // and their columns inside each row of `out`.
+                    panels: unsafe { self.panels.as_ptr().add(first * k).cast() },
+                    n_panels: last - first,
+                    cols: (n - first * PANEL).min((last - first) * PANEL),
+                    xt: xt.as_ptr(),
+                    out: unsafe { out.0.add(first * PANEL) },
+                    ld_out: n,
+                };
                 // SAFETY: `kernel::available()` held when `self` was built;
-                // panels `first..last` lie inside `self.panels`, `xt` holds
-                // `k * rows` floats, `1 <= rows <= 16`, and the columns
-                // `16 * first .. min(16 * last, n)` of the `rows` rows of
-                // `out` are written by this call only.
-                unsafe {
-                    kernel::panels(
-                        k,
-                        rows,
-                        self.panels.as_ptr().add(first * k).cast(),
-                        last - first,
-                        (n - first * PANEL).min((last - first) * PANEL),
-                        xt.as_ptr(),
-                        out.0.add(first * PANEL),
-                        n,
-                    )
-                }
+                // `xt` holds `k * rows` floats, `1 <= rows <= 16`, and these
+                // columns of the `rows` rows of `out` are written by this
+                // range only.
+                unsafe { kernel::panels(range, rows) }
             });
     }
 }
@@ -173,6 +172,43 @@ struct SharedOut(*mut f32);
 // thread only.
 unsafe impl Sync for SharedOut {}
 
+/// Consecutive panels of one product and where their results go.
+#[derive(Clone, Copy)]
+struct PanelRange {
+    /// Lines per panel (the weight's `k`).
+    k: usize,
+    /// The first panel's first line (64-byte aligned).
+    panels: *const f32,
+    n_panels: usize,
+    /// Output columns to write (`<= 16 * n_panels`; the last panel of a
+    /// weight can be partly padding).
+    cols: usize,
+    /// `x` transposed, `[k, rows]`.
+    xt: *const f32,
+    /// Row 0 of the first panel's output columns; rows `ld_out` apart.
+    out: *mut f32,
+    ld_out: usize,
+}
+
+impl PanelRange {
+    /// The same range without its first `p` panels.
+    ///
+    /// # Safety
+    /// `p <= n_panels`.
+    unsafe fn skip(self, p: usize) -> Self {
+        // SAFETY: panels and output columns up to `n_panels` are in range.
+        unsafe {
+            Self {
+                panels: self.panels.add(p * self.k * PANEL),
+                n_panels: self.n_panels - p,
+                cols: self.cols - p * PANEL,
+                out: self.out.add(p * PANEL),
+                ..self
+            }
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod kernel {
     use std::arch::x86_64::{
@@ -180,7 +216,7 @@ mod kernel {
         _mm512_set1_ps, _mm512_setzero_ps,
     };
 
-    use super::PANEL;
+    use super::{PANEL, PanelRange};
 
     /// How far ahead of its loads the kernel prefetches a panel, in lines
     /// (64 lines = 4 KiB). Measured, 16 rows: none 39 ms, 16 lines 28-32,
@@ -191,32 +227,19 @@ mod kernel {
         std::is_x86_feature_detected!("avx512f")
     }
 
-    /// `out[r, c] = sum_l xt[l, r] * w[l, c]` for `r < rows` and the `cols`
-    /// columns of `n_panels` consecutive panels starting at `panels` (each
-    /// `k` lines of 16 floats); `out` has row stride `ld_out`.
+    /// `out[r, c] = sum_l xt[l, r] * w[l, c]` for `r < rows` and the
+    /// range's columns.
     ///
     /// # Safety
-    /// AVX-512F must be available; `panels` must hold `n_panels * k` lines,
-    /// 64-byte aligned; `xt` must hold `k * rows` floats; `1 <= rows <= 16`;
-    /// `cols <= 16 * n_panels`; `out` must be valid for `rows` rows of
-    /// `cols` floats at stride `ld_out`.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn panels(
-        k: usize,
-        rows: usize,
-        panels: *const f32,
-        n_panels: usize,
-        cols: usize,
-        xt: *const f32,
-        out: *mut f32,
-        ld_out: usize,
-    ) {
+    /// AVX-512F must be available; `range.panels` must hold
+    /// `range.n_panels * range.k` lines, 64-byte aligned; `range.xt` must
+    /// hold `k * rows` floats; `1 <= rows <= 16`; `range.out` must be valid
+    /// for `rows` rows of `range.cols` floats at stride `range.ld_out`.
+    pub(super) unsafe fn panels(range: PanelRange, rows: usize) {
         macro_rules! dispatch {
             ($($rows:literal => $group:literal),*) => {
                 match rows {
-                    $($rows => unsafe {
-                        panels_for::<$rows, $group>(k, panels, n_panels, cols, xt, out, ld_out)
-                    },)*
+                    $($rows => unsafe { panels_for::<$rows, $group>(range) },)*
                     _ => unreachable!("row groups have 1..=16 rows"),
                 }
             };
@@ -228,67 +251,46 @@ mod kernel {
                   13 => 1, 14 => 1, 15 => 1, 16 => 1)
     }
 
-    /// [`panels`] with `ROWS` rows, `GROUP` panels per kernel call.
+    /// [`panels`] with `ROWS` rows, `GROUP` panels per kernel call (the
+    /// last `n_panels mod GROUP` one at a time).
     ///
     /// # Safety
     /// As [`panels`], with `rows == ROWS`.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn panels_for<const ROWS: usize, const GROUP: usize>(
-        k: usize,
-        panels: *const f32,
-        n_panels: usize,
-        cols: usize,
-        xt: *const f32,
-        out: *mut f32,
-        ld_out: usize,
-    ) {
-        let stride = k * PANEL;
+    unsafe fn panels_for<const ROWS: usize, const GROUP: usize>(range: PanelRange) {
         let mut p = 0;
-        while p < n_panels {
-            let group = GROUP.min(n_panels - p);
-            let group_cols = cols - p * PANEL;
-            // SAFETY: panels `p..p + group` are in range, and so are their
-            // output columns (`group_cols` of them, at most 16 per panel).
+        while p < range.n_panels {
+            // SAFETY: `p < n_panels`, and the kernels read and write only
+            // the panels (and their columns) left in the range.
             unsafe {
-                let w = panels.add(p * stride);
-                let o = out.add(p * PANEL);
-                if group == GROUP {
-                    kernel::<ROWS, GROUP>(k, w, stride, xt, o, ld_out, group_cols);
+                if range.n_panels - p >= GROUP {
+                    kernel::<ROWS, GROUP>(range.skip(p));
+                    p += GROUP;
                 } else {
-                    for q in 0..group {
-                        let c = group_cols - q * PANEL;
-                        kernel::<ROWS, 1>(
-                            k,
-                            w.add(q * stride),
-                            stride,
-                            xt,
-                            o.add(q * PANEL),
-                            ld_out,
-                            c,
-                        );
-                    }
+                    kernel::<ROWS, 1>(range.skip(p));
+                    p += 1;
                 }
             }
-            p += group;
         }
     }
 
-    /// One pass over `GROUP` panels (`stride` floats apart): `ROWS x GROUP`
+    /// One pass over the range's first `GROUP` panels: `ROWS x GROUP`
     /// accumulators, each a fused multiply-add chain over `l = 0..k`.
     /// Writes the first `min(cols, 16 * GROUP)` columns.
     ///
     /// # Safety
-    /// As [`panels`].
+    /// As [`panels`], with at least `GROUP` panels in the range.
     #[target_feature(enable = "avx512f")]
-    unsafe fn kernel<const ROWS: usize, const GROUP: usize>(
-        k: usize,
-        w: *const f32,
-        stride: usize,
-        xt: *const f32,
-        out: *mut f32,
-        ld_out: usize,
-        cols: usize,
-    ) {
+    unsafe fn kernel<const ROWS: usize, const GROUP: usize>(range: PanelRange) {
+        let PanelRange {
+            k,
+            panels: w,
+            cols,
+            xt,
+            out,
+            ld_out,
+            ..
+        } = range;
+        let stride = k * PANEL;
         let mut acc = [[_mm512_setzero_ps(); GROUP]; ROWS];
         for l in 0..k {
             let mut line = [_mm512_setzero_ps(); GROUP];
@@ -326,17 +328,7 @@ mod kernel {
         false
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn panels(
-        _: usize,
-        _: usize,
-        _: *const f32,
-        _: usize,
-        _: usize,
-        _: *const f32,
-        _: *mut f32,
-        _: usize,
-    ) {
+    pub(super) unsafe fn panels(_: super::PanelRange, _: usize) {
         unreachable!("PackedWeight::new returns None off x86-64")
     }
 }
