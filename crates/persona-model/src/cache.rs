@@ -158,30 +158,41 @@ mod tests {
         crate::host_vec(t).unwrap()
     }
 
-    /// Appending chunk by chunk gives exactly the concatenation of the
-    /// chunks; the tensor grows in steps of `GROWTH` positions.
-    #[test]
-    fn appended_positions_equal_the_concatenation() {
+    /// Appends random chunks of these lengths one after the other, with
+    /// `reserve` positions reserved, and checks that each view is exactly
+    /// the concatenation of the chunks so far. Returns each step's
+    /// (positions in use, capacity).
+    fn append_in_turn(lengths: &[usize], reserve: usize) -> Vec<(usize, usize)> {
         let dev = test_device();
-        let chunks: Vec<Tensor<4>> = [5, 1, 1, 60, 1, 70]
+        let chunks: Vec<Tensor<4>> = lengths
             .iter()
             .map(|&s| Tensor::random([2, 3, s, 4], Distribution::Default, &dev))
             .collect();
         let mut buffer = None;
         let mut past = 0;
+        let mut steps = Vec::new();
         for (i, chunk) in chunks.iter().enumerate() {
-            let s = chunk.dims()[2];
-            let (grown, view) = append_positions(buffer.take(), past, 0, chunk.clone());
-            past += s;
+            let (grown, view) = append_positions(buffer.take(), past, reserve, chunk.clone());
+            past += chunk.dims()[2];
             assert_eq!(view.dims(), [2, 3, past, 4]);
-            let capacity = grown.dims()[2];
+            let want = Tensor::cat(chunks[..=i].to_vec(), 2);
+            assert_eq!(host(view), host(want), "after chunk {i}");
+            steps.push((past, grown.dims()[2]));
+            buffer = Some(grown);
+        }
+        steps
+    }
+
+    /// Appending chunk by chunk gives exactly the concatenation of the
+    /// chunks; the tensor grows in steps of `GROWTH` positions.
+    #[test]
+    fn appended_positions_equal_the_concatenation() {
+        let steps = append_in_turn(&[5, 1, 1, 60, 1, 70], 0);
+        for (i, &(past, capacity)) in steps.iter().enumerate() {
             assert!(capacity >= past, "capacity {capacity} < {past}");
             if i > 0 {
                 assert!(capacity % GROWTH == 0 && capacity - past < GROWTH);
             }
-            let want = Tensor::cat(chunks[..=i].to_vec(), 2);
-            assert_eq!(host(view), host(want), "after chunk {i}");
-            buffer = Some(grown);
         }
     }
 
@@ -190,21 +201,10 @@ mod tests {
     /// while they fit, and grows as usual after.
     #[test]
     fn reserved_positions_are_filled_without_growing() {
-        let dev = test_device();
-        let chunks: Vec<Tensor<4>> = [7, 1, 1, 3, 2]
-            .iter()
-            .map(|&s| Tensor::random([2, 3, s, 4], Distribution::Default, &dev))
-            .collect();
-        let mut buffer = None;
-        let mut past = 0;
-        for (i, chunk) in chunks.iter().enumerate() {
-            let (grown, view) = append_positions(buffer.take(), past, 13, chunk.clone());
-            past += chunk.dims()[2];
+        let steps = append_in_turn(&[7, 1, 1, 3, 2], 13);
+        for (i, &(past, capacity)) in steps.iter().enumerate() {
             let want_capacity = if past <= 13 { 13 } else { GROWTH };
-            assert_eq!(grown.dims()[2], want_capacity, "after chunk {i}");
-            let want = Tensor::cat(chunks[..=i].to_vec(), 2);
-            assert_eq!(host(view), host(want), "after chunk {i}");
-            buffer = Some(grown);
+            assert_eq!(capacity, want_capacity, "after chunk {i}");
         }
     }
 
