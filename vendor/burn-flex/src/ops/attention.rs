@@ -1104,12 +1104,12 @@ mod few_query_rows {
     /// Widest head handled here.
     const MAX_DIM: usize = 128;
 
-    fn as_f32<T: 'static + bytemuck::Pod>(s: &[T]) -> Option<&[f32]> {
-        (TypeId::of::<T>() == TypeId::of::<f32>()).then(|| bytemuck::cast_slice(s))
-    }
-
-    fn as_f32_mut<T: 'static + bytemuck::Pod>(s: &mut [T]) -> Option<&mut [f32]> {
-        (TypeId::of::<T>() == TypeId::of::<f32>()).then(|| bytemuck::cast_slice_mut(s))
+    /// Whether a head of `seq_q` rows of `dim` in `T` is handled here.
+    fn handled<T: 'static>(seq_q: usize, dim: usize) -> bool {
+        TypeId::of::<T>() == TypeId::of::<f32>()
+            && (1..=MAX_ROWS).contains(&seq_q)
+            && (1..=MAX_DIM).contains(&dim)
+            && available()
     }
 
     #[cfg(all(feature = "std", target_arch = "x86_64"))]
@@ -1133,12 +1133,12 @@ mod few_query_rows {
         seq_kv: usize,
         dim: usize,
     ) -> bool {
-        if seq_q == 0 || seq_q > MAX_ROWS || !(1..=MAX_DIM).contains(&dim) || !available() {
+        if !handled::<T>(seq_q, dim) {
             return false;
         }
-        let (Some(q), Some(k), Some(scores)) = (as_f32(q), as_f32(k), as_f32_mut(scores)) else {
-            return false;
-        };
+        // `T` is f32 (checked above), so these casts only rename the type.
+        let (q, k) = (bytemuck::cast_slice::<T, f32>(q), bytemuck::cast_slice(k));
+        let scores = bytemuck::cast_slice_mut::<T, f32>(scores);
         assert!(q.len() >= seq_q * dim && k.len() >= seq_kv * dim);
         assert!(scores.len() >= seq_q * seq_kv);
         #[cfg(all(feature = "std", target_arch = "x86_64"))]
@@ -1159,12 +1159,12 @@ mod few_query_rows {
         seq_kv: usize,
         dim: usize,
     ) -> bool {
-        if seq_q == 0 || seq_q > MAX_ROWS || !(1..=MAX_DIM).contains(&dim) || !available() {
+        if !handled::<T>(seq_q, dim) {
             return false;
         }
-        let (Some(p), Some(v), Some(out)) = (as_f32(p), as_f32(v), as_f32_mut(out)) else {
-            return false;
-        };
+        // `T` is f32 (checked above), so these casts only rename the type.
+        let (p, v) = (bytemuck::cast_slice::<T, f32>(p), bytemuck::cast_slice(v));
+        let out = bytemuck::cast_slice_mut::<T, f32>(out);
         assert!(p.len() >= seq_q * seq_kv && v.len() >= seq_kv * dim);
         assert!(out.len() >= seq_q * dim);
         #[cfg(all(feature = "std", target_arch = "x86_64"))]
