@@ -844,8 +844,10 @@ impl Model {
         self.lm_head(h.select(0, idx))
     }
 
-    /// One pre-norm block. `cached`: the number of cached positions and
-    /// this layer's cached key/value tensors (none for an empty cache).
+    /// One pre-norm block. `(past, reserve, cached)`: the number of cached
+    /// positions, the positions to make room for when the cache tensors
+    /// are first made ([`KvCache::with_capacity`]), and this layer's cached
+    /// key/value tensors (none for an empty cache).
     /// Returns the new residual and the key/value tensors with this
     /// chunk's positions written after the cached ones.
     ///
