@@ -104,13 +104,18 @@ fn main() {
             steering: vec![],
         };
         // Warm-up: a CPU model packs its weights for few-row products on the
-        // first decoding step (once per process, ~0.3 s; see
-        // persona-model's `packed` module). Not part of the decoding speed.
+        // first decoding step (once per process; see persona-model's
+        // `packed` module). Reported, but not part of the decoding speed.
         let warm_up = GenerateOptions {
             max_new_tokens: 2,
             ..opts.clone()
         };
+        let t = Instant::now();
         generate(&m.model, &prompts, &[], m.codec.pad_id, &warm_up, |_| {}).unwrap();
+        println!(
+            "decode batch {batch_size} warm-up (2 tokens; the first run packs the weights): {:.2} s",
+            t.elapsed().as_secs_f64()
+        );
         // No stop ids: every row generates exactly 128 tokens.
         let t = Instant::now();
         let out = generate(&m.model, &prompts, &[], m.codec.pad_id, &opts, |_| {}).unwrap();
