@@ -116,6 +116,12 @@ fn main() {
             "decode batch {batch_size} warm-up (2 tokens; the first run packs the weights): {:.2} s",
             t.elapsed().as_secs_f64()
         );
+        for (format, (n, bytes)) in m.model.packed_weights() {
+            println!(
+                "  packed {format}: {n} weights, {:.1} MB",
+                bytes as f64 / 1e6
+            );
+        }
         // No stop ids: every row generates exactly 128 tokens.
         let t = Instant::now();
         let out = generate(&m.model, &prompts, &[], m.codec.pad_id, &opts, |_| {}).unwrap();

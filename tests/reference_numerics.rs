@@ -232,6 +232,14 @@ fn greedy_continuation_with_kv_cache_batch_one() {
         m.codec.decode(&out[0]).unwrap(),
         "The capital of France is Paris.<|im_end|>"
     );
+    // Decoding packed every weight, and all of SmolLM2's dequantised GGUF
+    // weights are exact Q4_1 / Q8_0 grids (on CPUs with AVX-512F; none are
+    // packed elsewhere).
+    let packed = m.model.packed_weights();
+    if !packed.is_empty() {
+        let formats: Vec<(&str, usize)> = packed.iter().map(|(f, (n, _))| (*f, *n)).collect();
+        assert_eq!(formats, [("Q4_1", 4 * 30), ("Q8_0", 1)]);
+    }
 }
 
 #[test]

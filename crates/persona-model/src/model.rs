@@ -448,6 +448,25 @@ impl Model {
         &self.device
     }
 
+    /// The packed copies of the weights that few-row products (decoding)
+    /// use on this CPU, by format (`"Q4_1"`, `"Q8_0"` or `"F32"`): how many
+    /// weight matrices and how many bytes. Empty until the first such
+    /// product, and on CPUs without AVX-512F (see [`crate::packed`]).
+    pub fn packed_weights(&self) -> BTreeMap<&'static str, (usize, usize)> {
+        let mut formats = BTreeMap::new();
+        let weights = self.layers.iter().flat_map(|l| {
+            [&l.qkv_proj, &l.o_proj, &l.gate_up_proj, &l.down_proj].map(|lin| &lin.weight)
+        });
+        for w in weights.chain([&self.lm_head]) {
+            if let Some(Some(p)) = w.packed.get() {
+                let entry = formats.entry(p.format().name()).or_insert((0, 0));
+                entry.0 += 1;
+                entry.1 += p.bytes();
+            }
+        }
+        formats
+    }
+
     /// Number of residual rows: `n_layers + 1`.
     pub fn n_rows(&self) -> usize {
         self.config.n_rows()

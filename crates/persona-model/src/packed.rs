@@ -96,6 +96,14 @@ pub(crate) enum Format {
 }
 
 impl Format {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "F32",
+            Self::Q4_1 => "Q4_1",
+            Self::Q8_0 => "Q8_0",
+        }
+    }
+
     /// Lines per panel of a weight with `k` rows (a multiple of 32 for the
     /// block formats).
     fn panel_lines(self, k: usize) -> usize {
@@ -181,9 +189,13 @@ impl PackedWeight {
         })
     }
 
-    #[cfg(test)]
-    fn format(&self) -> Format {
+    pub(crate) fn format(&self) -> Format {
         self.format
+    }
+
+    /// Bytes the panels take (what a decoding step reads).
+    pub(crate) fn bytes(&self) -> usize {
+        self.lines.len() * LINE_BYTES
     }
 
     /// `x @ w`. `None` (nothing computed) when `x` is not f32 or its width
