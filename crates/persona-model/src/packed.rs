@@ -374,17 +374,16 @@ fn q4_1(values: &[f32; BLOCK]) -> Option<(f16, f16, [u8; BLOCK])> {
         let df = d.to_f32();
         let inverse = if df > 0.0 { 1.0 / df } else { 0.0 };
         let mut q = [0u8; BLOCK];
-        values
-            .iter()
-            .zip(&mut q)
-            .all(|(&v, q)| {
-                // `as` truncates (and saturates), so `+ 0.5` rounds `q >= 0`;
-                // any guess would do, the comparison below decides.
-                *q = ((v - mf) * inverse + 0.5).min(15.0) as u8;
-                let guess = f32::from(*q);
-                (guess * df + mf).to_bits() == v.to_bits()
-            })
-            .then_some((d, m, q))
+        // Every value checked without an early exit: a loop the compiler
+        // vectorises (most blocks pass).
+        let mut exact = true;
+        for (&v, q) in values.iter().zip(&mut q) {
+            // `as` truncates (and saturates), so `+ 0.5` rounds `q >= 0`;
+            // any guess would do, the comparison decides.
+            *q = ((v - mf) * inverse + 0.5).min(15.0) as u8;
+            exact &= (f32::from(*q) * df + mf).to_bits() == v.to_bits();
+        }
+        exact.then_some((d, m, q))
     })
 }
 
@@ -399,15 +398,13 @@ fn q8_0(values: &[f32; BLOCK]) -> Option<(f16, [i8; BLOCK])> {
         let df = d.to_f32();
         let inverse = if df > 0.0 { 1.0 / df } else { 0.0 };
         let mut q = [0i8; BLOCK];
-        values
-            .iter()
-            .zip(&mut q)
-            .all(|(&v, q)| {
-                *q = (v * inverse + 0.5f32.copysign(v)) as i8;
-                let guess = f32::from(*q);
-                (guess * df).to_bits() == v.to_bits()
-            })
-            .then_some((d, q))
+        // As in `q4_1`: no early exit.
+        let mut exact = true;
+        for (&v, q) in values.iter().zip(&mut q) {
+            *q = (v * inverse + 0.5f32.copysign(v)) as i8;
+            exact &= (f32::from(*q) * df).to_bits() == v.to_bits();
+        }
+        exact.then_some((d, q))
     })
 }
 
