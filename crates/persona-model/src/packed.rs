@@ -26,8 +26,9 @@
 //! is what the values of a dequantised GGUF tensor are, or plain f32 for
 //! anything else (HF checkpoints, merged adapters). The scales are found
 //! from each block's extremes, which ggml's reference quantiser puts on
-//! the grid's ends (Q4_1: `q = 0` and `15`; Q8_0: `|q| = 127`); blocks from
-//! other quantisers may not be found and then stay f32. The kernel rebuilds each
+//! the grid's ends (Q4_1: `q = 0` and `15`; Q8_0: `|q| = 127`; Q4_0, kept
+//! as Q8_0: `q - 8 = -8`); blocks from other quantisers may not be found
+//! and then stay f32. The kernel rebuilds each
 //! weight in registers with the same f32 operations the dequantiser used, so
 //! the format changes the bytes read per decoding step (SmolLM2: 538 ->
 //! 96 MB), never a result.
@@ -91,7 +92,8 @@ pub(crate) enum Format {
     Q4_1,
     /// Per block of 32 `l` ([`Q8_0_LINES`] lines): bytes `2 j ..` hold
     /// column `j`'s scale `d` (f16); byte `64 + 16 l + j` holds `q` (i8).
-    /// The weight is `q as f32 * d`.
+    /// The weight is `q as f32 * d`. Also holds dequantised Q4_0 blocks
+    /// (`(q - 8) * d`), at 1.125 bytes per weight instead of 0.5625.
     Q8_0,
 }
 
@@ -158,11 +160,12 @@ impl PackedWeight {
         let mut lines = vec![Line([0; LINE_BYTES]); n_panels * panel_lines];
         let failed = AtomicBool::new(false);
         if panel_lines > 0 && n_panels > 0 {
-            // Plain threads, not rayon: this runs inside a `OnceLock`
+            // Plain threads, not rayon's: this runs inside a `OnceLock`
             // initialiser (see `model::Weight`), where a rayon job could
-            // steal work that waits on the same lock. Checking and packing
-            // all of SmolLM2 takes ~1.2 s, once.
-            let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+            // steal work that waits on the same lock. As many as rayon
+            // has, so `RAYON_NUM_THREADS` holds here too. Checking and
+            // packing all of SmolLM2 takes ~0.8-1 s, once.
+            let threads = rayon::current_num_threads().max(1);
             let per_thread = n_panels.div_ceil(threads);
             std::thread::scope(|s| {
                 for (t, chunk) in lines.chunks_mut(per_thread * panel_lines).enumerate() {
@@ -343,7 +346,7 @@ impl AsBytes for [Line] {
 /// Scale candidates around `approx`: its nearest f16 and the f16 either
 /// side (the value a block was quantised with is not recoverable exactly,
 /// but it is one of these).
-fn scale_candidates(approx: f32) -> impl Iterator<Item = f16> {
+fn scale_candidates(approx: f32) -> impl Iterator<Item = f16> + Clone {
     let d = f16::from_f32(approx);
     [
         d,
@@ -388,20 +391,27 @@ fn q4_1(values: &[f32; BLOCK]) -> Option<(f16, f16, [u8; BLOCK])> {
 }
 
 /// `(d, q)` with `q[i] as f32 * d == values[i]` bit for bit (ggml's Q8_0
-/// dequantisation), if there are such.
+/// dequantisation), if there are such. The block's largest magnitude is
+/// `127 d` for ggml's Q8_0 quantiser and `8 |d|` for its Q4_0 one (whose
+/// `(q - 8) * d` is the same grid with `q - 8` in `-8..8`), so both
+/// scales are tried; Q4_0's `d` is negative when the block's extreme is
+/// positive, and only a negative scale gives its `q = 8` the value `-0.0`.
 fn q8_0(values: &[f32; BLOCK]) -> Option<(f16, [i8; BLOCK])> {
     if !values.iter().all(|v| v.is_finite()) {
         return None;
     }
     let amax = values.iter().fold(0f32, |a, v| a.max(v.abs()));
-    scale_candidates(amax / 127.0).find_map(|d| {
+    let q4_0 = scale_candidates(amax / 8.0);
+    let candidates = scale_candidates(amax / 127.0).chain(q4_0.clone().chain(q4_0.map(|d| -d)));
+    candidates.into_iter().find_map(|d| {
         let df = d.to_f32();
-        let inverse = if df > 0.0 { 1.0 / df } else { 0.0 };
+        let inverse = if df != 0.0 { 1.0 / df } else { 0.0 };
         let mut q = [0i8; BLOCK];
         // As in `q4_1`: no early exit.
         let mut exact = true;
         for (&v, q) in values.iter().zip(&mut q) {
-            *q = (v * inverse + 0.5f32.copysign(v)) as i8;
+            let ratio = v * inverse;
+            *q = (ratio + 0.5f32.copysign(ratio)) as i8;
             exact &= (f32::from(*q) * df).to_bits() == v.to_bits();
         }
         exact.then_some((d, q))
@@ -792,7 +802,8 @@ mod tests {
     }
 
     /// A random `[k, n]` weight quantised to blocks of `t` by ggml's
-    /// reference quantiser (`quantize_row_q4_1_ref`, `quantize_row_q8_0_ref`)
+    /// reference quantiser (`quantize_row_q4_1_ref`, `..._q8_0_ref`,
+    /// `..._q4_0_ref`)
     /// along `k` and dequantised by the loader, as the model would hold it
     /// (one block in ten constant, with scale 0).
     fn dequantised_weight(t: GgmlType, k: usize, n: usize, seed: u64) -> Vec<f32> {
@@ -819,6 +830,17 @@ mod tests {
                 bytes.extend(f16::from_f32(min).to_le_bytes());
                 let q = |v: f32| ((((v - min) * id) + 0.5) as i8).min(15) as u8;
                 bytes.extend((0..16).map(|j| q(x[j]) | (q(x[j + 16]) << 4)));
+            } else if t == GgmlType::Q4_0 {
+                // The value of largest magnitude, with its sign.
+                let max = x
+                    .iter()
+                    .copied()
+                    .fold(0f32, |a, v| if v.abs() > a.abs() { v } else { a });
+                let d = max / -8.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                bytes.extend(f16::from_f32(d).to_le_bytes());
+                let q = |v: f32| ((v * id + 8.5) as i8).min(15) as u8;
+                bytes.extend((0..16).map(|j| q(x[j]) | (q(x[j + 16]) << 4)));
             } else {
                 let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
                 let d = amax / 127.0;
@@ -831,7 +853,8 @@ mod tests {
         (0..k * n).map(|i| rows[(i % n) * k + i / n]).collect()
     }
 
-    /// Weights that are dequantised Q4_1 / Q8_0 blocks are packed as such,
+    /// Weights that are dequantised Q4_1 / Q8_0 / Q4_0 blocks are packed as
+    /// Q4_1 / Q8_0 / Q8_0,
     /// and their products are bit for bit those of f32 panels of the same
     /// weights, for every row count.
     #[test]
@@ -840,6 +863,7 @@ mod tests {
         for (t, format) in [
             (GgmlType::Q4_1, Format::Q4_1),
             (GgmlType::Q8_0, Format::Q8_0),
+            (GgmlType::Q4_0, Format::Q8_0),
         ] {
             for (k, n) in [(64, 48), (96, 16 * 9 + 3), (32, 7)] {
                 let w = dequantised_weight(t, k, n, k as u64 + n as u64);
@@ -868,7 +892,7 @@ mod tests {
     #[test]
     fn a_value_off_the_block_grid_keeps_the_weight_in_f32() {
         let dev = test_device();
-        for t in [GgmlType::Q4_1, GgmlType::Q8_0] {
+        for t in [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_0] {
             let (k, n) = (64, 32);
             let mut w = dequantised_weight(t, k, n, 7);
             let i = 40 * n + 5;
