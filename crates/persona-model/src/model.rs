@@ -162,7 +162,7 @@ pub(crate) struct Linear {
 /// the CPU use a panel-packed copy, built on the first such product and
 /// shared by clones of the model: 0.625 bytes per parameter for dequantised
 /// Q4_1 weights, 1.125 for Q8_0, 4 for any other (SmolLM2 from its GGUF:
-/// 96 MB); see [`crate::packed`]. All other products use burn's matmul.
+/// 98 MB); see [`crate::packed`]. All other products use burn's matmul.
 #[derive(Debug, Clone)]
 pub(crate) struct Weight {
     tensor: Tensor<2>,

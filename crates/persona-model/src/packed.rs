@@ -11,10 +11,6 @@
 //! one pass over each panel, prefetching the stream ahead of the loads so
 //! that reading memory overlaps the arithmetic.
 //!
-//! Measured on the 2-core machine, the projections of 30 layers (425 MB),
-//! best of 10: 16 rows 31-37 ms with gemm's kernel on pre-packed panels
-//! (~50 ms with gemm repacking) -> 23-26 ms; 1 row ~17-19 -> ~16-18 ms.
-//!
 //! Each output value is one fused multiply-add chain over `k` in order
 //! `0..k`, so it does not depend on the number of rows, on which rows are
 //! in the batch or on the thread count. It can differ from burn's matmul in
@@ -28,10 +24,16 @@
 //! from each block's extremes, which ggml's reference quantiser puts on
 //! the grid's ends (Q4_1: `q = 0` and `15`; Q8_0: `|q| = 127`; Q4_0, kept
 //! as Q8_0: `q - 8 = -8`); blocks from other quantisers may not be found
-//! and then stay f32. The kernel rebuilds each
-//! weight in registers with the same f32 operations the dequantiser used, so
-//! the format changes the bytes read per decoding step (SmolLM2: 538 ->
-//! 96 MB), never a result.
+//! and then stay f32. The kernels rebuild each weight in registers with the
+//! same f32 arithmetic as the dequantiser, so the format changes the bytes
+//! read per decoding step (SmolLM2: 540 -> 98 MB), never a result.
+//!
+//! Measured on the 2-core machine, f32 panels of 30 layers' projections
+//! (425 MB), best of 10: 16 rows 31-37 ms with gemm's kernel on pre-packed
+//! panels (~50 ms with gemm repacking) -> 23-26 ms; 1 row ~17-19 ->
+//! ~16-18 ms. With SmolLM2's block formats, one step's 121 products
+//! (projections and LM head): 1 row 6.7-8.8 ms, 16 rows 31.5-33.3 ms (now
+//! bound by the arithmetic of rebuilding the weights, not by memory).
 //!
 //! Only on x86-64 CPUs with AVX-512F (checked at run time); elsewhere
 //! [`PackedWeight::new`] returns `None` and callers use burn's matmul.
