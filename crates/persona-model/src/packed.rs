@@ -159,6 +159,12 @@ impl PackedWeight {
     fn pack(w: &[f32], k: usize, n: usize, format: Format) -> Option<Self> {
         let panel_lines = format.panel_lines(k);
         let n_panels = n.div_ceil(PANEL);
+        // A weight that is not in `format` nearly always fails on its first
+        // block: find out before writing the whole allocation.
+        let mut first = vec![Line([0; LINE_BYTES]); panel_lines];
+        if n_panels > 0 && !pack_panel(w, n, 0, format, &mut first) {
+            return None;
+        }
         let mut lines = vec![Line([0; LINE_BYTES]); n_panels * panel_lines];
         let failed = AtomicBool::new(false);
         if panel_lines > 0 && n_panels > 0 {
@@ -299,7 +305,7 @@ fn pack_panel(w: &[f32], n: usize, p: usize, format: Format, panel: &mut [Line])
         }
         Format::Q4_1 => {
             for (b, block) in panel.chunks_exact_mut(Q4_1_LINES).enumerate() {
-                let block = block.as_flattened_bytes();
+                let block = bytes_mut(block);
                 for j in 0..cols {
                     let values = std::array::from_fn(|i| at(b * BLOCK + i, j));
                     let Some((d, m, q)) = q4_1(&values) else {
@@ -315,7 +321,7 @@ fn pack_panel(w: &[f32], n: usize, p: usize, format: Format, panel: &mut [Line])
         }
         Format::Q8_0 => {
             for (b, block) in panel.chunks_exact_mut(Q8_0_LINES).enumerate() {
-                let block = block.as_flattened_bytes();
+                let block = bytes_mut(block);
                 for j in 0..cols {
                     let values = std::array::from_fn(|i| at(b * BLOCK + i, j));
                     let Some((d, q)) = q8_0(&values) else {
@@ -333,16 +339,10 @@ fn pack_panel(w: &[f32], n: usize, p: usize, format: Format, panel: &mut [Line])
 }
 
 /// A run of lines seen as its bytes.
-trait AsBytes {
-    fn as_flattened_bytes(&mut self) -> &mut [u8];
-}
-
-impl AsBytes for [Line] {
-    fn as_flattened_bytes(&mut self) -> &mut [u8] {
-        // SAFETY: `Line` is `repr(C)` around `[u8; 64]`, so a slice of
-        // lines is `64 * len` initialised bytes without padding.
-        unsafe { std::slice::from_raw_parts_mut(self.as_mut_ptr().cast(), self.len() * LINE_BYTES) }
-    }
+fn bytes_mut(lines: &mut [Line]) -> &mut [u8] {
+    // SAFETY: `Line` is `repr(C)` around `[u8; 64]`, so a slice of lines is
+    // `64 * len` initialised bytes without padding.
+    unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr().cast(), lines.len() * LINE_BYTES) }
 }
 
 /// Scale candidates around `approx`: its nearest f16 and the f16 either
@@ -495,33 +495,49 @@ mod kernel {
     /// valid for `rows` rows of `range.cols` floats at stride `range.ld_out`.
     pub(super) unsafe fn panels(format: Format, range: PanelRange, rows: usize) {
         macro_rules! dispatch {
-            ($kernel:ident $($rows:literal => $group:literal),*) => {
+            ($kernel:ident, $group:ident) => {
+                dispatch!(@rows $kernel, $group; 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16)
+            };
+            (@rows $kernel:ident, $group:ident; $($rows:literal)*) => {
                 match rows {
-                    $($rows => unsafe {
-                        panels_for(
-                            range,
-                            $group,
-                            $kernel::<$rows, $group>,
-                            $kernel::<$rows, 1>,
-                        )
-                    },)*
+                    $($rows => {
+                        const GROUP: usize = $group($rows);
+                        unsafe {
+                            panels_for(range, GROUP, $kernel::<$rows, GROUP>, $kernel::<$rows, 1>)
+                        }
+                    })*
                     _ => unreachable!("row groups have 1..=16 rows"),
                 }
             };
         }
-        // Panels per kernel call: as many as keep rows x panels
-        // accumulators (plus the loaded or rebuilt lines, and for blocks
-        // their scales) inside the 32 registers.
         match format {
-            Format::F32 => dispatch!(f32_kernel
-                1 => 4, 2 => 4, 3 => 4, 4 => 4, 5 => 4, 6 => 4, 7 => 3, 8 => 3,
-                9 => 2, 10 => 2, 11 => 2, 12 => 2, 13 => 1, 14 => 1, 15 => 1, 16 => 1),
-            Format::Q4_1 => dispatch!(q4_1_kernel
-                1 => 4, 2 => 4, 3 => 4, 4 => 3, 5 => 3, 6 => 2, 7 => 2, 8 => 2,
-                9 => 2, 10 => 2, 11 => 1, 12 => 1, 13 => 1, 14 => 1, 15 => 1, 16 => 1),
-            Format::Q8_0 => dispatch!(q8_0_kernel
-                1 => 4, 2 => 4, 3 => 4, 4 => 3, 5 => 3, 6 => 2, 7 => 2, 8 => 2,
-                9 => 2, 10 => 2, 11 => 1, 12 => 1, 13 => 1, 14 => 1, 15 => 1, 16 => 1),
+            Format::F32 => dispatch!(f32_kernel, f32_group),
+            Format::Q4_1 => dispatch!(q4_1_kernel, block_group),
+            Format::Q8_0 => dispatch!(q8_0_kernel, block_group),
+        }
+    }
+
+    /// Panels per [`f32_kernel`] call for `rows` rows: as many as keep the
+    /// `rows x panels` accumulators and the loaded lines inside the 32
+    /// registers.
+    const fn f32_group(rows: usize) -> usize {
+        match rows {
+            1..=6 => 4,
+            7..=8 => 3,
+            9..=12 => 2,
+            _ => 1,
+        }
+    }
+
+    /// Panels per [`block_kernel`] call for `rows` rows: as
+    /// [`f32_group`], with room for each panel's scales and minima and its
+    /// two rebuilt lines.
+    const fn block_group(rows: usize) -> usize {
+        match rows {
+            1..=3 => 4,
+            4..=5 => 3,
+            6..=10 => 2,
+            _ => 1,
         }
     }
 
