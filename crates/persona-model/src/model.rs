@@ -515,7 +515,14 @@ impl Model {
     pub fn forward(&self, batch: &Batch, args: ForwardArgs<'_>) -> Result<ForwardOutput> {
         let groups = self.row_groups(batch, &args);
         if groups.len() < 2 {
-            return self.forward_rows(batch, args);
+            // On a rayon worker (inline when already on one): each product
+            // and attention call then forks from a pool thread, whose
+            // idle partner is usually still spinning, instead of blocking
+            // the caller's thread on every call until the pool is done.
+            // A batch-16 decoding step made ~570 context switches before,
+            // ~70 after; decoding ran 8% (batch 16) to 35% (batch 1)
+            // faster. Values do not change.
+            return rayon::scope(|_| self.forward_rows(batch, args));
         }
         // A fresh cache (the prompt pass of generation) is filled per group
         // and joined.
