@@ -3,6 +3,7 @@
 //! capture as arguments, and returns logits plus what was captured.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use burn::tensor::activation::silu;
@@ -199,6 +200,48 @@ impl Weight {
         }
         matmul_few_rows(x, &self.tensor, blocks_per_thread)
     }
+}
+
+/// Runs `f` (a forward pass) on a rayon worker, with another worker kept
+/// awake until it returns; inline when already on a worker.
+///
+/// A pass forks to the pool several times per layer (each product, each
+/// attention). Called from outside the pool, every fork would park the
+/// caller's thread until the pool is done, and a worker that found nothing
+/// to do for ~30 µs (a norm, RoPE, attention at batch 1) falls asleep and
+/// takes ~10-20 µs to wake for the next product. On a worker, the pass
+/// forks with `join`, starts on its own half at once, and a spinning
+/// partner steals the other: a batch-16 decoding step made ~570 context
+/// switches before, ~70 after, and decoding ran ~8% (batch 16) to ~40%
+/// (batch 1) faster. The partner spins only while this pass runs and does
+/// any of the pool's work meanwhile; passes started on a worker (the
+/// trainer's row groups) do not get one, as their partner has its own
+/// work. Values do not change.
+fn on_the_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        return f();
+    }
+    let done = AtomicBool::new(false);
+    rayon::scope(|s| {
+        let caller = rayon::current_thread_index();
+        let done = &done;
+        s.spawn(move |_| {
+            // Defensive: thieves take the oldest job (this one) first, so
+            // the pass's own thread should only find it after the pass;
+            // if it ever ran it earlier, spinning would wait for itself.
+            if rayon::current_thread_index() == caller {
+                return;
+            }
+            while !done.load(Ordering::Acquire) {
+                if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                    std::hint::spin_loop();
+                }
+            }
+        });
+        let out = f();
+        done.store(true, Ordering::Release);
+        out
+    })
 }
 
 /// Products with at most this many rows are split by output columns over
@@ -515,14 +558,7 @@ impl Model {
     pub fn forward(&self, batch: &Batch, args: ForwardArgs<'_>) -> Result<ForwardOutput> {
         let groups = self.row_groups(batch, &args);
         if groups.len() < 2 {
-            // On a rayon worker (inline when already on one): each product
-            // and attention call then forks from a pool thread, whose
-            // idle partner is usually still spinning, instead of blocking
-            // the caller's thread on every call until the pool is done.
-            // A batch-16 decoding step made ~570 context switches before,
-            // ~70 after; decoding ran 8% (batch 16) to 35% (batch 1)
-            // faster. Values do not change.
-            return rayon::scope(|_| self.forward_rows(batch, args));
+            return on_the_pool(|| self.forward_rows(batch, args));
         }
         // A fresh cache (the prompt pass of generation) is filled per group
         // and joined.
@@ -952,7 +988,7 @@ impl Model {
 mod tests {
     use burn::tensor::{Distribution, Tensor};
 
-    use super::{column_blocks, matmul_few_rows};
+    use super::{column_blocks, matmul_few_rows, on_the_pool};
     use crate::testing::test_device;
 
     fn host(t: Tensor<2>) -> Vec<f32> {
@@ -975,5 +1011,41 @@ mod tests {
             assert_eq!(split, host(x.matmul(wt.transpose())), "m = {m}, view");
         }
         assert_eq!(column_blocks(5, 1200, 4), 1, "more rows than FEW_ROWS");
+    }
+
+    /// A pass run through `on_the_pool` returns its value when called
+    /// from outside the pool (also by several threads at once, whose passes
+    /// and keep-awake jobs interleave on the workers) and when called on a
+    /// worker of pools of 1-3 threads; nested forks have their halves
+    /// stolen or not. A keep-awake job that outlived its pass would hang
+    /// this test.
+    #[test]
+    fn passes_on_the_pool_return_their_value() {
+        use rayon::prelude::*;
+        let pass = || -> u64 {
+            (0..64u64)
+                .map(|i| (0..1000u64).into_par_iter().map(|j| i * j).sum::<u64>())
+                .sum()
+        };
+        let want: u64 = (0..64u64).map(|i| i * 499_500).sum();
+        assert_eq!(on_the_pool(pass), want, "from outside the pool");
+        let concurrent: Vec<u64> = std::thread::scope(|s| {
+            let callers: Vec<_> = (0..3).map(|_| s.spawn(|| on_the_pool(pass))).collect();
+            callers.into_iter().map(|c| c.join().unwrap()).collect()
+        });
+        assert_eq!(concurrent, vec![want; 3], "three callers at once");
+        for threads in 1..=3 {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let on_workers = pool.install(|| {
+                (0..4)
+                    .into_par_iter()
+                    .map(|_| on_the_pool(pass))
+                    .collect::<Vec<_>>()
+            });
+            assert_eq!(on_workers, vec![want; 4], "{threads} threads, on workers");
+        }
     }
 }
