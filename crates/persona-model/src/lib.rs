@@ -11,6 +11,7 @@
 pub mod cache;
 pub mod config;
 pub mod device;
+mod elementwise;
 pub mod error;
 pub mod generate;
 pub mod gguf;

@@ -14,6 +14,7 @@ use rayon::prelude::*;
 
 use crate::cache::{KvCache, append_positions};
 use crate::config::ModelConfig;
+use crate::elementwise;
 use crate::error::{ModelError, Result};
 use crate::lora::{Lora, LoraDropout, Target};
 use crate::packed::{PACKED_MAX_ROWS, PackedWeight};
@@ -353,9 +354,15 @@ impl Rope {
         }
     }
 
+    /// In one host pass for CPU inference ([`elementwise::rope`], same
+    /// bits), with burn's ops otherwise.
+    ///
     /// # Shapes
     /// `x`: `[b, heads, s, hd]`; `cos`, `sin`: `[b, 1, s, hd]`.
     fn apply(x: Tensor<4>, cos: Tensor<4>, sin: Tensor<4>) -> Tensor<4> {
+        if let Some(y) = elementwise::rope(&x, &cos, &sin) {
+            return y;
+        }
         let [_, _, _, hd] = x.dims();
         let half = hd / 2;
         let swapped = Tensor::cat(
@@ -976,9 +983,18 @@ impl Model {
         let x = self.rms_norm(h.clone(), &layer.post_attention_layernorm);
         let gate_up = layer.gate_up_proj.forward(x.clone()); // # (b*s, 2 ff)
         let ff = cfg.d_ff;
-        let gate = adapt(Target::Gate, &x, gate_up.clone().narrow(1, 0, ff));
-        let up = adapt(Target::Up, &x, gate_up.narrow(1, ff, ff));
-        let act = silu(gate) * up;
+        let delta = |t: Target| lora.and_then(|l| l.delta(index, t, x.clone(), dropout));
+        let act = match (delta(Target::Gate), delta(Target::Up)) {
+            (None, None) => elementwise::swiglu(gate_up, ff),
+            (gate_delta, up_delta) => {
+                let plus = |base: Tensor<2>, d: Option<Tensor<2>>| match d {
+                    Some(d) => base + d,
+                    None => base,
+                };
+                let gate = plus(gate_up.clone().narrow(1, 0, ff), gate_delta);
+                silu(gate) * plus(gate_up.narrow(1, ff, ff), up_delta)
+            }
+        };
         let mlp = adapt(Target::Down, &act, layer.down_proj.forward(act.clone()));
         (h + mlp, k_cache, v_cache)
     }
