@@ -221,17 +221,32 @@ impl PackedWeight {
         }
         let data = x.clone().into_data();
         let x_host = data.as_slice::<f32>().ok()?;
-        let mut out = vec![0f32; m * self.n];
+        let len = m * self.n;
         // With `k == 0` the zeros are the answer; with `n == 0` there is
         // nothing to write.
-        if k > 0 && self.n > 0 {
-            for (group, out) in x_host
-                .chunks(MAX_GROUP_ROWS * k)
-                .zip(out.chunks_mut(MAX_GROUP_ROWS * self.n))
-            {
-                self.run_group(group, out);
+        let out = if k == 0 || self.n == 0 {
+            vec![0f32; len]
+        } else {
+            // Not zeroed first: the kernels write every output (for the
+            // LM head of a batch-16 step, 3 MB a step that was written
+            // twice). Tests fill it with NaN, so a value left unwritten
+            // fails them.
+            let mut out = Vec::<f32>::with_capacity(len);
+            if cfg!(test) {
+                out.spare_capacity_mut()
+                    .fill(std::mem::MaybeUninit::new(f32::NAN));
             }
-        }
+            for (g, group) in x_host.chunks(MAX_GROUP_ROWS * k).enumerate() {
+                // SAFETY: the group's rows, `MAX_GROUP_ROWS * g ..`, lie
+                // inside the `m * n` floats of capacity.
+                unsafe { self.run_group(group, out.as_mut_ptr().add(g * MAX_GROUP_ROWS * self.n)) };
+            }
+            // SAFETY: every group wrote all `n` columns of each of its rows
+            // (the panel ranges cover every panel, each kernel call stores
+            // all the columns of its panels), so all `m * n` are written.
+            unsafe { out.set_len(len) };
+            out
+        };
         Some(Tensor::from_data(
             TensorData::new(out, [m, self.n]),
             &x.device(),
@@ -243,7 +258,11 @@ impl PackedWeight {
     /// ranges per rayon thread ([`RANGES_PER_THREAD`]): each range is one
     /// stream, and a thread that starts late (waking up takes tens of
     /// microseconds) leaves more of the ranges to the others.
-    fn run_group(&self, x: &[f32], out: &mut [f32]) {
+    ///
+    /// # Safety
+    /// `out` must be valid for writes of `rows * n` floats, and not be read
+    /// or written by anything else during the call.
+    unsafe fn run_group(&self, x: &[f32], out: *mut f32) {
         use rayon::prelude::*;
         let (k, n) = (self.k, self.n);
         let rows = x.len() / k;
@@ -261,7 +280,7 @@ impl PackedWeight {
         let ranges = rayon::current_num_threads().max(1) * RANGES_PER_THREAD;
         let per_range = n_panels.div_ceil(ranges).max(MIN_RANGE_PANELS);
         // Every panel range writes a disjoint set of columns of `out`.
-        let out = SharedOut(out.as_mut_ptr());
+        let out = SharedOut(out);
         (0..n_panels.div_ceil(per_range))
             .into_par_iter()
             .for_each(|range| {
