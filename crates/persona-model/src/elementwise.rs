@@ -23,28 +23,59 @@ use burn::tensor::activation::silu;
 use burn::tensor::{DType, Tensor, TensorData};
 use rten_simd::SimdUnaryOp;
 
-/// The host values of `t` when it is an f32 tensor on the CPU, outside
-/// autodiff; `None` otherwise.
-fn host_values<const D: usize>(t: Tensor<D>) -> Option<Vec<f32>> {
-    if t.is_autodiff() || !crate::device::is_cpu(&t.device()) {
-        return None;
+/// Whether `t` is an f32 tensor on the CPU, outside autodiff: what the
+/// host passes handle.
+fn on_host<const D: usize>(t: &Tensor<D>) -> bool {
+    t.dtype() == DType::F32 && !t.is_autodiff() && crate::device::is_cpu(&t.device())
+}
+
+/// The values of a tensor [`on_host`] accepted, in logical order (read in
+/// place when this is the storage's only handle).
+fn host_values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    match t.into_data().try_into_vec::<f32>() {
+        Ok(values) => values,
+        Err(_) => unreachable!("an f32 tensor converts to f32 values"),
     }
-    t.into_data().try_into_vec::<f32>().ok()
 }
 
 /// Rotate-half RoPE, `x * cos + swap_halves(x) * sin` (the sign of
-/// rotate-half folded into `sin`), as [`crate::model`]'s `Rope::apply`.
+/// rotate-half folded into `sin`, see [`crate::model`]'s `Rope`): in one
+/// host pass for CPU inference, with burn's ops otherwise.
 ///
 /// # Shapes
 /// `x`: `[b, heads, s, hd]`; `cos`, `sin`: `[b, 1, s, hd]` -> `[b, heads, s, hd]`
-pub(crate) fn rope(x: &Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Option<Tensor<4>> {
+pub(crate) fn rope(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
+    match rope_on_host(&x, cos, sin) {
+        Some(y) => y,
+        None => rope_with_burn_ops(x, cos.clone(), sin.clone()),
+    }
+}
+
+/// [`rope`] with burn's ops: autodiff and GPU passes.
+fn rope_with_burn_ops(x: Tensor<4>, cos: Tensor<4>, sin: Tensor<4>) -> Tensor<4> {
+    let [_, _, _, hd] = x.dims();
+    let half = hd / 2;
+    let swapped = Tensor::cat(
+        vec![
+            x.clone().narrow(3, half, half),
+            x.clone().narrow(3, 0, half),
+        ],
+        3,
+    );
+    x * cos + swapped * sin
+}
+
+/// [`rope`] in one host pass; `None` when the tensors are not
+/// [`on_host`] or the tables do not have `x`'s shape.
+fn rope_on_host(x: &Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Option<Tensor<4>> {
     let dims = x.dims();
     let [b, heads, s, hd] = dims;
-    if hd % 2 != 0 || cos.dims() != [b, 1, s, hd] || sin.dims() != [b, 1, s, hd] {
+    let tables_fit = cos.dims() == [b, 1, s, hd] && sin.dims() == [b, 1, s, hd];
+    if hd % 2 != 0 || !tables_fit || ![x, cos, sin].into_iter().all(on_host) {
         return None;
     }
-    let values = host_values(x.clone())?;
-    let (cos, sin) = (host_values(cos.clone())?, host_values(sin.clone())?);
+    let values = host_values(x.clone());
+    let (cos, sin) = (host_values(cos.clone()), host_values(sin.clone()));
     let half = hd / 2;
     let mut out = vec![0f32; values.len()];
     // One head row of `hd` values at a time, with its position's tables;
@@ -75,29 +106,21 @@ pub(crate) fn rope(x: &Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Option<Te
 }
 
 /// The MLP's activation `silu(gate) * up` of a `[gate | up]` product,
-/// with `silu(g) = g * sigmoid(g)` as burn's `silu`. Always computed: in
-/// one host pass for CPU inference (reading `gate_up` in place when this
-/// is its only handle), with burn's ops otherwise.
+/// with `silu(g) = g * sigmoid(g)` as burn's `silu`: in one host pass for
+/// CPU inference (reading `gate_up` in place when this is its only
+/// handle), with burn's ops otherwise.
 ///
 /// # Shapes
 /// `gate_up`: `[n, 2 ff]` -> `[n, ff]`
 pub(crate) fn swiglu(gate_up: Tensor<2>, ff: usize) -> Tensor<2> {
     let [n, width] = gate_up.dims();
-    let host = width == 2 * ff
-        && gate_up.dtype() == DType::F32
-        && !gate_up.is_autodiff()
-        && crate::device::is_cpu(&gate_up.device());
-    if !host {
-        let gate = gate_up.clone().narrow(1, 0, ff);
-        return silu(gate) * gate_up.narrow(1, ff, ff);
+    if width != 2 * ff || !on_host(&gate_up) {
+        return swiglu_with_burn_ops(gate_up, ff);
     }
     let device = gate_up.device();
-    let values = match gate_up.into_data().try_into_vec::<f32>() {
-        Ok(values) => values,
-        Err(_) => unreachable!("an f32 tensor converts to f32 values"),
-    };
+    let values = host_values(gate_up);
     let mut out = Vec::with_capacity(n * ff);
-    for row in values.chunks_exact(width).take(n) {
+    for row in values.chunks_exact(width) {
         let (gate, up) = row.split_at(ff);
         let start = out.len();
         out.extend_from_slice(gate);
@@ -111,12 +134,17 @@ pub(crate) fn swiglu(gate_up: Tensor<2>, ff: usize) -> Tensor<2> {
     Tensor::from_data(TensorData::new(out, [n, ff]), &device)
 }
 
+/// [`swiglu`] with burn's ops: autodiff and GPU passes.
+fn swiglu_with_burn_ops(gate_up: Tensor<2>, ff: usize) -> Tensor<2> {
+    let gate = gate_up.clone().narrow(1, 0, ff);
+    silu(gate) * gate_up.narrow(1, ff, ff)
+}
+
 #[cfg(test)]
 mod tests {
-    use burn::tensor::activation::silu;
     use burn::tensor::{Distribution, Tensor};
 
-    use super::{rope, swiglu};
+    use super::{rope_on_host, rope_with_burn_ops, swiglu, swiglu_with_burn_ops};
     use crate::testing::test_device;
 
     fn host<const D: usize>(t: Tensor<D>) -> Vec<u32> {
@@ -126,20 +154,6 @@ mod tests {
             .into_iter()
             .map(f32::to_bits)
             .collect()
-    }
-
-    /// burn's RoPE, as the model computes it without this module.
-    fn rope_with_burn(x: Tensor<4>, cos: Tensor<4>, sin: Tensor<4>) -> Tensor<4> {
-        let [_, _, _, hd] = x.dims();
-        let half = hd / 2;
-        let swapped = Tensor::cat(
-            vec![
-                x.clone().narrow(3, half, half),
-                x.clone().narrow(3, 0, half),
-            ],
-            3,
-        );
-        x * cos + swapped * sin
     }
 
     /// Same bits as the burn ops, on contiguous and strided inputs (the
@@ -153,15 +167,15 @@ mod tests {
             let x = Tensor::<4>::random([b, s, heads, hd], normal, &dev).swap_dims(1, 2);
             let cos = Tensor::<4>::random([b, 1, s, hd], Distribution::Default, &dev);
             let sin = Tensor::<4>::random([b, 1, s, hd], Distribution::Default, &dev);
-            let got = rope(&x, &cos, &sin).expect("CPU inference tensors");
+            let got = rope_on_host(&x, &cos, &sin).expect("CPU inference tensors");
             assert_eq!(got.dims(), [b, heads, s, hd]);
-            let want = rope_with_burn(x.clone(), cos.clone(), sin.clone());
+            let want = rope_with_burn_ops(x.clone(), cos.clone(), sin.clone());
             assert_eq!(host(got), host(want), "{b} x {heads} x {s} x {hd}, strided");
             let contiguous = Tensor::<4>::from_data(x.into_data(), &dev);
-            let got = rope(&contiguous, &cos, &sin).unwrap();
+            let got = rope_on_host(&contiguous, &cos, &sin).unwrap();
             assert_eq!(
                 host(got),
-                host(rope_with_burn(contiguous, cos, sin)),
+                host(rope_with_burn_ops(contiguous, cos, sin)),
                 "{b} x {heads} x {s} x {hd}, contiguous"
             );
         }
@@ -183,8 +197,7 @@ mod tests {
                     .unsqueeze::<2>()
                     .repeat_dim(0, n);
             }
-            let want =
-                host(silu(gate_up.clone().narrow(1, 0, ff)) * gate_up.clone().narrow(1, ff, ff));
+            let want = host(swiglu_with_burn_ops(gate_up.clone(), ff));
             let shared = swiglu(gate_up.clone(), ff);
             assert_eq!(shared.dims(), [n, ff]);
             assert_eq!(host(shared), want, "{n} x {ff}, shared");
@@ -198,6 +211,6 @@ mod tests {
         let dev = test_device();
         let x = Tensor::<4>::zeros([1, 2, 3, 4], &dev);
         let wrong = Tensor::<4>::zeros([1, 1, 3, 2], &dev);
-        assert!(rope(&x, &wrong, &wrong).is_none());
+        assert!(rope_on_host(&x, &wrong, &wrong).is_none());
     }
 }

@@ -325,7 +325,7 @@ pub(crate) struct Block {
 
 /// Rotary tables `[max_positions, head_dim]` in HF's rotate-half layout, with
 /// the sign of rotate-half folded into `sin` (first half negated) so that
-/// `rope(x) = x * cos + swap_halves(x) * sin`.
+/// `rope(x) = x * cos + swap_halves(x) * sin` ([`elementwise::rope`]).
 #[derive(Debug, Clone)]
 struct Rope {
     cos: Tensor<2>,
@@ -352,27 +352,6 @@ impl Rope {
             cos: Tensor::from_data(TensorData::new(cos, [n, hd]), device),
             sin: Tensor::from_data(TensorData::new(sin, [n, hd]), device),
         }
-    }
-
-    /// In one host pass for CPU inference ([`elementwise::rope`], same
-    /// bits), with burn's ops otherwise.
-    ///
-    /// # Shapes
-    /// `x`: `[b, heads, s, hd]`; `cos`, `sin`: `[b, 1, s, hd]`.
-    fn apply(x: Tensor<4>, cos: Tensor<4>, sin: Tensor<4>) -> Tensor<4> {
-        if let Some(y) = elementwise::rope(&x, &cos, &sin) {
-            return y;
-        }
-        let [_, _, _, hd] = x.dims();
-        let half = hd / 2;
-        let swapped = Tensor::cat(
-            vec![
-                x.clone().narrow(3, half, half),
-                x.clone().narrow(3, 0, half),
-            ],
-            3,
-        );
-        x * cos + swapped * sin
     }
 }
 
@@ -941,19 +920,20 @@ impl Model {
         let x = self.rms_norm(h.clone(), &layer.input_layernorm);
         let (q_w, kv_w) = (nh * hd, nkv * hd);
         // The frozen projection plus, when adapted, its LoRA branch.
-        let adapt = |t: Target, x: &Tensor<2>, base: Tensor<2>| match lora
-            .and_then(|l| l.delta(index, t, x.clone(), dropout))
-        {
+        let delta =
+            |t: Target, x: &Tensor<2>| lora.and_then(|l| l.delta(index, t, x.clone(), dropout));
+        let plus = |base: Tensor<2>, d: Option<Tensor<2>>| match d {
             Some(d) => base + d,
             None => base,
         };
+        let adapt = |t: Target, x: &Tensor<2>, base: Tensor<2>| plus(base, delta(t, x));
         let qkv = layer.qkv_proj.forward(x.clone()); // # (b*s, q_w + 2 kv_w)
         let q = adapt(Target::Q, &x, qkv.clone().narrow(1, 0, q_w));
         let k = adapt(Target::K, &x, qkv.clone().narrow(1, q_w, kv_w));
         let v = adapt(Target::V, &x, qkv.narrow(1, q_w + kv_w, kv_w));
         let heads = |t: Tensor<2>, n: usize| t.reshape([b_n, s_n, n, hd]).swap_dims(1, 2); // # (b, n, s, hd)
-        let q = Rope::apply(heads(q, nh), cos.clone(), sin.clone());
-        let k = Rope::apply(heads(k, nkv), cos.clone(), sin.clone());
+        let q = elementwise::rope(heads(q, nh), cos, sin);
+        let k = elementwise::rope(heads(k, nkv), cos, sin);
         let (k_past, v_past) = cached.unzip();
         let (k_cache, k) = append_positions(k_past, past, reserve, k); // k: # (b, nkv, past+s, hd)
         let (v_cache, v) = append_positions(v_past, past, reserve, heads(v, nkv));
@@ -983,14 +963,10 @@ impl Model {
         let x = self.rms_norm(h.clone(), &layer.post_attention_layernorm);
         let gate_up = layer.gate_up_proj.forward(x.clone()); // # (b*s, 2 ff)
         let ff = cfg.d_ff;
-        let delta = |t: Target| lora.and_then(|l| l.delta(index, t, x.clone(), dropout));
-        let act = match (delta(Target::Gate), delta(Target::Up)) {
+        // Adapted gate or up: add the branches to the halves first.
+        let act = match (delta(Target::Gate, &x), delta(Target::Up, &x)) {
             (None, None) => elementwise::swiglu(gate_up, ff),
             (gate_delta, up_delta) => {
-                let plus = |base: Tensor<2>, d: Option<Tensor<2>>| match d {
-                    Some(d) => base + d,
-                    None => base,
-                };
                 let gate = plus(gate_up.clone().narrow(1, 0, ff), gate_delta);
                 silu(gate) * plus(gate_up.narrow(1, ff, ff), up_delta)
             }

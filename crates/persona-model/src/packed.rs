@@ -166,22 +166,27 @@ impl PackedWeight {
             return None;
         }
         let mut lines = vec![Line([0; LINE_BYTES]); n_panels * panel_lines];
+        if n_panels > 0 {
+            lines[..panel_lines].copy_from_slice(&first);
+        }
         let failed = AtomicBool::new(false);
-        if panel_lines > 0 && n_panels > 0 {
+        // Panels 1.. are left.
+        if panel_lines > 0 && n_panels > 1 {
             // Plain threads, not rayon's: this runs inside a `OnceLock`
             // initialiser (see `model::Weight`), where a rayon job could
             // steal work that waits on the same lock. As many as rayon
             // has, so `RAYON_NUM_THREADS` holds here too. Checking and
             // packing all of SmolLM2 takes ~0.8-1 s, once.
             let threads = rayon::current_num_threads().max(1);
-            let per_thread = n_panels.div_ceil(threads);
+            let per_thread = (n_panels - 1).div_ceil(threads);
+            let rest = &mut lines[panel_lines..];
             std::thread::scope(|s| {
-                for (t, chunk) in lines.chunks_mut(per_thread * panel_lines).enumerate() {
+                for (t, chunk) in rest.chunks_mut(per_thread * panel_lines).enumerate() {
                     let failed = &failed;
                     s.spawn(move || {
                         for (i, panel) in chunk.chunks_exact_mut(panel_lines).enumerate() {
                             if failed.load(Ordering::Relaxed)
-                                || !pack_panel(w, n, t * per_thread + i, format, panel)
+                                || !pack_panel(w, n, 1 + t * per_thread + i, format, panel)
                             {
                                 failed.store(true, Ordering::Relaxed);
                                 return;
@@ -423,8 +428,8 @@ fn q8_0(values: &[f32; BLOCK]) -> Option<(f16, [i8; BLOCK])> {
     }
     let amax = values.iter().fold(0f32, |a, v| a.max(v.abs()));
     let q4_0 = scale_candidates(amax / 8.0);
-    let candidates = scale_candidates(amax / 127.0).chain(q4_0.clone().chain(q4_0.map(|d| -d)));
-    candidates.into_iter().find_map(|d| {
+    let mut candidates = scale_candidates(amax / 127.0).chain(q4_0.clone().chain(q4_0.map(|d| -d)));
+    candidates.find_map(|d| {
         let df = d.to_f32();
         let inverse = if df != 0.0 { 1.0 / df } else { 0.0 };
         let mut q = [0i8; BLOCK];
