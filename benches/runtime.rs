@@ -46,9 +46,10 @@ fn main() {
         2.0 * (per_layer * c.n_layers + c.d_model * c.vocab_size) as f64 / 1e9
     };
 
-    // `BENCH_ONLY=prefill|decode` runs one part (for profiling).
+    // `BENCH_ONLY=prefill|decode1|decode16|train` runs one part, or a comma
+    // list of them (for profiling).
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
-    let want = |part: &str| only.is_empty() || only == part;
+    let want = |part: &str| only.is_empty() || only.split(',').any(|p| p == part);
 
     // Prefill: batch 8 x 128, logits at the last position (as generation uses it).
     let rows: Vec<Sequence> = (0..8)
