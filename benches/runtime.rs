@@ -136,7 +136,7 @@ fn main() {
         // `generate`'s first forward reads the prompts into the cache (and
         // gives the first new token); timed on its own, the same way, and
         // taken out for the decoding rate proper.
-        let prefill = prompt_prefill_secs(&m.model, &prompts, m.codec.pad_id, 128);
+        let prefill = prompt_prefill_secs(&m.model, &prompts, m.codec.pad_id, opts.max_new_tokens);
         println!(
             "decode batch {batch_size}: {:.1} tokens/s ({n} tokens in {secs:.2} s, prefill included); \
              {:.1} tokens/s without the prompts' prefill ({prefill:.3} s, timed apart)",
