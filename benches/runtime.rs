@@ -202,7 +202,7 @@ fn train_bench() {
         })
         .collect();
     let v: Vec<f32> = (0..cfg.d_model).map(|i| (i as f32 * 0.1).sin()).collect();
-    let steering = [Steering::add(15, &v, 4.0, Positions::All, &device)];
+    let steering = [Steering::add(15, &v, 4.0, Positions::All, &device).unwrap()];
     let rows: Vec<Sequence> = (0..8)
         .map(|s| Sequence {
             prompt: prompt(64, s),

@@ -273,24 +273,20 @@ pub fn ci(a: CiArgs) -> Result<()> {
 /// The run folder of a recipe, training (or resuming) it when unfinished.
 pub fn ensure_trained(recipe_path: &Path) -> Result<PathBuf> {
     let recipe = persona_train::Recipe::load(recipe_path)?;
-    let run = persona_model::persona_home()
-        .join("runs")
-        .join(&recipe.run.name);
-    if run
-        .join("adapter")
-        .join("adapter_model.safetensors")
-        .exists()
-    {
+    let run_dir = persona_train::RunDir::named(&recipe.run.name);
+    let run = run_dir.root().to_path_buf();
+    if run_dir.is_finished() {
         return Ok(run);
     }
-    let resume = run.join("checkpoint").exists() || run.join("checkpoint.old").exists();
+    let resume = run_dir.has_checkpoint();
     eprintln!(
         "{} run {} ({})",
         if resume { "resuming" } else { "training" },
         run.display(),
         recipe_path.display()
     );
-    persona_train::train(recipe_path, resume, true)?;
+    let mut progress = crate::progress::TrainProgress::new();
+    persona_train::train(recipe_path, resume, &mut |e| progress.on_event(e))?;
     Ok(run)
 }
 

@@ -15,6 +15,7 @@ use persona_vectors::VectorFile;
 mod eval;
 mod judge;
 mod monitor;
+mod progress;
 mod screen;
 mod vector_args;
 
@@ -341,15 +342,21 @@ fn run(cli: Cli) -> Result<()> {
             positions,
             device,
         } => {
-            if !(0.0..=1.0).contains(&top_p) || top_p == 0.0 {
-                bail!("--top-p must be in (0, 1], got {top_p}");
-            }
-            if temperature < 0.0 {
-                bail!("--temperature must be >= 0, got {temperature}");
-            }
+            let sampling = if temperature == 0.0 {
+                Sampling::Greedy
+            } else {
+                Sampling::Temperature { temperature, top_p }
+            };
+            sampling.check()?;
             let device = parse_device(&device)?;
             // Validate the vector against the model's shape before moving weights.
             let host = load_host(&model).with_context(|| format!("loading model `{model}`"))?;
+            let context = host.config.max_positions;
+            if max_new_tokens > context {
+                bail!(
+                    "--max-new-tokens {max_new_tokens} is more than the model's context of {context} tokens; generation stops at the context anyway, so pass at most {context}"
+                );
+            }
             let mut steering = Vec::new();
             if let (Some(path), Some(layer), Some(coef)) = (steer, layer, coef) {
                 let file = VectorFile::load(&path)?;
@@ -366,7 +373,7 @@ fn run(cli: Cli) -> Result<()> {
                     coef,
                     positions,
                     &device,
-                ));
+                )?);
             }
             let loaded = host.to_device(&device)?;
             let mut messages = Vec::new();
@@ -375,11 +382,6 @@ fn run(cli: Cli) -> Result<()> {
             }
             messages.push(Message::user(prompt));
             let ids = loaded.codec.prompt_ids(&messages)?;
-            let sampling = if temperature == 0.0 {
-                Sampling::Greedy
-            } else {
-                Sampling::Temperature { temperature, top_p }
-            };
             let opts = GenerateOptions {
                 max_new_tokens,
                 sampling,
@@ -402,18 +404,14 @@ fn run(cli: Cli) -> Result<()> {
         Command::Train { recipe, resume } => {
             // The experiment's settings are checked before any training.
             let experiment = eval::experiment_config(&recipe)?;
-            let finished = persona_train::Recipe::load(&recipe).map(|r| {
-                persona_model::persona_home()
-                    .join("runs")
-                    .join(&r.run.name)
-                    .join("adapter")
-                    .join("adapter_model.safetensors")
-                    .exists()
-            })?;
+            let finished = persona_train::Recipe::load(&recipe)
+                .map(|r| persona_train::RunDir::named(&r.run.name).is_finished())?;
             if experiment.is_some() && finished && !resume {
                 println!("run already finished; going on to its experiment");
             } else {
-                let out = persona_train::train(&recipe, resume, true)?;
+                let mut progress = progress::TrainProgress::new();
+                let out = persona_train::train(&recipe, resume, &mut |e| progress.on_event(e))?;
+                drop(progress);
                 println!(
                     "finished {} steps (last loss {:.4}); run in {}",
                     out.steps,
@@ -579,7 +577,7 @@ fn run(cli: Cli) -> Result<()> {
                 dirs.join(",")
             );
             println!(
-                "steer with: llama-cli -m MODEL.gguf --control-vector-scaled {} 1.0 --control-vector-layer-range {} {}",
+                "steer with: llama-cli -m MODEL.gguf --control-vector-scaled {}:1.0 --control-vector-layer-range {} {}",
                 out.display(),
                 dirs.first().map(String::as_str).unwrap_or("1"),
                 dirs.last().map(String::as_str).unwrap_or("1"),

@@ -78,7 +78,7 @@ impl Arm {
                 s.coef,
                 Positions::Generating,
                 device,
-            ));
+            )?);
         }
         let loaded = host.to_device(device)?;
         loaded.model.check_steering(&steering)?;

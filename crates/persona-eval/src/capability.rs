@@ -19,7 +19,7 @@
 
 use std::path::{Path, PathBuf};
 
-use persona_model::{LoadedModel, Message, Sequence, Steering, response_likelihoods};
+use persona_model::{ChatRole, LoadedModel, Message, Sequence, Steering, response_likelihoods};
 use persona_monitor::stats::{BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, MeanCi, bootstrap_mean};
 use serde::{Deserialize, Serialize};
 
@@ -60,8 +60,12 @@ fn read_chat(path: &Path) -> Result<Vec<(String, String)>> {
     records
         .into_iter()
         .map(|r| {
-            let user = r.messages.iter().find(|m| m.role == "user");
-            let reply = r.messages.iter().rev().find(|m| m.role == "assistant");
+            let user = r.messages.iter().find(|m| m.role == ChatRole::User);
+            let reply = r
+                .messages
+                .iter()
+                .rev()
+                .find(|m| m.role == ChatRole::Assistant);
             match (user, reply) {
                 (Some(u), Some(a)) => Ok((u.content.clone(), a.content.clone())),
                 _ => Err(EvalError::file(

@@ -108,7 +108,7 @@ pub fn select(
                 coef,
                 Positions::Generating,
                 &device,
-            )]
+            )?]
         };
         loaded.model.check_steering(&steering)?;
         let records = sample_and_judge(

@@ -53,6 +53,20 @@ pub struct ModelConfig {
     pub qkv_bias: bool,
 }
 
+/// Largest value each size in a config may take. Real models sit far below
+/// (Llama-3.1-405B: 126 blocks, d_model 16384, vocab 128256, context
+/// 131072); the limits turn a corrupt or hostile file into an error before
+/// any size is used to allocate or to loop.
+pub mod limits {
+    pub const N_LAYERS: usize = 1024;
+    pub const D_MODEL: usize = 1 << 16;
+    pub const N_HEADS: usize = 1024;
+    pub const HEAD_DIM: usize = 1024;
+    pub const D_FF: usize = 1 << 18;
+    pub const VOCAB: usize = 1 << 22;
+    pub const MAX_POSITIONS: usize = 1 << 24;
+}
+
 impl ModelConfig {
     /// Number of rows in a vector file: the embedding output plus one per block.
     pub fn n_rows(&self) -> usize {
@@ -60,6 +74,14 @@ impl ModelConfig {
     }
 
     /// Reads a `llama` GGUF file's hyper-parameters.
+    ///
+    /// Every number that changes the model's output (RoPE base, norm epsilon)
+    /// must be in the file: llama.cpp falls back to 10000 for a missing
+    /// `rope.freq_base`, which is right for Llama-1/2 and wrong for almost
+    /// every model since, so a missing value is an error here. Sizes with a
+    /// default (`head_count_kv` = `head_count`, `vocab_size` = the token
+    /// list's length) are checked against the tensor shapes when the weights
+    /// load, so a wrong default cannot pass silently.
     pub fn from_gguf(g: &GgufFile) -> Result<Self> {
         let arch = g.get_str("general.architecture")?;
         let (architecture, qkv_bias) = match arch {
@@ -68,13 +90,15 @@ impl ModelConfig {
             other => return Err(ModelError::UnsupportedArchitecture(other.to_string())),
         };
         let k = |s: &str| format!("{arch}.{s}");
-        let d_model = g.get_u64(&k("embedding_length"))? as usize;
-        let n_heads = g.get_u64(&k("attention.head_count"))? as usize;
-        let n_kv_heads = g
-            .get_u64(&k("attention.head_count_kv"))
-            .unwrap_or(n_heads as u64) as usize;
+        let size = |key: &str| -> Result<usize> { to_size(g.get_u64(&k(key))?, &k(key), g.path()) };
+        let d_model = size("embedding_length")?;
+        let n_heads = size("attention.head_count")?;
+        let n_kv_heads = match g.get_u64(&k("attention.head_count_kv")) {
+            Ok(n) => to_size(n, &k("attention.head_count_kv"), g.path())?,
+            Err(_) => n_heads,
+        };
         let vocab_size = match g.get_u64(&k("vocab_size")) {
-            Ok(v) => v as usize,
+            Ok(v) => to_size(v, &k("vocab_size"), g.path())?,
             Err(_) => g.get_strings("tokenizer.ggml.tokens")?.len(),
         };
         if let Ok(scaling) = g.get_str(&k("rope.scaling.type"))
@@ -84,17 +108,33 @@ impl ModelConfig {
                 "RoPE scaling `{scaling}` in the GGUF file"
             )));
         }
+        if let Ok(factor) = g.get_f64(&k("rope.scaling.factor"))
+            && factor != 1.0
+            && factor != 0.0
+        {
+            return Err(ModelError::Unsupported(format!(
+                "RoPE scaling factor {factor} in the GGUF file (only unscaled RoPE is implemented)"
+            )));
+        }
+        let head_dim = d_model / n_heads.max(1);
+        if let Ok(rot) = g.get_u64(&k("rope.dimension_count"))
+            && rot != head_dim as u64
+        {
+            return Err(ModelError::Unsupported(format!(
+                "partial rotary embeddings ({rot} of {head_dim} head dimensions) in the GGUF file"
+            )));
+        }
         let cfg = Self {
             architecture,
-            n_layers: g.get_u64(&k("block_count"))? as usize,
+            n_layers: size("block_count")?,
             d_model,
             n_heads,
             n_kv_heads,
-            head_dim: d_model / n_heads.max(1),
-            d_ff: g.get_u64(&k("feed_forward_length"))? as usize,
+            head_dim,
+            d_ff: size("feed_forward_length")?,
             vocab_size,
-            max_positions: g.get_u64(&k("context_length"))? as usize,
-            rope_theta: g.get_f64(&k("rope.freq_base")).unwrap_or(10_000.0),
+            max_positions: size("context_length")?,
+            rope_theta: g.get_f64(&k("rope.freq_base"))?,
             rms_eps: g.get_f64(&k("attention.layer_norm_rms_epsilon"))?,
             tie_embeddings: !g.tensors.iter().any(|t| t.name == "output.weight"),
             qkv_bias,
@@ -103,88 +143,74 @@ impl ModelConfig {
         Ok(cfg)
     }
 
-    /// Reads an HF `config.json`. RoPE scaling is rejected explicitly (not
-    /// implemented); an unknown architecture is an error.
+    /// Reads an HF `config.json` (the layouts of transformers 4 and 5).
+    ///
+    /// RoPE scaling and sliding windows are refused (not implemented), an
+    /// unknown architecture is an error, and so is a missing RoPE base or
+    /// norm epsilon: transformers 5 moved `rope_theta` into
+    /// `rope_parameters`, and reading only the old key fell back to 10000
+    /// without a word. Keys with a format-defined default
+    /// (`num_key_value_heads` = `num_attention_heads`, `head_dim` =
+    /// `hidden_size / num_attention_heads`, no biases, untied embeddings)
+    /// only decide tensor shapes and key names, which loading checks
+    /// strictly, so a wrong default is an error there, never a silent change.
     pub fn from_hf_json(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
-        let bad = |reason: String| ModelError::Config {
-            path: path.to_path_buf(),
-            reason,
-        };
-        let v: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
-        let archs = v["architectures"]
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| ModelError::Config {
+                path: path.to_path_buf(),
+                reason: format!("not JSON: {e}"),
+            })?;
+        let c = HfJson { v: &json, path };
+        let archs = json["architectures"]
             .as_array()
             .and_then(|a| a.first())
             .and_then(|a| a.as_str())
-            .ok_or_else(|| bad("no `architectures` list".into()))?;
+            .ok_or_else(|| c.bad("no `architectures` list".into()))?;
         let architecture = match archs {
             "LlamaForCausalLM" => Architecture::Llama,
             "Qwen2ForCausalLM" => Architecture::Qwen2,
             other => return Err(ModelError::UnsupportedArchitecture(other.to_string())),
         };
-        let num = |key: &str| -> Result<usize> {
-            v[key]
-                .as_u64()
-                .map(|x| x as usize)
-                .ok_or_else(|| bad(format!("missing or non-integer `{key}`")))
-        };
-        let float = |key: &str, default: Option<f64>| -> Result<f64> {
-            match (v[key].as_f64(), default) {
-                (Some(x), _) => Ok(x),
-                (None, Some(d)) if v[key].is_null() => Ok(d),
-                _ => Err(bad(format!("missing or non-numeric `{key}`"))),
-            }
-        };
-        if !v["rope_scaling"].is_null() {
-            let kind = v["rope_scaling"]["rope_type"]
-                .as_str()
-                .or(v["rope_scaling"]["type"].as_str())
-                .unwrap_or("?");
-            if kind != "default" {
-                return Err(ModelError::Unsupported(format!(
-                    "rope_scaling of type `{kind}` in {} (only unscaled RoPE is implemented)",
-                    path.display()
-                )));
-            }
-        }
-        for flag in ["use_sliding_window"] {
-            if v[flag].as_bool() == Some(true) {
+        for flag in ["use_sliding_window", "mlp_bias"] {
+            if c.bool(flag)? == Some(true) {
                 return Err(ModelError::Unsupported(format!(
                     "`{flag}: true` in {}",
                     path.display()
                 )));
             }
         }
-        let d_model = num("hidden_size")?;
-        let n_heads = num("num_attention_heads")?;
-        let head_dim = match v["head_dim"].as_u64() {
-            Some(h) => h as usize,
-            None => d_model / n_heads.max(1),
-        };
+        if let Some(f) = c.float("partial_rotary_factor")?
+            && f != 1.0
+        {
+            return Err(ModelError::Unsupported(format!(
+                "partial_rotary_factor {f} in {} (only full rotary embeddings are implemented)",
+                path.display()
+            )));
+        }
+        let d_model = c.size("hidden_size")?;
+        let n_heads = c.size("num_attention_heads")?;
         let qkv_bias = match architecture {
             Architecture::Qwen2 => true,
-            Architecture::Llama => v["attention_bias"].as_bool().unwrap_or(false),
+            Architecture::Llama => c.bool("attention_bias")?.unwrap_or(false),
         };
-        if architecture == Architecture::Llama && v["mlp_bias"].as_bool() == Some(true) {
-            return Err(ModelError::Unsupported("`mlp_bias: true`".into()));
-        }
         let cfg = Self {
             architecture,
-            n_layers: num("num_hidden_layers")?,
+            n_layers: c.size("num_hidden_layers")?,
             d_model,
             n_heads,
-            n_kv_heads: v["num_key_value_heads"]
-                .as_u64()
-                .map(|x| x as usize)
-                .unwrap_or(n_heads),
-            head_dim,
-            d_ff: num("intermediate_size")?,
-            vocab_size: num("vocab_size")?,
-            max_positions: num("max_position_embeddings")?,
-            rope_theta: float("rope_theta", Some(10_000.0))?,
-            rms_eps: float("rms_norm_eps", None)?,
-            tie_embeddings: v["tie_word_embeddings"].as_bool().unwrap_or(false),
+            n_kv_heads: c.optional_size("num_key_value_heads")?.unwrap_or(n_heads),
+            head_dim: c
+                .optional_size("head_dim")?
+                .unwrap_or(d_model / n_heads.max(1)),
+            d_ff: c.size("intermediate_size")?,
+            vocab_size: c.size("vocab_size")?,
+            max_positions: c.size("max_position_embeddings")?,
+            rope_theta: c.rope_theta()?,
+            rms_eps: c
+                .float("rms_norm_eps")?
+                .ok_or_else(|| c.missing("rms_norm_eps"))?,
+            tie_embeddings: c.bool("tie_word_embeddings")?.unwrap_or(false),
             qkv_bias,
         };
         cfg.validate(path)?;
@@ -196,20 +222,43 @@ impl ModelConfig {
             path: path.to_path_buf(),
             reason,
         };
-        if self.n_heads == 0
-            || self.n_kv_heads == 0
-            || !self.n_heads.is_multiple_of(self.n_kv_heads)
-        {
+        let sizes = [
+            ("n_layers", self.n_layers, limits::N_LAYERS),
+            ("d_model", self.d_model, limits::D_MODEL),
+            ("n_heads", self.n_heads, limits::N_HEADS),
+            ("n_kv_heads", self.n_kv_heads, limits::N_HEADS),
+            ("head_dim", self.head_dim, limits::HEAD_DIM),
+            ("d_ff", self.d_ff, limits::D_FF),
+            ("vocab_size", self.vocab_size, limits::VOCAB),
+            ("max_positions", self.max_positions, limits::MAX_POSITIONS),
+        ];
+        for (name, value, max) in sizes {
+            if value == 0 || value > max {
+                return Err(bad(format!(
+                    "{name} = {value} is out of range (1..={max}); the file is corrupt or not a model this runtime supports"
+                )));
+            }
+        }
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return Err(bad(format!(
                 "{} heads is not a multiple of {} KV heads",
                 self.n_heads, self.n_kv_heads
             )));
         }
-        if !self.head_dim.is_multiple_of(2) || self.head_dim == 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(bad(format!("head_dim {} must be even", self.head_dim)));
         }
-        if self.n_layers == 0 || self.d_model == 0 || self.vocab_size == 0 {
-            return Err(bad("zero-sized model".into()));
+        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
+            return Err(bad(format!(
+                "RoPE base (rope_theta) {} must be a finite number > 0",
+                self.rope_theta
+            )));
+        }
+        if !(self.rms_eps.is_finite() && self.rms_eps > 0.0 && self.rms_eps < 1.0) {
+            return Err(bad(format!(
+                "RMSNorm epsilon {} must be a finite number in (0, 1)",
+                self.rms_eps
+            )));
         }
         Ok(())
     }
@@ -241,5 +290,139 @@ impl ModelConfig {
             v["mlp_bias"] = serde_json::Value::Bool(false);
         }
         v
+    }
+}
+
+/// A size from a file as `usize`, or an error naming the key (a u64 that
+/// does not fit, on 32-bit targets).
+fn to_size(v: u64, key: &str, path: &Path) -> Result<usize> {
+    usize::try_from(v).map_err(|_| ModelError::Config {
+        path: path.to_path_buf(),
+        reason: format!("`{key}` = {v} is out of range"),
+    })
+}
+
+/// Typed, strict access to the keys of an HF `config.json`: a key that is
+/// present with the wrong type is an error (`"tie_word_embeddings": "yes"`
+/// is not `false`).
+struct HfJson<'a> {
+    v: &'a serde_json::Value,
+    path: &'a Path,
+}
+
+impl HfJson<'_> {
+    fn bad(&self, reason: String) -> ModelError {
+        ModelError::Config {
+            path: self.path.to_path_buf(),
+            reason,
+        }
+    }
+
+    fn missing(&self, key: &str) -> ModelError {
+        self.bad(format!(
+            "missing `{key}`; add it to the config (see the model's original config.json)"
+        ))
+    }
+
+    fn present(&self, key: &str) -> Option<&serde_json::Value> {
+        self.v.get(key).filter(|x| !x.is_null())
+    }
+
+    fn optional_size(&self, key: &str) -> Result<Option<usize>> {
+        self.present(key)
+            .map(|x| {
+                x.as_u64()
+                    .ok_or_else(|| {
+                        self.bad(format!("`{key}` must be a non-negative integer, got {x}"))
+                    })
+                    .and_then(|n| to_size(n, key, self.path))
+            })
+            .transpose()
+    }
+
+    fn size(&self, key: &str) -> Result<usize> {
+        self.optional_size(key)?.ok_or_else(|| self.missing(key))
+    }
+
+    fn float(&self, key: &str) -> Result<Option<f64>> {
+        self.present(key)
+            .map(|x| {
+                x.as_f64()
+                    .ok_or_else(|| self.bad(format!("`{key}` must be a number, got {x}")))
+            })
+            .transpose()
+    }
+
+    fn bool(&self, key: &str) -> Result<Option<bool>> {
+        self.present(key)
+            .map(|x| {
+                x.as_bool()
+                    .ok_or_else(|| self.bad(format!("`{key}` must be true or false, got {x}")))
+            })
+            .transpose()
+    }
+
+    /// The RoPE base from either layout: transformers 4's top-level
+    /// `rope_theta` (+ `rope_scaling`), or transformers 5's
+    /// `rope_parameters = {rope_theta, rope_type, ...}`. Any scaling is
+    /// refused; both layouts at once must agree.
+    fn rope_theta(&self) -> Result<f64> {
+        let unscaled = |kind: Option<&str>, key: &str| -> Result<()> {
+            match kind {
+                None | Some("default") => Ok(()),
+                Some(kind) => Err(ModelError::Unsupported(format!(
+                    "{key} of type `{kind}` in {} (only unscaled RoPE is implemented)",
+                    self.path.display()
+                ))),
+            }
+        };
+        if let Some(s) = self.present("rope_scaling") {
+            let kind = s["rope_type"]
+                .as_str()
+                .or(s["type"].as_str())
+                .unwrap_or("unknown");
+            unscaled(Some(kind), "rope_scaling")?;
+        }
+        let old = self.float("rope_theta")?;
+        let new = match self.present("rope_parameters") {
+            None => None,
+            Some(p) => {
+                let p = p
+                    .as_object()
+                    .ok_or_else(|| self.bad("`rope_parameters` must be an object".into()))?;
+                if !p.contains_key("rope_theta") && !p.contains_key("rope_type") {
+                    return Err(ModelError::Unsupported(format!(
+                        "per-layer-type `rope_parameters` in {} (only one RoPE for every layer is implemented)",
+                        self.path.display()
+                    )));
+                }
+                let kind = match p.get("rope_type") {
+                    None | Some(serde_json::Value::Null) => None,
+                    Some(k) => Some(k.as_str().ok_or_else(|| {
+                        self.bad(format!(
+                            "`rope_parameters.rope_type` must be a string, got {k}"
+                        ))
+                    })?),
+                };
+                unscaled(kind, "rope_parameters")?;
+                match p.get("rope_theta") {
+                    None | Some(serde_json::Value::Null) => None,
+                    Some(t) => Some(t.as_f64().ok_or_else(|| {
+                        self.bad(format!(
+                            "`rope_parameters.rope_theta` must be a number, got {t}"
+                        ))
+                    })?),
+                }
+            }
+        };
+        match (old, new) {
+            (Some(a), Some(b)) if a != b => Err(self.bad(format!(
+                "`rope_theta` {a} and `rope_parameters.rope_theta` {b} disagree"
+            ))),
+            (Some(t), _) | (None, Some(t)) => Ok(t),
+            (None, None) => Err(self.bad(
+                "no RoPE base: neither `rope_theta` nor `rope_parameters.rope_theta`; add the model's value (the transformers default of 10000 is wrong for most models)".into(),
+            )),
+        }
     }
 }

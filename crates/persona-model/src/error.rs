@@ -13,6 +13,14 @@ pub enum ModelError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "cannot write {path}: {source}; check that its folder exists, is writable and has space"
+    )]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{path} is not a valid GGUF file: {reason}")]
     Gguf { path: PathBuf, reason: String },
     #[error(
@@ -75,6 +83,14 @@ pub type Result<T> = std::result::Result<T, ModelError>;
 impl ModelError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Self::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// A failed write (or folder creation) at `path`.
+    pub fn write(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Write {
             path: path.into(),
             source,
         }

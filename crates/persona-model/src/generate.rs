@@ -25,9 +25,31 @@ pub enum Sampling {
     Temperature { temperature: f32, top_p: f32 },
 }
 
+impl Sampling {
+    /// Refuses settings that would sample from NaNs: a temperature that is
+    /// negative or not finite, a `top_p` outside `(0, 1]`.
+    pub fn check(&self) -> Result<()> {
+        if let Sampling::Temperature { temperature, top_p } = *self {
+            if !(temperature.is_finite() && temperature >= 0.0) {
+                return Err(ModelError::Input(format!(
+                    "temperature must be a finite number >= 0 (0 = greedy), got {temperature}"
+                )));
+            }
+            if !(top_p > 0.0 && top_p <= 1.0) {
+                return Err(ModelError::Input(format!(
+                    "top_p must be in (0, 1], got {top_p}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Everything that shapes a generation run.
 #[derive(Debug, Clone)]
 pub struct GenerateOptions {
+    /// At most this many new tokens per prompt; generation also stops when
+    /// a batch reaches the model's context (`max_positions`).
     pub max_new_tokens: usize,
     pub sampling: Sampling,
     pub seed: u64,
@@ -121,6 +143,8 @@ pub fn generate(
         return Err(ModelError::Input(format!("prompt {i} is empty")));
     }
     model.check_steering(&opts.steering)?;
+    opts.sampling.check()?;
+    let context = model.config.max_positions;
     let mut order: Vec<usize> = (0..prompts.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(prompts[i].len()));
     let mut results: Vec<Option<Generation>> = vec![None; prompts.len()];
@@ -148,14 +172,22 @@ pub fn generate(
             };
             chunk.len()
         ];
+        // Generation stops at the model's context: the batch's rows are
+        // padded to the longest prompt, so that prompt sets the room left.
+        let longest = chunk.iter().map(|&i| prompts[i].len()).max().unwrap_or(0);
+        if longest >= context {
+            return Err(ModelError::Input(format!(
+                "a prompt of {longest} tokens leaves no room in the model's context of {context} tokens"
+            )));
+        }
+        let max_new_tokens = opts.max_new_tokens.min(context - longest);
         // Room for the longest prompt and every new token: decoding never
         // copies the cache into a longer tensor.
-        let longest = chunk.iter().map(|&i| prompts[i].len()).max().unwrap_or(0);
-        let mut cache = KvCache::with_capacity(longest + opts.max_new_tokens);
+        let mut cache = KvCache::with_capacity(longest + max_new_tokens);
         let mut batch = Batch::new(&rows, PadSide::Left, pad_id)?;
         // Positions in `chunk` of the rows still generating, in cache order.
         let mut active: Vec<usize> = (0..chunk.len()).collect();
-        while !active.is_empty() && opts.max_new_tokens > 0 {
+        while !active.is_empty() && max_new_tokens > 0 {
             let out = model.forward(&batch, ForwardArgs::decode(&mut cache, &opts.steering))?;
             let logits = host_vec(
                 out.logits
@@ -173,7 +205,7 @@ pub fn generate(
                 let g = &mut outs[r];
                 g.tokens.push(tok);
                 g.stopped = stop_ids.contains(&tok);
-                if g.stopped || g.tokens.len() >= opts.max_new_tokens {
+                if g.stopped || g.tokens.len() >= max_new_tokens {
                     done += 1;
                     progress(done);
                 } else {
@@ -195,7 +227,7 @@ pub fn generate(
                 ids: next,
             };
         }
-        if opts.max_new_tokens == 0 {
+        if max_new_tokens == 0 {
             done += chunk.len();
             progress(done);
         }

@@ -155,7 +155,8 @@ impl<'a> Cursor<'a> {
                 }
                 let inner = self.u32()?;
                 let n = self.len()?;
-                let mut items = Vec::with_capacity(n.min(1 << 20));
+                // Every item takes at least one byte of what is left.
+                let mut items = Vec::with_capacity(n.min(self.bytes.len() - self.pos));
                 for _ in 0..n {
                     items.push(self.value(inner, depth + 1)?);
                 }
@@ -198,7 +199,8 @@ impl GgufFile {
                 let v = c.value(t, 0)?;
                 metadata.insert(key, v);
             }
-            let mut raw = Vec::with_capacity(n_tensors);
+            // Capacity hints only: the counts come from the file.
+            let mut raw = Vec::with_capacity(n_tensors.min(1 << 12));
             for _ in 0..n_tensors {
                 let name = c.string()?;
                 let n_dims = c.u32()? as usize;
@@ -218,7 +220,10 @@ impl GgufFile {
                 .and_then(Value::as_u64)
                 .unwrap_or(DEFAULT_ALIGNMENT)
                 .max(1);
-            let data_start = (c.pos as u64).div_ceil(alignment) * alignment;
+            let data_start = (c.pos as u64)
+                .div_ceil(alignment)
+                .checked_mul(alignment)
+                .ok_or_else(|| c.err(format!("implausible alignment {alignment}")))?;
             let mut tensors = Vec::with_capacity(raw.len());
             for (name, mut dims, type_id, offset) in raw {
                 let ggml_type = GgmlType::from_id(type_id).ok_or_else(|| {
@@ -227,15 +232,22 @@ impl GgufFile {
                         tensor: name.clone(),
                     }
                 })?;
-                let n_elems: usize = dims.iter().product();
+                let n_elems = dims
+                    .iter()
+                    .try_fold(1usize, |n, &d| n.checked_mul(d))
+                    .ok_or_else(|| c.err(format!("tensor {name}: shape {dims:?} overflows")))?;
                 let n_bytes = ggml_type.n_bytes(n_elems).ok_or_else(|| {
                     c.err(format!(
                         "tensor {name}: {n_elems} elements is not a whole number of {ggml_type:?} blocks"
                     ))
                 })?;
-                let start = (data_start + offset) as usize;
+                let past_end = || c.err(format!("tensor {name} runs past the end of the file"));
+                let start = data_start
+                    .checked_add(offset)
+                    .and_then(|s| usize::try_from(s).ok())
+                    .ok_or_else(past_end)?;
                 if start.checked_add(n_bytes).is_none_or(|e| e > mmap.len()) {
-                    return Err(c.err(format!("tensor {name} runs past the end of the file")));
+                    return Err(past_end());
                 }
                 dims.reverse();
                 tensors.push(TensorInfo {

@@ -13,6 +13,7 @@ pub mod config;
 pub mod device;
 mod elementwise;
 pub mod error;
+pub mod files;
 pub mod generate;
 pub mod gguf;
 pub mod jsonl;
@@ -34,15 +35,16 @@ pub use cache::KvCache;
 pub use config::{Architecture, ModelConfig};
 pub use device::parse_device;
 pub use error::{ModelError, Result};
+pub use files::write_atomic;
 pub use generate::{GenerateOptions, Generation, Sampling, generate};
 pub use likelihood::{ResponseLikelihood, response_likelihoods};
 pub use load::{
     DEFAULT_MODEL, HostModel, LoadedModel, ModelIdentity, inspect, load, load_host, model_cache,
-    persona_home, write_atomic,
+    persona_home,
 };
-pub use lora::{Lora, LoraDropout, Scaling, Target};
+pub use lora::{Lora, LoraDropout, PeftScaling, Scaling, Target};
 pub use model::{ForwardArgs, ForwardOutput, Logits, Model, host_vec};
 pub use sites::{
     Batch, CaptureRequest, PadSide, Positions, Reduction, Role, Sequence, SteerOp, Steering,
 };
-pub use tokenizer::{Message, TextCodec};
+pub use tokenizer::{ChatRole, Message, TextCodec};

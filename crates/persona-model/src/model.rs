@@ -323,35 +323,48 @@ pub(crate) struct Block {
     pub down_proj: Linear,
 }
 
-/// Rotary tables `[max_positions, head_dim]` in HF's rotate-half layout, with
-/// the sign of rotate-half folded into `sin` (first half negated) so that
+/// Rotary embeddings in HF's rotate-half layout, with the sign of
+/// rotate-half folded into `sin` (first half negated) so that
 /// `rope(x) = x * cos + swap_halves(x) * sin` ([`elementwise::rope`]).
+///
+/// The angles are computed on the host in f64 for the positions a forward
+/// uses, not stored as a `[max_positions, head_dim]` table: a table sized
+/// by the config's context would take memory in proportion to a number the
+/// file chooses, and a forward needs only `b * s` positions (values are the
+/// same either way).
 #[derive(Debug, Clone)]
 struct Rope {
-    cos: Tensor<2>,
-    sin: Tensor<2>,
+    /// `theta^(-2i / head_dim)` for `i < head_dim / 2`.
+    inv_freq: Vec<f64>,
 }
 
 impl Rope {
-    fn new(cfg: &ModelConfig, device: &Device) -> Self {
-        let (hd, n) = (cfg.head_dim, cfg.max_positions);
-        let half = hd / 2;
-        let mut cos = vec![0f32; n * hd];
-        let mut sin = vec![0f32; n * hd];
-        for p in 0..n {
-            for i in 0..half {
-                let inv_freq = 1.0 / cfg.rope_theta.powf((2 * i) as f64 / hd as f64);
-                let a = p as f64 * inv_freq;
-                cos[p * hd + i] = a.cos() as f32;
-                cos[p * hd + half + i] = a.cos() as f32;
-                sin[p * hd + i] = -a.sin() as f32;
-                sin[p * hd + half + i] = a.sin() as f32;
+    fn new(cfg: &ModelConfig) -> Self {
+        let hd = cfg.head_dim;
+        let inv_freq = (0..hd / 2)
+            .map(|i| 1.0 / cfg.rope_theta.powf((2 * i) as f64 / hd as f64))
+            .collect();
+        Self { inv_freq }
+    }
+
+    /// `(cos, sin)` for each position id, each `[positions.len(), head_dim]`
+    /// row-major.
+    fn tables(&self, positions: &[i64]) -> (Vec<f32>, Vec<f32>) {
+        let half = self.inv_freq.len();
+        let hd = 2 * half;
+        let mut cos = vec![0f32; positions.len() * hd];
+        let mut sin = vec![0f32; positions.len() * hd];
+        for (j, &p) in positions.iter().enumerate() {
+            for (i, f) in self.inv_freq.iter().enumerate() {
+                let a = p as f64 * f;
+                let at = j * hd;
+                cos[at + i] = a.cos() as f32;
+                cos[at + half + i] = a.cos() as f32;
+                sin[at + i] = -a.sin() as f32;
+                sin[at + half + i] = a.sin() as f32;
             }
         }
-        Self {
-            cos: Tensor::from_data(TensorData::new(cos, [n, hd]), device),
-            sin: Tensor::from_data(TensorData::new(sin, [n, hd]), device),
-        }
+        (cos, sin)
     }
 }
 
@@ -458,7 +471,7 @@ impl Model {
             device,
         ));
         Ok(Self {
-            rope: Rope::new(&config, device),
+            rope: Rope::new(&config),
             embed_tokens: host_to_tensor(&w["model.embed_tokens.weight"], device),
             norm: host_to_tensor(&w["model.norm.weight"], device),
             layers,
@@ -516,6 +529,7 @@ impl Model {
     /// Checks steering rows and widths against this model.
     pub fn check_steering(&self, steering: &[Steering]) -> Result<()> {
         for s in steering {
+            s.check_coef()?;
             if s.row > self.config.n_layers {
                 return Err(ModelError::LayerOutOfRange {
                     row: s.row,
@@ -717,20 +731,10 @@ impl Model {
         let dev = &self.device;
         let mask =
             Tensor::<4, Bool>::from_data(TensorData::new(mask, [b_n, 1, rep * s_n, total]), dev);
-        let pos = Tensor::<1, Int>::from_data(TensorData::new(pos_ids, [b_n * s_n]), dev);
         let hd = cfg.head_dim;
-        let cos = self
-            .rope
-            .cos
-            .clone()
-            .select(0, pos.clone())
-            .reshape([b_n, 1, s_n, hd]);
-        let sin = self
-            .rope
-            .sin
-            .clone()
-            .select(0, pos)
-            .reshape([b_n, 1, s_n, hd]);
+        let (cos, sin) = self.rope.tables(&pos_ids);
+        let cos = Tensor::<4>::from_data(TensorData::new(cos, [b_n, 1, s_n, hd]), dev);
+        let sin = Tensor::<4>::from_data(TensorData::new(sin, [b_n, 1, s_n, hd]), dev);
 
         // Steering masks `[n, 1]` and capture weights `[b, r, s]`, built once.
         let steer_masks: Vec<Tensor<2>> = args

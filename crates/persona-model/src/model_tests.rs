@@ -147,7 +147,7 @@ fn steering_with_zero_coefficient_is_bit_identical() {
     .unwrap();
     let v: Vec<f32> = (0..32).map(|i| (i as f32 * 0.37).sin()).collect();
     let dev = test_device();
-    let steer = [Steering::add(2, &v, 0.0, Positions::All, &dev)];
+    let steer = [Steering::add(2, &v, 0.0, Positions::All, &dev).unwrap()];
     let plain = logits_all(&m, &b);
     let req = CaptureRequest::none();
     let steered = host(
@@ -176,7 +176,7 @@ fn steering_adds_coef_times_vector_at_its_row_only() {
     let v: Vec<f32> = (0..32).map(|i| (i as f32 * 0.37).cos()).collect();
     let dev = test_device();
     let coef = 2.5;
-    let steer = [Steering::add(2, &v, coef, Positions::Response, &dev)];
+    let steer = [Steering::add(2, &v, coef, Positions::Response, &dev).unwrap()];
     let base = capture(&m, &b, &[], &[1, 2, 3], Reduction::Full);
     let st = capture(&m, &b, &steer, &[1, 2, 3], Reduction::Full);
     assert_eq!(base[0], st[0], "row 1 is before the steering");
@@ -198,7 +198,7 @@ fn padding_is_never_steered() {
     let m = model();
     let dev = test_device();
     let v: Vec<f32> = (0..32).map(|i| (i as f32 * 0.11).sin()).collect();
-    let steer = [Steering::add(1, &v, 4.0, Positions::All, &dev)];
+    let steer = [Steering::add(1, &v, 4.0, Positions::All, &dev).unwrap()];
     let alone = Batch::new(&[seq(&[3, 4], &[5])], PadSide::Right, 0).unwrap();
     let padded = Batch::new(
         &[seq(&[3, 4], &[5]), seq(&[1, 2, 3, 4, 5, 6], &[])],
@@ -357,7 +357,7 @@ fn out_of_range_rows_and_wrong_widths_are_errors() {
     let m = model();
     let dev = test_device();
     let b = Batch::new(&[seq(&[3], &[])], PadSide::Right, 0).unwrap();
-    let bad_row = [Steering::add(4, &[0.0; 32], 1.0, Positions::All, &dev)];
+    let bad_row = [Steering::add(4, &[0.0; 32], 1.0, Positions::All, &dev).unwrap()];
     let e = m
         .forward(
             &b,
@@ -373,7 +373,7 @@ fn out_of_range_rows_and_wrong_widths_are_errors() {
         .err()
         .unwrap();
     assert!(e.to_string().contains("row 4 is out of range"), "{e}");
-    let bad_width = [Steering::add(1, &[0.0; 31], 1.0, Positions::All, &dev)];
+    let bad_width = [Steering::add(1, &[0.0; 31], 1.0, Positions::All, &dev).unwrap()];
     let e = m
         .forward(
             &b,
@@ -409,7 +409,7 @@ fn strict_loading_lists_missing_and_unexpected_keys() {
 
 mod lora {
     use super::*;
-    use crate::lora::{Lora, LoraDropout, Scaling, Target};
+    use crate::lora::{Lora, LoraDropout, PeftScaling, Scaling, Target};
 
     fn with_lora(m: &Model, b: &Batch, lora: &Lora) -> Vec<f32> {
         with_dropout(m, b, lora, None)
@@ -531,7 +531,14 @@ mod lora {
             peft["base_model.model.model.layers.2.mlp.down_proj.lora_B.weight"].shape,
             vec![32, 2]
         );
-        let back = Lora::from_peft(&cfg, &peft, 2, 4.0, Scaling::Rslora, &dev).unwrap();
+        let scaling = PeftScaling {
+            rank: 2,
+            alpha: 4.0,
+            scaling: Scaling::Rslora,
+            rank_pattern: vec![],
+            alpha_pattern: vec![],
+        };
+        let back = Lora::from_peft(&cfg, &peft, &scaling, &dev).unwrap();
         assert_eq!(back.targets(), vec![Target::Q, Target::Down]);
         assert_eq!(back.to_peft().unwrap(), peft);
     }
@@ -642,13 +649,7 @@ fn row_group_split_matches_the_whole_batch_pass() {
         Reduction::Full,
     ];
     let req = CaptureRequest::new([0, 1, 2], &reductions);
-    let steer = [Steering::add(
-        1,
-        &[0.5; 32],
-        2.0,
-        Positions::All,
-        &test_device(),
-    )];
+    let steer = [Steering::add(1, &[0.5; 32], 2.0, Positions::All, &test_device()).unwrap()];
     for logits in [Logits::All, Logits::Last, Logits::Scored, Logits::None] {
         let args = || ForwardArgs {
             cache: None,

@@ -60,11 +60,16 @@ impl GgmlType {
     }
 
     /// Bytes taken by `n` values, or `None` when `n` is not a whole number of blocks.
+    /// Also `None` when the byte count overflows `usize`.
     pub fn n_bytes(self, n: usize) -> Option<usize> {
-        let blocks = |size: usize| n.is_multiple_of(BLOCK).then_some(n / BLOCK * size);
+        let blocks = |size: usize| {
+            n.is_multiple_of(BLOCK)
+                .then(|| (n / BLOCK).checked_mul(size))
+                .flatten()
+        };
         match self {
-            Self::F32 => Some(n * 4),
-            Self::F16 | Self::BF16 => Some(n * 2),
+            Self::F32 => n.checked_mul(4),
+            Self::F16 | Self::BF16 => n.checked_mul(2),
             Self::Q4_0 => blocks(18),
             Self::Q4_1 => blocks(20),
             Self::Q8_0 => blocks(34),

@@ -218,20 +218,28 @@ pub struct Steering {
 }
 
 impl Steering {
-    /// `h_row += coef * vector` at `positions`.
+    /// `h_row += coef * vector` at `positions`. A non-finite coefficient or
+    /// vector value is an error (it would turn every steered activation
+    /// into NaN or inf).
     pub fn add(
         row: usize,
         vector: &[f32],
         coef: f32,
         positions: Positions,
         device: &Device,
-    ) -> Self {
-        Self {
+    ) -> Result<Self> {
+        check_finite_coef(coef)?;
+        if vector.iter().any(|x| !x.is_finite()) {
+            return Err(ModelError::Input(format!(
+                "the steering vector at row {row} holds a non-finite value"
+            )));
+        }
+        Ok(Self {
             row,
             op: SteerOp::Add { coef },
             positions,
             vector: Tensor::from_data(TensorData::new(vector.to_vec(), [vector.len()]), device),
-        }
+        })
     }
 
     /// `h_row -= (h_row . v̂) v̂` at `positions`. A zero vector is an error.
@@ -260,9 +268,27 @@ impl Steering {
         })
     }
 
+    /// Refuses a non-finite coefficient (for steerings built field by field).
+    pub(crate) fn check_coef(&self) -> Result<()> {
+        match self.op {
+            SteerOp::Add { coef } => check_finite_coef(coef),
+            SteerOp::Ablate => Ok(()),
+        }
+    }
+
     pub fn width(&self) -> usize {
         let [d] = self.vector.dims();
         d
+    }
+}
+
+fn check_finite_coef(coef: f32) -> Result<()> {
+    if coef.is_finite() {
+        Ok(())
+    } else {
+        Err(ModelError::Input(format!(
+            "steering coefficient {coef} is not a finite number"
+        )))
     }
 }
 

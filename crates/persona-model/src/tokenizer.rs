@@ -16,29 +16,68 @@ use tokenizers::Tokenizer;
 use crate::error::{ModelError, Result};
 use crate::gguf::GgufFile;
 
+/// Template instructions one rendering may execute. The chat templates of
+/// real models spend a few dozen per message; a template that needs more
+/// than this for any conversation this project renders is looping.
+const TEMPLATE_FUEL: u64 = 5_000_000;
+
+/// Largest rendered prompt: far beyond any model's context in text.
+const MAX_RENDERED_BYTES: usize = 64 << 20;
+
+/// A writer that keeps at most [`MAX_RENDERED_BYTES`] and then fails.
+#[derive(Default)]
+struct BoundedText {
+    bytes: Vec<u8>,
+    overflowed: bool,
+}
+
+impl std::io::Write for BoundedText {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buf.len() > MAX_RENDERED_BYTES {
+            self.overflowed = true;
+            return Err(std::io::Error::other("rendered prompt too large"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Who speaks a chat message. Templates see the lowercase name; any other
+/// role in a data file is an error when it is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChatRole {
+    System,
+    User,
+    Assistant,
+}
+
 /// One chat message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Message {
-    pub role: String,
+    pub role: ChatRole,
     pub content: String,
 }
 
 impl Message {
     pub fn system(c: impl Into<String>) -> Self {
         Self {
-            role: "system".into(),
+            role: ChatRole::System,
             content: c.into(),
         }
     }
     pub fn user(c: impl Into<String>) -> Self {
         Self {
-            role: "user".into(),
+            role: ChatRole::User,
             content: c.into(),
         }
     }
     pub fn assistant(c: impl Into<String>) -> Self {
         Self {
-            role: "assistant".into(),
+            role: ChatRole::Assistant,
             content: c.into(),
         }
     }
@@ -230,6 +269,9 @@ impl TextCodec {
             }
         }
         let mut env = minijinja::Environment::new();
+        // A template is code from the model file: a few nested loops can
+        // run for ever. Fuel bounds the instructions of one rendering.
+        env.set_fuel(Some(TEMPLATE_FUEL));
         minijinja_contrib::add_to_environment(&mut env);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function(
@@ -263,13 +305,30 @@ impl TextCodec {
             .env
             .get_template("chat")
             .map_err(|e| ModelError::Template(e.to_string()))?;
-        tmpl.render(minijinja::context! {
-            messages => messages,
-            add_generation_prompt => add_generation_prompt,
-            bos_token => &self.bos_token,
-            eos_token => &self.eos_token,
-        })
-        .map_err(|e| ModelError::Template(format!("cannot render: {e}")))
+        let mut out = BoundedText::default();
+        let rendered = tmpl.render_captured_to(
+            minijinja::context! {
+                messages => messages,
+                add_generation_prompt => add_generation_prompt,
+                bos_token => &self.bos_token,
+                eos_token => &self.eos_token,
+            },
+            &mut out,
+        );
+        if out.overflowed {
+            return Err(ModelError::Template(format!(
+                "the rendered prompt exceeds {} MiB; the chat template is broken or the conversation far too long",
+                MAX_RENDERED_BYTES >> 20
+            )));
+        }
+        rendered.map(drop).map_err(|e| match e.kind() {
+            minijinja::ErrorKind::OutOfFuel => ModelError::Template(format!(
+                "rendering ran out of its budget of {TEMPLATE_FUEL} template instructions; the chat template loops too much"
+            )),
+            _ => ModelError::Template(format!("cannot render: {e}")),
+        })?;
+        String::from_utf8(out.bytes)
+            .map_err(|_| ModelError::Template("rendered text is not UTF-8".into()))
     }
 
     /// Token ids of a conversation rendered with the generation prompt

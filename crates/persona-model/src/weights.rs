@@ -64,9 +64,20 @@ pub fn expected_shapes(cfg: &ModelConfig) -> BTreeMap<String, Vec<usize>> {
 
 /// Checks that `weights` holds exactly the expected keys with the expected shapes.
 pub fn check_strict(cfg: &ModelConfig, weights: &WeightMap) -> Result<()> {
+    let shapes: BTreeMap<String, Vec<usize>> = weights
+        .iter()
+        .map(|(k, t)| (k.clone(), t.shape.clone()))
+        .collect();
+    check_shapes(cfg, &shapes)
+}
+
+/// Checks that `shapes` names exactly the expected keys with the expected
+/// shapes (before any tensor is converted: a file's sizes are only used
+/// once they are known to be the model's).
+pub fn check_shapes(cfg: &ModelConfig, shapes: &BTreeMap<String, Vec<usize>>) -> Result<()> {
     let expected = expected_shapes(cfg);
     let want: BTreeSet<&String> = expected.keys().collect();
-    let have: BTreeSet<&String> = weights.keys().collect();
+    let have: BTreeSet<&String> = shapes.keys().collect();
     let missing: Vec<String> = want.difference(&have).map(|s| s.to_string()).collect();
     let unexpected: Vec<String> = have.difference(&want).map(|s| s.to_string()).collect();
     if !missing.is_empty() || !unexpected.is_empty() {
@@ -76,11 +87,11 @@ pub fn check_strict(cfg: &ModelConfig, weights: &WeightMap) -> Result<()> {
         });
     }
     for (name, shape) in &expected {
-        let t = &weights[name];
-        if &t.shape != shape {
+        let found = &shapes[name];
+        if found != shape {
             return Err(ModelError::ShapeMismatch {
                 name: name.clone(),
-                found: t.shape.clone(),
+                found: found.clone(),
                 expected: shape.clone(),
             });
         }
@@ -157,6 +168,16 @@ pub fn from_gguf(g: &GgufFile, cfg: &ModelConfig) -> Result<WeightMap> {
             unexpected: unknown,
         });
     }
+    let mut shapes = BTreeMap::new();
+    for (hf, info) in &jobs {
+        if shapes.insert(hf.clone(), info.shape.clone()).is_some() {
+            return Err(ModelError::Gguf {
+                path: g.path().to_path_buf(),
+                reason: format!("tensor {} appears twice", info.name),
+            });
+        }
+    }
+    check_shapes(cfg, &shapes)?;
     let converted: Vec<Result<(String, HostTensor)>> = jobs
         .into_par_iter()
         .map(|(hf, info)| {
@@ -219,11 +240,45 @@ pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
                 path: index.clone(),
                 reason: "no `weight_map` object".into(),
             })?;
-        let names: BTreeSet<&str> = map.values().filter_map(|v| v.as_str()).collect();
-        names.into_iter().map(|n| dir.join(n)).collect()
+        let mut names = BTreeSet::new();
+        for v in map.values() {
+            let name = v.as_str().ok_or_else(|| ModelError::Safetensors {
+                path: index.clone(),
+                reason: format!("`weight_map` value {v} is not a file name"),
+            })?;
+            names.insert(shard_path(dir, &index, name)?);
+        }
+        names.into_iter().collect()
     } else {
         vec![dir.join("model.safetensors")]
     })
+}
+
+/// A shard named by an index file: a relative path inside the model folder
+/// (no `..`, no absolute path) to a regular file. Symlinks are followed, as
+/// the HF hub cache links snapshot files to its blob store, but what they
+/// reach must be a regular file (never a device such as `/dev/zero`).
+fn shard_path(dir: &Path, index: &Path, name: &str) -> Result<PathBuf> {
+    let rel = Path::new(name);
+    let plain = !name.is_empty()
+        && rel
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+    let bad = |reason: String| ModelError::Safetensors {
+        path: index.to_path_buf(),
+        reason,
+    };
+    if !plain {
+        return Err(bad(format!(
+            "shard `{name}` is not a relative path inside the model folder"
+        )));
+    }
+    let path = dir.join(rel);
+    match std::fs::metadata(&path) {
+        Ok(m) if m.is_file() => Ok(path),
+        Ok(_) => Err(bad(format!("shard `{name}` is not a regular file"))),
+        Err(e) => Err(ModelError::io(&path, e)),
+    }
 }
 
 /// Reads one safetensors file into f32 host tensors (and returns its path).
@@ -241,6 +296,7 @@ fn read_safetensors(path: &Path, out: &mut WeightMap) -> Result<()> {
         path: path.to_path_buf(),
         reason,
     };
+    check_unique_keys(&mmap).map_err(&bad)?;
     let st = safetensors::SafeTensors::deserialize(&mmap).map_err(|e| bad(e.to_string()))?;
     let views: Vec<_> = st.tensors();
     let converted: Vec<Result<(String, HostTensor)>> = views
@@ -278,7 +334,48 @@ fn read_safetensors(path: &Path, out: &mut WeightMap) -> Result<()> {
     Ok(())
 }
 
-/// Writes `weights` as one f32 safetensors file (atomically: temp + rename).
+/// Refuses a safetensors header that names a key twice: the `safetensors`
+/// crate reads the header into a map and keeps the last entry without a
+/// word. Other header errors are left to the crate's own checks.
+pub fn check_unique_keys(bytes: &[u8]) -> std::result::Result<(), String> {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+    /// Reads a JSON object's keys; its value is the first key seen twice.
+    struct FirstRepeat;
+    impl<'de> Visitor<'de> for FirstRepeat {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> std::result::Result<Self::Value, A::Error> {
+            let (mut seen, mut repeat) = (BTreeSet::new(), None);
+            while let Some(key) = map.next_key::<String>()? {
+                map.next_value::<IgnoredAny>()?;
+                if !seen.insert(key.clone()) {
+                    repeat.get_or_insert(key);
+                }
+            }
+            Ok(repeat)
+        }
+    }
+    let header = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+        .and_then(|len| bytes.get(8..8usize.saturating_add(usize::try_from(len).ok()?)))
+        .and_then(|h| std::str::from_utf8(h).ok());
+    let Some(header) = header else {
+        return Ok(());
+    };
+    match serde_json::Deserializer::from_str(header).deserialize_map(FirstRepeat) {
+        Ok(Some(key)) => Err(format!("the header names `{key}` twice")),
+        _ => Ok(()),
+    }
+}
+
+/// Writes `weights` as one f32 safetensors file (atomically: see
+/// [`crate::files::write_atomic_with`]).
 pub fn write_safetensors(weights: &WeightMap, path: &Path) -> Result<()> {
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = weights
         .iter()
@@ -294,14 +391,15 @@ pub fn write_safetensors(weights: &WeightMap, path: &Path) -> Result<()> {
         .collect::<Result<_>>()?;
     let mut meta = std::collections::HashMap::new();
     meta.insert("format".to_string(), "pt".to_string());
-    let tmp = path.with_extension("safetensors.tmp");
-    safetensors::serialize_to_file(views, Some(meta), &tmp).map_err(|e| {
-        ModelError::Safetensors {
-            path: tmp.clone(),
-            reason: e.to_string(),
-        }
-    })?;
-    std::fs::rename(&tmp, path).map_err(|e| ModelError::io(path, e))
+    crate::files::write_atomic_with(path, |tmp, file| {
+        drop(file);
+        safetensors::serialize_to_file(views, Some(meta), tmp).map_err(|e| {
+            ModelError::Safetensors {
+                path: path.to_path_buf(),
+                reason: format!("cannot write: {e}"),
+            }
+        })
+    })
 }
 
 fn bytemuck_f32(data: &[f32]) -> &[u8] {

@@ -8,7 +8,7 @@
 //! prompt, one k, one conversation) and group means are reported with
 //! bootstrap intervals.
 
-use persona_model::{Message, Sequence, TextCodec};
+use persona_model::{ChatRole, Message, Sequence, TextCodec};
 use persona_train::data::{ChatRecord, tokenize_chat};
 use serde::{Deserialize, Serialize};
 
@@ -153,14 +153,14 @@ fn conversation_items(codec: &TextCodec, chats: &[ChatRecord]) -> Result<Vec<Ite
     for chat in chats {
         let mut turn = 0;
         for (i, m) in chat.messages.iter().enumerate() {
-            if m.role != "assistant" || i == 0 {
+            if m.role != ChatRole::Assistant || i == 0 {
                 continue;
             }
             turn += 1;
             let question = chat.messages[..i]
                 .iter()
                 .rev()
-                .find(|m| m.role == "user")
+                .find(|m| m.role == ChatRole::User)
                 .map(|m| m.content.clone())
                 .unwrap_or_default();
             items.push(Item {

@@ -24,8 +24,8 @@ use std::path::{Path, PathBuf};
 use persona_model::jsonl::{append_records, read_records};
 use persona_model::weights::{hex, sha256_files};
 use persona_model::{
-    GenerateOptions, Message, Model, ModelIdentity, Sampling, Sequence, TextCodec, generate,
-    write_atomic,
+    ChatRole, GenerateOptions, Message, Model, ModelIdentity, Sampling, Sequence, TextCodec,
+    generate, write_atomic,
 };
 use persona_train::data::{ChatRecord, read_chat_records, tokenize_chat};
 use persona_vectors::VectorFile;
@@ -151,7 +151,7 @@ fn preview(rec: &ChatRecord) -> String {
         .messages
         .iter()
         .rev()
-        .find(|m| m.role == "user")
+        .find(|m| m.role == ChatRole::User)
         .map(|m| m.content.as_str())
         .unwrap_or("");
     let mut s: String = user.chars().take(100).collect();

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
 use crate::optim::Moments;
+use crate::run_dir::{ADAPTER_CONFIG, ADAPTER_WEIGHTS, RunDir};
 
 /// Counters of a run at a checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,7 +43,9 @@ fn to_host(t: &Tensor<2>) -> Result<HostTensor> {
 /// What `adapter_config.json` records besides the adapters themselves.
 #[derive(Debug, Clone, Copy)]
 pub struct AdapterMeta<'a> {
-    /// The base model's name (PEFT's `base_model_name_or_path`).
+    /// PEFT's `base_model_name_or_path`: the model's HF hub id when it has
+    /// one (so `AutoPeftModelForCausalLM` finds it), else its path
+    /// ([`persona_model::ModelIdentity::peft_base_model`]).
     pub base_model: &'a str,
     /// The LoRA dropout the adapters were trained with.
     pub lora_dropout: f64,
@@ -67,51 +70,43 @@ pub fn adapter_config(lora: &Lora, meta: AdapterMeta<'_>) -> serde_json::Value {
     })
 }
 
-/// Writes `adapter_model.safetensors` + `adapter_config.json` into `dir`.
+/// Writes `adapter_model.safetensors` + `adapter_config.json` into `dir`
+/// (never through a symbolic link at `dir`).
 pub fn write_adapter(dir: &Path, lora: &Lora, meta: AdapterMeta<'_>) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| ck_err(dir, e))?;
-    write_safetensors(&lora.to_peft()?, &dir.join("adapter_model.safetensors"))?;
+    persona_model::files::refuse_symlink(dir)?;
+    std::fs::create_dir_all(dir).map_err(|e| persona_model::ModelError::write(dir, e))?;
+    write_safetensors(&lora.to_peft()?, &dir.join(ADAPTER_WEIGHTS))?;
     let cfg =
         serde_json::to_string_pretty(&adapter_config(lora, meta)).map_err(|e| ck_err(dir, e))?;
-    persona_model::load::write_atomic(&dir.join("adapter_config.json"), cfg.as_bytes())?;
+    persona_model::write_atomic(&dir.join(ADAPTER_CONFIG), cfg.as_bytes())?;
     Ok(())
 }
 
-/// Reads adapters written by [`write_adapter`] (or by PEFT, for the
-/// projections this runtime knows) from `dir`.
+/// Reads adapters written by [`write_adapter`] or by PEFT (LoRA on the
+/// projections this runtime knows) from `dir`; see [`crate::peft`] for what
+/// of `adapter_config.json` is honoured and what is refused.
 pub fn read_adapter(dir: &Path, cfg: &persona_model::ModelConfig, device: &Device) -> Result<Lora> {
-    let cfg_path = dir.join("adapter_config.json");
+    let cfg_path = dir.join(ADAPTER_CONFIG);
     let text = std::fs::read_to_string(&cfg_path).map_err(|e| ck_err(&cfg_path, e))?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ck_err(&cfg_path, e))?;
-    let rank = v["r"]
-        .as_u64()
-        .ok_or_else(|| ck_err(&cfg_path, "no integer `r`"))? as usize;
-    let alpha = v["lora_alpha"]
-        .as_f64()
-        .ok_or_else(|| ck_err(&cfg_path, "no `lora_alpha`"))?;
-    let scaling = if v["use_rslora"].as_bool().unwrap_or(false) {
-        persona_model::Scaling::Rslora
-    } else {
-        persona_model::Scaling::Classic
-    };
-    let (weights, _) =
-        persona_model::weights::from_safetensors_file(&dir.join("adapter_model.safetensors"))?;
-    Ok(Lora::from_peft(
-        cfg, &weights, rank, alpha, scaling, device,
-    )?)
+    let scaling = crate::peft::read_config(&text).map_err(|e| ck_err(&cfg_path, e))?;
+    let (weights, _) = persona_model::weights::from_safetensors_file(&dir.join(ADAPTER_WEIGHTS))?;
+    Ok(Lora::from_peft(cfg, &weights, &scaling, device)?)
 }
 
 /// Saves a resumable checkpoint to `<run>/checkpoint/`.
 pub fn save(
-    run: &Path,
+    run: &RunDir,
     lora: &Lora,
     moments: &[Moments],
     state: &TrainerState,
     meta: AdapterMeta<'_>,
 ) -> Result<()> {
-    let tmp = run.join("checkpoint.tmp");
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| ck_err(&tmp, e))?;
+    let tmp = run.checkpoint_tmp();
+    // `remove_dir_all` removes a link itself, never what it points to.
+    if std::fs::symlink_metadata(&tmp).is_ok() {
+        std::fs::remove_dir_all(&tmp)
+            .or_else(|_| std::fs::remove_file(&tmp))
+            .map_err(|e| ck_err(&tmp, e))?;
     }
     write_adapter(&tmp, lora, meta)?;
     // Exact tensors in the trainer's own layout (resuming from the PEFT
@@ -124,7 +119,7 @@ pub fn save(
     }
     write_safetensors(&exact, &tmp.join("resume.safetensors"))?;
     let st = serde_json::to_string_pretty(state).map_err(|e| ck_err(&tmp, e))?;
-    std::fs::write(tmp.join("trainer_state.json"), st).map_err(|e| ck_err(&tmp, e))?;
+    persona_model::write_atomic(&tmp.join("trainer_state.json"), st.as_bytes())?;
     replace_checkpoint(run, &tmp)
 }
 
@@ -132,9 +127,9 @@ pub fn save(
 /// replaces is renamed to `checkpoint.old` first and deleted last, so a
 /// kill at any point leaves one complete checkpoint (`load` falls back to
 /// `checkpoint.old` when `checkpoint/` is missing).
-fn replace_checkpoint(run: &Path, tmp: &Path) -> Result<()> {
-    let final_dir = run.join("checkpoint");
-    let old = run.join("checkpoint.old");
+fn replace_checkpoint(run: &RunDir, tmp: &Path) -> Result<()> {
+    let final_dir = run.checkpoint();
+    let old = run.checkpoint_old();
     // A save killed while deleting the replaced checkpoint leaves part of
     // `checkpoint.old` next to a complete `checkpoint/`; renaming onto a
     // non-empty directory would fail ("Directory not empty").
@@ -154,10 +149,14 @@ fn replace_checkpoint(run: &Path, tmp: &Path) -> Result<()> {
 /// Restores adapters (into `lora`, whose shapes must match), moments and
 /// counters from `<run>/checkpoint/` (or `checkpoint.old` if a save was cut
 /// between its two renames).
-pub fn load(run: &Path, lora: &mut Lora, device: &Device) -> Result<(Vec<Moments>, TrainerState)> {
-    let mut dir = run.join("checkpoint");
-    if !dir.exists() && run.join("checkpoint.old").exists() {
-        dir = run.join("checkpoint.old");
+pub fn load(
+    run: &RunDir,
+    lora: &mut Lora,
+    device: &Device,
+) -> Result<(Vec<Moments>, TrainerState)> {
+    let mut dir = run.checkpoint();
+    if !dir.exists() && run.checkpoint_old().exists() {
+        dir = run.checkpoint_old();
     }
     let state_path = dir.join("trainer_state.json");
     let text = std::fs::read_to_string(&state_path).map_err(|e| ck_err(&state_path, e))?;
@@ -168,8 +167,14 @@ pub fn load(run: &Path, lora: &mut Lora, device: &Device) -> Result<(Vec<Moments
         let h = exact
             .get(&k)
             .ok_or_else(|| ck_err(&resume, format!("missing {k}")))?;
+        let &[r, c] = h.shape.as_slice() else {
+            return Err(ck_err(
+                &resume,
+                format!("{k} has shape {:?}, not 2-D", h.shape),
+            ));
+        };
         Ok(Tensor::from_data(
-            TensorData::new(h.data.clone(), [h.shape[0], h.shape[1]]),
+            TensorData::new(h.data.clone(), [r, c]),
             device,
         ))
     };
@@ -206,6 +211,7 @@ mod tests {
     use std::path::Path;
 
     use super::replace_checkpoint;
+    use crate::run_dir::RunDir;
 
     fn write(dir: &Path, text: &str) {
         std::fs::create_dir_all(dir).unwrap();
@@ -222,9 +228,10 @@ mod tests {
     /// after one killed between its two renames (only `checkpoint.old`).
     #[test]
     fn a_checkpoint_replaces_the_last_one_after_any_interrupted_save() {
-        let run = tempfile::tempdir().unwrap();
-        let (run, tmp) = (run.path(), run.path().join("checkpoint.tmp"));
-        let (final_dir, old) = (run.join("checkpoint"), run.join("checkpoint.old"));
+        let dir = tempfile::tempdir().unwrap();
+        let run = &RunDir::at(dir.path());
+        let tmp = run.checkpoint_tmp();
+        let (final_dir, old) = (run.checkpoint(), run.checkpoint_old());
 
         write(&tmp, "1");
         replace_checkpoint(run, &tmp).unwrap();

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use persona_model::{Message, Sequence, TextCodec};
+use persona_model::{ChatRole, Message, Sequence, TextCodec};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
@@ -34,7 +34,8 @@ pub struct ChatRecord {
 
 /// Reads a chat JSONL file: one `{"messages": [...]}` per line (optional
 /// `"label": true|false`), each a conversation whose last message is the
-/// assistant's response. Blank lines are skipped.
+/// assistant's response. Roles are `system`, `user` or `assistant`;
+/// assistant messages must not be empty. Blank lines are skipped.
 pub fn read_chat_records(path: &Path) -> Result<Vec<ChatRecord>> {
     let text = std::fs::read_to_string(path).map_err(|e| crate::error::io(path, e))?;
     let mut out = Vec::new();
@@ -49,13 +50,23 @@ pub fn read_chat_records(path: &Path) -> Result<Vec<ChatRecord>> {
         };
         let chat: ChatLine = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
         match chat.messages.last() {
-            Some(m) if m.role == "assistant" => {}
+            Some(m) if m.role == ChatRole::Assistant => {}
             _ => return Err(bad("the last message must be the assistant's".into())),
         }
         if chat.messages.len() < 2 {
             return Err(bad(
                 "a chat needs at least a user and an assistant message".into()
             ));
+        }
+        if let Some(i) = chat
+            .messages
+            .iter()
+            .position(|m| m.role == ChatRole::Assistant && m.content.trim().is_empty())
+        {
+            return Err(bad(format!(
+                "message {} is an empty assistant message (nothing to learn or score)",
+                i + 1
+            )));
         }
         out.push(ChatRecord {
             line: i + 1,
@@ -163,7 +174,7 @@ pub fn epoch_batches(
     let mut order: Vec<usize> = (0..lengths.len()).collect();
     order.shuffle(&mut rng);
     let mut batches = Vec::new();
-    for window in order.chunks(batch_size * 16) {
+    for window in order.chunks(batch_size.saturating_mul(16)) {
         let mut w = window.to_vec();
         w.sort_by_key(|&i| (lengths[i], i));
         batches.extend(w.chunks(batch_size).map(<[usize]>::to_vec));

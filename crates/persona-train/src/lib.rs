@@ -11,9 +11,12 @@ pub mod data;
 pub mod error;
 pub mod monitor;
 pub mod optim;
+pub mod peft;
 pub mod recipe;
+pub mod run_dir;
 pub mod trainer;
 
 pub use error::{Result, TrainError};
 pub use recipe::Recipe;
-pub use trainer::{StepMetrics, TrainOutcome, train};
+pub use run_dir::{RunDir, RunState};
+pub use trainer::{StepMetrics, TrainEvent, TrainOutcome, train};

@@ -13,6 +13,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
 
+/// Upper bounds of the recipe's sizes, checked before anything is
+/// allocated from them (a typo such as `rank = 1e8` must be an error, not a
+/// 230 GB allocation).
+pub const MAX_LORA_RANK: usize = 4096;
+/// Sequences per micro-batch, micro-batches per step, extraction batch.
+pub const MAX_BATCH: usize = 1 << 16;
+pub const MAX_EPOCHS: usize = 1 << 20;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Recipe {
@@ -198,10 +206,24 @@ impl Recipe {
                 Err(key(k, format!("file {} does not exist", p.display())))
             }
         };
+        // Each row once: a repeated row would be steered (or logged) twice.
+        let rows_ok = |k: &str, rows: &[usize]| -> Result<()> {
+            if rows.is_empty() {
+                return Err(key(k, "name at least one row".into()));
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            match rows.iter().find(|r| !seen.insert(**r)) {
+                Some(r) => Err(key(k, format!("row {r} is listed twice"))),
+                None => Ok(()),
+            }
+        };
         if let Some(t) = &self.trait_ {
             exists("trait.definition", &t.definition)?;
-            if t.batch_size == 0 {
-                return Err(key("trait.batch_size", "must be at least 1".into()));
+            if !(1..=MAX_BATCH).contains(&t.batch_size) {
+                return Err(key(
+                    "trait.batch_size",
+                    format!("must be in 1..={MAX_BATCH}"),
+                ));
             }
         }
         // A vector that `[trait]` will extract before training may be missing now.
@@ -237,8 +259,14 @@ impl Recipe {
         if self.data.max_seq_len < 2 {
             return Err(key("data.max_seq_len", "must be at least 2".into()));
         }
-        if self.lora.rank == 0 {
-            return Err(key("lora.rank", "must be at least 1".into()));
+        if !(1..=MAX_LORA_RANK).contains(&self.lora.rank) {
+            return Err(key(
+                "lora.rank",
+                format!("must be in 1..={MAX_LORA_RANK} (paper: 32)"),
+            ));
+        }
+        if !(self.lora.alpha.is_finite() && self.lora.alpha > 0.0) {
+            return Err(key("lora.alpha", "must be a finite number > 0".into()));
         }
         if self.lora.targets.is_empty() {
             return Err(key("lora.targets", "name at least one projection".into()));
@@ -253,16 +281,31 @@ impl Recipe {
         if !(o.lr > 0.0 && o.lr.is_finite()) {
             return Err(key("optim.lr", "must be a positive number".into()));
         }
-        if o.batch_size == 0 || o.grad_accum == 0 || o.epochs == 0 {
+        for (k, value, max) in [
+            ("optim.batch_size", o.batch_size, MAX_BATCH),
+            ("optim.grad_accum", o.grad_accum, MAX_BATCH),
+            ("optim.epochs", o.epochs, MAX_EPOCHS),
+        ] {
+            if !(1..=max).contains(&value) {
+                return Err(key(k, format!("must be in 1..={max}")));
+            }
+        }
+        if !(0.0..1.0).contains(&o.beta1) || !(0.0..1.0).contains(&o.beta2) {
+            return Err(key("optim.beta1/beta2", "must be in [0, 1)".into()));
+        }
+        if !(o.eps.is_finite() && o.eps > 0.0) {
+            return Err(key("optim.eps", "must be a finite number > 0".into()));
+        }
+        if !(o.weight_decay.is_finite() && o.weight_decay >= 0.0) {
             return Err(key(
-                "optim",
-                "batch_size, grad_accum and epochs must be at least 1".into(),
+                "optim.weight_decay",
+                "must be a finite number >= 0 (paper: 0.01)".into(),
             ));
         }
-        if !(0.0..1.0).contains(&o.beta1) || !(0.0..1.0).contains(&o.beta2) || o.eps <= 0.0 {
+        if !(o.max_grad_norm.is_finite() && o.max_grad_norm >= 0.0) {
             return Err(key(
-                "optim.beta1/beta2/eps",
-                "betas in [0, 1), eps > 0".into(),
+                "optim.max_grad_norm",
+                "must be a finite number >= 0 (0 = no clipping)".into(),
             ));
         }
         match self.steering.mode {
@@ -272,14 +315,16 @@ impl Recipe {
                     key("steering.vector", "required unless mode = \"none\"".into())
                 })?;
                 vector_ok("steering.vector", v)?;
-                if self.steering.layers.is_empty() {
-                    return Err(key("steering.layers", "name at least one row".into()));
+                rows_ok("steering.layers", &self.steering.layers)?;
+                if !self.steering.coef.is_finite() {
+                    return Err(key("steering.coef", "must be a finite number".into()));
                 }
             }
         }
         if self.monitor.every == 0 {
             return Err(key("monitor.every", "must be at least 1".into()));
         }
+        rows_ok("monitor.layers", &self.monitor.layers)?;
         for (i, t) in self.monitor.traits.iter().enumerate() {
             vector_ok(&format!("monitor.traits[{i}].vector"), &t.vector)?;
             exists(&format!("monitor.traits[{i}].questions"), &t.questions)?;
@@ -308,6 +353,23 @@ impl Recipe {
         };
         in_range("steering.layers", &self.steering.layers)?;
         in_range("monitor.layers", &self.monitor.layers)?;
+        // A rank above a projection's narrower side adds parameters and no
+        // expressiveness (PEFT allows it; it is always a mistake here).
+        for t in &self.lora.targets {
+            let (d_in, d_out) = t.dims(cfg);
+            if self.lora.rank > d_in.min(d_out) {
+                return Err(key(
+                    "lora.rank",
+                    format!(
+                        "{} is more than {}'s smaller side ({} x {})",
+                        self.lora.rank,
+                        t.short_name(),
+                        d_in,
+                        d_out
+                    ),
+                ));
+            }
+        }
         if self.steering.incremental && self.steering.layers.contains(&0) {
             return Err(key(
                 "steering.layers",

@@ -2,12 +2,12 @@
 //! training forward only, the projection shift logged every few steps, and
 //! resumable checkpoints.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::tensor::{Device, Tensor};
-use indicatif::{ProgressBar, ProgressStyle};
 use persona_model::{
     Batch, CaptureRequest, ForwardArgs, Logits, Lora, LoraDropout, PadSide, Positions, Role,
     Sequence, Steering, likelihood::scored_logprobs,
@@ -23,6 +23,7 @@ use crate::error::{Result, TrainError};
 use crate::monitor::TraitMonitor;
 use crate::optim::{AdamW, Moments, global_norm, lr_at};
 use crate::recipe::{Recipe, SteerMode};
+use crate::run_dir::{RunDir, RunState};
 
 /// One line of `metrics.jsonl`.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
@@ -63,7 +64,7 @@ pub fn training_steering(recipe: &Recipe, device: &Device) -> Result<Vec<Steerin
             v.to_vec()
         };
         out.push(match s.mode {
-            SteerMode::Steer => Steering::add(row, &v, s.coef, Positions::All, device),
+            SteerMode::Steer => Steering::add(row, &v, s.coef, Positions::All, device)?,
             SteerMode::Ablate => Steering::ablate(row, &v, Positions::All, device)?,
             SteerMode::None => unreachable!(),
         });
@@ -190,16 +191,53 @@ pub fn clip(grads: Vec<Tensor<2>>, max_norm: f64) -> (Vec<Tensor<2>>, f64) {
     }
 }
 
-/// The micro-batches of the whole run in order (epoch after epoch).
-fn schedule(data: &Dataset, recipe: &Recipe) -> Vec<Vec<usize>> {
-    let lengths: Vec<usize> = data
-        .train
-        .iter()
-        .map(|s| s.prompt.len() + s.response.len())
-        .collect();
-    (0..recipe.optim.epochs)
-        .flat_map(|e| epoch_batches(&lengths, recipe.optim.batch_size, recipe.run.seed, e))
-        .collect()
+/// The micro-batches of the whole run in order, epoch after epoch, made
+/// one epoch at a time when first needed (a run of many epochs cut short
+/// by `max_steps` never builds the epochs it does not reach).
+struct Schedule {
+    lengths: Vec<usize>,
+    batch_size: usize,
+    seed: u64,
+    epochs: usize,
+    /// The epoch whose batches are in `batches`.
+    epoch: Option<usize>,
+    batches: Vec<Vec<usize>>,
+}
+
+impl Schedule {
+    fn new(data: &Dataset, recipe: &Recipe) -> Self {
+        Self {
+            lengths: data
+                .train
+                .iter()
+                .map(|s| s.prompt.len() + s.response.len())
+                .collect(),
+            batch_size: recipe.optim.batch_size,
+            seed: recipe.run.seed,
+            epochs: recipe.optim.epochs,
+            epoch: None,
+            batches: Vec::new(),
+        }
+    }
+
+    fn per_epoch(&self) -> usize {
+        self.lengths.len().div_ceil(self.batch_size)
+    }
+
+    /// Micro-batches in the whole run.
+    fn len(&self) -> usize {
+        self.per_epoch().saturating_mul(self.epochs)
+    }
+
+    /// Micro-batch `k` of the run, as indices into the training set.
+    fn micro_batch(&mut self, k: usize) -> &[usize] {
+        let (epoch, i) = (k / self.per_epoch(), k % self.per_epoch());
+        if self.epoch != Some(epoch) {
+            self.batches = epoch_batches(&self.lengths, self.batch_size, self.seed, epoch);
+            self.epoch = Some(epoch);
+        }
+        &self.batches[i]
+    }
 }
 
 fn sha256_file(path: &Path) -> Result<String> {
@@ -216,77 +254,148 @@ fn git_revision() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// What training reports as it goes: the binary turns these into progress
+/// bars and messages; the library prints nothing.
+#[derive(Debug)]
+pub enum TrainEvent<'a> {
+    /// The recipe's `[trait]` vector is being extracted first: `done` of
+    /// `total` authored responses read.
+    Extracting { done: usize, total: usize },
+    /// The run folder holds a start that stopped before its first
+    /// checkpoint; the run starts again from step 0.
+    Restarting { run: &'a Path },
+    /// Training runs from `step` (0 unless resumed) to `total_steps`.
+    Started { step: usize, total_steps: usize },
+    /// One optimizer step is done and logged.
+    Step(&'a StepMetrics),
+}
+
 /// Runs (or, with `resume`, continues) the recipe's training run.
-pub fn train(recipe_path: &Path, resume: bool, show_progress: bool) -> Result<TrainOutcome> {
+///
+/// Everything is checked and loaded (recipe, model, data, vectors) before
+/// the run folder is touched, so a bad input never leaves a folder behind.
+/// A folder left by a start that stopped before its first checkpoint is
+/// started again, with or without `resume` ([`TrainEvent::Restarting`]).
+pub fn train(
+    recipe_path: &Path,
+    resume: bool,
+    on_event: &mut dyn FnMut(TrainEvent<'_>),
+) -> Result<TrainOutcome> {
     let recipe = Recipe::load(recipe_path)?;
-    ensure_trait_vector(&recipe, show_progress)?;
-    recipe.check_static()?;
-    let (cfg, identity) = persona_model::inspect(&recipe.model.name)?;
-    recipe.check_model(&cfg, &identity)?;
-
-    let run_dir = persona_model::persona_home()
-        .join("runs")
-        .join(&recipe.run.name);
-    let has_checkpoint =
-        run_dir.join("checkpoint").exists() || run_dir.join("checkpoint.old").exists();
-    if resume && !has_checkpoint {
-        return Err(TrainError::Checkpoint {
-            path: run_dir,
-            reason: "no checkpoint to resume from".into(),
-        });
+    let mut training = Training::setup(recipe, resume, on_event)?;
+    on_event(TrainEvent::Started {
+        step: training.state.step,
+        total_steps: training.total_steps,
+    });
+    while training.state.step < training.total_steps {
+        let metrics = training.step()?;
+        training.log(&metrics)?;
+        on_event(TrainEvent::Step(&metrics));
+        training.save()?;
     }
-    if !resume && run_dir.exists() {
-        return Err(TrainError::RunExists { path: run_dir });
-    }
-    std::fs::create_dir_all(&run_dir).map_err(|e| crate::error::io(&run_dir, e))?;
+    training.finish()
+}
 
-    let device = persona_model::parse_device(&recipe.run.device)?.autodiff();
-    let loaded = persona_model::load(&recipe.model.name, &device)?;
-    let (model, codec) = (&loaded.model, &loaded.codec);
-    let data = load_dataset(
-        &recipe.data.train,
-        codec,
-        recipe.run.seed,
-        recipe.data.max_examples,
-        recipe.data.max_seq_len,
-        recipe.data.heldout_fraction,
-    )?;
-    let steering = training_steering(&recipe, &device)?;
-    let monitors = recipe
-        .monitor
-        .traits
-        .iter()
-        .map(|t| {
-            TraitMonitor::new(
-                &t.name,
-                &VectorFile::load(&t.vector)?,
-                &t.questions,
-                &recipe.monitor.layers,
-                model,
-                codec,
-            )
-        })
-        .collect::<Result<Vec<_>>>()?;
+/// A run being trained: the phases of [`train`] (setup, step, log, save,
+/// finish) and what they share.
+struct Training {
+    recipe: Recipe,
+    run: RunDir,
+    loaded: persona_model::LoadedModel,
+    data: Dataset,
+    /// The training forward's steering (the vaccine); nowhere else.
+    steering: Vec<Steering>,
+    monitors: Vec<TraitMonitor>,
+    schedule: Schedule,
+    total_steps: usize,
+    lora: Lora,
+    moments: Vec<Moments>,
+    state: TrainerState,
+    opt: AdamW,
+    /// PEFT's `base_model_name_or_path` for every adapter folder written.
+    base_model: String,
+    metrics: std::fs::File,
+    last_loss: f64,
+}
 
-    let micro = schedule(&data, &recipe);
-    let accum = recipe.optim.grad_accum;
-    let mut total_steps = micro.len().div_ceil(accum);
-    if recipe.optim.max_steps > 0 {
-        total_steps = total_steps.min(recipe.optim.max_steps);
-    }
+impl Training {
+    /// Checks and loads everything, then opens the run folder: a fresh
+    /// start writes provenance and a step-0 checkpoint, a resume restores
+    /// the last checkpoint.
+    fn setup(
+        recipe: Recipe,
+        resume: bool,
+        on_event: &mut dyn FnMut(TrainEvent<'_>),
+    ) -> Result<Self> {
+        ensure_trait_vector(&recipe, &mut *on_event)?;
+        recipe.check_static()?;
+        let (cfg, identity) = persona_model::inspect(&recipe.model.name)?;
+        recipe.check_model(&cfg, &identity)?;
+        let run = RunDir::named(&recipe.run.name);
+        let fresh = match (run.state(), resume) {
+            (RunState::Absent, false) => true,
+            (RunState::Absent, true) => {
+                return Err(TrainError::Checkpoint {
+                    path: run.root().to_path_buf(),
+                    reason: "no such run to resume; run without --resume to start it".into(),
+                });
+            }
+            (RunState::Unstarted, _) => true,
+            (RunState::Resumable, true) => false,
+            (RunState::Resumable | RunState::Finished, false) => {
+                return Err(TrainError::RunExists {
+                    path: run.root().to_path_buf(),
+                });
+            }
+            (RunState::Finished, true) => {
+                return Err(TrainError::Checkpoint {
+                    path: run.root().to_path_buf(),
+                    reason: "the run is finished (its adapter/ is written); nothing to resume"
+                        .into(),
+                });
+            }
+        };
 
-    let mut lora = Lora::init(
-        &cfg,
-        &recipe.lora.targets,
-        recipe.lora.rank,
-        recipe.lora.alpha,
-        recipe.lora.scaling,
-        recipe.run.seed,
-        &device,
-    )?;
-    let (mut moments, mut state) = if resume {
-        checkpoint::load(&run_dir, &mut lora, &device)?
-    } else {
+        let device = persona_model::parse_device(&recipe.run.device)?.autodiff();
+        let loaded = persona_model::load(&recipe.model.name, &device)?;
+        let data = load_dataset(
+            &recipe.data.train,
+            &loaded.codec,
+            recipe.run.seed,
+            recipe.data.max_examples,
+            recipe.data.max_seq_len,
+            recipe.data.heldout_fraction,
+        )?;
+        let steering = training_steering(&recipe, &device)?;
+        let monitors = recipe
+            .monitor
+            .traits
+            .iter()
+            .map(|t| {
+                TraitMonitor::new(
+                    &t.name,
+                    &VectorFile::load(&t.vector)?,
+                    &t.questions,
+                    &recipe.monitor.layers,
+                    &loaded.model,
+                    &loaded.codec,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let schedule = Schedule::new(&data, &recipe);
+        let mut total_steps = schedule.len().div_ceil(recipe.optim.grad_accum);
+        if recipe.optim.max_steps > 0 {
+            total_steps = total_steps.min(recipe.optim.max_steps);
+        }
+        let mut lora = Lora::init(
+            &cfg,
+            &recipe.lora.targets,
+            recipe.lora.rank,
+            recipe.lora.alpha,
+            recipe.lora.scaling,
+            recipe.run.seed,
+            &device,
+        )?;
         let moments = lora
             .named_tensors()
             .into_iter()
@@ -295,70 +404,91 @@ pub fn train(recipe_path: &Path, resume: bool, show_progress: bool) -> Result<Tr
                 v: t.clone().zeros_like(),
             })
             .collect();
-        (
-            moments,
-            TrainerState {
-                step: 0,
-                total_steps,
-                tokens_seen: 0,
+        let state = TrainerState {
+            step: 0,
+            total_steps,
+            tokens_seen: 0,
+        };
+        let (moments, state) = if fresh {
+            if run.state() == RunState::Unstarted {
+                on_event(TrainEvent::Restarting { run: run.root() });
+            }
+            persona_model::files::refuse_symlink(run.root())?;
+            std::fs::create_dir_all(run.root())
+                .map_err(|e| persona_model::ModelError::write(run.root(), e))?;
+            (moments, state)
+        } else {
+            checkpoint::load(&run, &mut lora, &device)?
+        };
+        if state.total_steps != total_steps {
+            return Err(TrainError::Checkpoint {
+                path: run.root().to_path_buf(),
+                reason: format!(
+                    "checkpoint was made for {} steps, the recipe gives {total_steps}",
+                    state.total_steps
+                ),
+            });
+        }
+        let base_model = identity.peft_base_model();
+        let meta = checkpoint::AdapterMeta {
+            base_model: &base_model,
+            lora_dropout: recipe.lora.dropout,
+        };
+        if fresh {
+            write_provenance(&run, &recipe, &identity, &data)?;
+            truncate_metrics(&run.metrics(), 0)?;
+            checkpoint::save(&run, &lora, &moments, &state, meta)?;
+        } else {
+            truncate_metrics(&run.metrics(), state.step)?;
+        }
+        Ok(Self {
+            opt: AdamW {
+                beta1: recipe.optim.beta1,
+                beta2: recipe.optim.beta2,
+                eps: recipe.optim.eps,
+                weight_decay: recipe.optim.weight_decay,
             },
-        )
-    };
-    if state.total_steps != total_steps {
-        return Err(TrainError::Checkpoint {
-            path: run_dir,
-            reason: format!(
-                "checkpoint was made for {} steps, the recipe gives {total_steps}",
-                state.total_steps
-            ),
-        });
+            metrics: persona_model::files::open_append(&run.metrics())?,
+            base_model,
+            lora: lora.trainable(),
+            recipe,
+            run,
+            loaded,
+            data,
+            steering,
+            monitors,
+            schedule,
+            total_steps,
+            moments,
+            state,
+            last_loss: f64::NAN,
+        })
     }
 
-    let meta = checkpoint::AdapterMeta {
-        base_model: &recipe.model.name,
-        lora_dropout: recipe.lora.dropout,
-    };
-    // Provenance and the resolved recipe, beside the run (first start only).
-    if !resume {
-        write_provenance(&run_dir, &recipe, &identity, &data)?;
-        std::fs::write(run_dir.join("metrics.jsonl"), "")
-            .map_err(|e| crate::error::io(&run_dir, e))?;
-        checkpoint::save(&run_dir, &lora, &moments, &state, meta)?;
-    } else {
-        truncate_metrics(&run_dir.join("metrics.jsonl"), state.step)?;
+    fn meta(&self) -> checkpoint::AdapterMeta<'_> {
+        checkpoint::AdapterMeta {
+            base_model: &self.base_model,
+            lora_dropout: self.recipe.lora.dropout,
+        }
     }
-    let mut metrics_file = std::fs::OpenOptions::new()
-        .append(true)
-        .open(run_dir.join("metrics.jsonl"))
-        .map_err(|e| crate::error::io(&run_dir, e))?;
 
-    let bar = if show_progress {
-        let b = ProgressBar::new(total_steps as u64);
-        b.set_style(
-            ProgressStyle::with_template("{bar:30} step {pos}/{len} {msg} [{elapsed} < {eta}]")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        b.set_position(state.step as u64);
-        b
-    } else {
-        ProgressBar::hidden()
-    };
-
-    let opt = AdamW {
-        beta1: recipe.optim.beta1,
-        beta2: recipe.optim.beta2,
-        eps: recipe.optim.eps,
-        weight_decay: recipe.optim.weight_decay,
-    };
-    let mut last_loss = f64::NAN;
-    lora = lora.trainable();
-    while state.step < total_steps {
+    /// One optimizer step: forward and backward of `grad_accum`
+    /// micro-batches with the training steering, clipping, AdamW; then the
+    /// shift of the unsteered model on monitor steps.
+    fn step(&mut self) -> Result<StepMetrics> {
         let started = Instant::now();
-        let step = state.step;
-        let batches: Vec<Batch> = micro[step * accum..((step + 1) * accum).min(micro.len())]
-            .iter()
-            .map(|idx| {
-                let rows: Vec<Sequence> = idx.iter().map(|&i| data.train[i].clone()).collect();
+        let step = self.state.step;
+        let (recipe, codec) = (&self.recipe, &self.loaded.codec);
+        let accum = recipe.optim.grad_accum;
+        let end = ((step + 1) * accum).min(self.schedule.len());
+        let batches: Vec<Batch> = (step * accum..end)
+            .map(|k| {
+                let rows: Vec<Sequence> = self
+                    .schedule
+                    .micro_batch(k)
+                    .iter()
+                    .map(|&i| self.data.train[i].clone())
+                    .collect();
                 Batch::new(&rows, PadSide::Right, codec.pad_id)
             })
             .collect::<persona_model::Result<_>>()?;
@@ -371,167 +501,177 @@ pub fn train(recipe_path: &Path, resume: bool, show_progress: bool) -> Result<Tr
             p: recipe.lora.dropout,
             seed: dropout_seed(recipe.run.seed, step),
         });
-        let (loss_sum, grads) = loss_and_grads(model, &lora, &batches, &steering, dropout)?;
+        let model = &self.loaded.model;
+        let (loss, grads) = loss_and_grads(model, &self.lora, &batches, &self.steering, dropout)?;
         let (grads, grad_norm) = clip(grads, recipe.optim.max_grad_norm);
         // Stop before a non-finite value reaches the adapters or a checkpoint.
-        for (what, value) in [("loss", loss_sum), ("gradient norm", grad_norm)] {
-            if !value.is_finite() {
-                return Err(TrainError::NonFinite {
-                    what,
-                    value,
-                    step: step + 1,
-                    dir: run_dir.join("checkpoint"),
-                });
-            }
+        for (what, value) in [("loss", loss), ("gradient norm", grad_norm)] {
+            self.check_finite(what, value)?;
         }
         let lr = lr_at(
             recipe.optim.lr,
             step,
             recipe.optim.warmup_steps,
-            total_steps,
+            self.total_steps,
         );
-        for ((p, g), m) in lora
+        for ((p, g), m) in self
+            .lora
             .tensors_mut()
             .into_iter()
             .zip(grads)
-            .zip(moments.iter_mut())
+            .zip(self.moments.iter_mut())
         {
-            *p = opt
+            *p = self
+                .opt
                 .update(p.clone().detach(), g, m, lr, step + 1)
                 .detach()
                 .require_grad();
         }
-        let weights: Vec<Tensor<2>> = lora
+        let weights: Vec<Tensor<2>> = self
+            .lora
             .named_tensors()
             .into_iter()
             .map(|(_, t)| t.clone().detach())
             .collect();
-        let weight_norm = global_norm(&weights);
-        if !weight_norm.is_finite() {
-            return Err(TrainError::NonFinite {
-                what: "the adapter weight norm after the update",
-                value: weight_norm,
-                step: step + 1,
-                dir: run_dir.join("checkpoint"),
-            });
-        }
-        state.step += 1;
-        state.tokens_seen += tokens as u64;
-        last_loss = loss_sum;
-
-        let shift =
-            if state.step % recipe.monitor.every == 0 || state.step == total_steps || step == 0 {
-                let mut all = std::collections::BTreeMap::new();
-                for mon in &monitors {
-                    let s = mon.shifts(model, &lora)?;
-                    all.insert(
-                        mon.name.clone(),
-                        mon.rows
-                            .iter()
-                            .zip(s)
-                            .map(|(r, v)| (r.to_string(), v))
-                            .collect(),
-                    );
-                }
-                Some(all)
-            } else {
-                None
-            };
-        let secs = started.elapsed().as_secs_f64();
-        let line = StepMetrics {
-            step: state.step,
-            loss: loss_sum,
+        self.check_finite(
+            "the adapter weight norm after the update",
+            global_norm(&weights),
+        )?;
+        self.state.step += 1;
+        self.state.tokens_seen += tokens as u64;
+        self.last_loss = loss;
+        let s = self.state.step;
+        let monitored =
+            s.is_multiple_of(recipe.monitor.every) || s == self.total_steps || step == 0;
+        let shift = if monitored {
+            Some(self.shifts()?)
+        } else {
+            None
+        };
+        Ok(StepMetrics {
+            step: s,
+            loss,
             lr,
             grad_norm,
-            tokens_per_s: tokens as f64 / secs,
+            tokens_per_s: tokens as f64 / started.elapsed().as_secs_f64(),
             shift,
-        };
-        let shift_msg = line
-            .shift
-            .as_ref()
-            .and_then(|s| s.iter().next())
-            .and_then(|(name, rows)| {
-                rows.iter()
-                    .next()
-                    .map(|(r, v)| format!(" shift[{name}@{r}] {v:+.3}"))
-            })
-            .unwrap_or_default();
-        bar.set_message(format!("loss {loss_sum:.4}{shift_msg}"));
-        bar.set_position(state.step as u64);
-        let json = serde_json::to_string(&line).map_err(|e| crate::error::io(&run_dir, e))?;
-        writeln!(metrics_file, "{json}").map_err(|e| crate::error::io(&run_dir, e))?;
-        // The snapshot first: a saved checkpoint implies its snapshot exists.
-        let every = recipe.run.snapshot_every;
-        if every > 0 && state.step % every == 0 {
-            checkpoint::write_adapter(&snapshot_dir(&run_dir, state.step), &lora.detached(), meta)?;
-        }
-        if state.step % recipe.run.save_every == 0 || state.step == total_steps {
-            let detached = lora.detached();
-            checkpoint::save(&run_dir, &detached, &moments, &state, meta)?;
-        }
+        })
     }
-    bar.finish();
-    checkpoint::write_adapter(&run_dir.join("adapter"), &lora.detached(), meta)?;
-    Ok(TrainOutcome {
-        run_dir,
-        steps: state.step,
-        last_loss,
-    })
-}
 
-/// Where the adapters of optimizer step `step` are kept (see `snapshot_every`).
-pub fn snapshot_dir(run_dir: &Path, step: usize) -> PathBuf {
-    run_dir.join("snapshots").join(format!("step-{step:05}"))
+    fn check_finite(&self, what: &'static str, value: f64) -> Result<()> {
+        if value.is_finite() {
+            return Ok(());
+        }
+        Err(TrainError::NonFinite {
+            what,
+            value,
+            step: self.state.step + 1,
+            dir: self.run.checkpoint(),
+        })
+    }
+
+    /// `trait -> row -> shift` of the model as trained so far, unsteered.
+    fn shifts(&self) -> Result<BTreeMap<String, BTreeMap<String, f64>>> {
+        let mut all = BTreeMap::new();
+        for mon in &self.monitors {
+            let s = mon.shifts(&self.loaded.model, &self.lora)?;
+            let rows = mon.rows.iter().zip(s).map(|(r, v)| (r.to_string(), v));
+            all.insert(mon.name.clone(), rows.collect());
+        }
+        Ok(all)
+    }
+
+    /// Appends a step's line to `metrics.jsonl`.
+    fn log(&mut self, line: &StepMetrics) -> Result<()> {
+        let json = serde_json::to_string(line).map_err(|e| crate::error::io(self.run.root(), e))?;
+        writeln!(self.metrics, "{json}")
+            .map_err(|e| persona_model::ModelError::write(self.run.metrics(), e).into())
+    }
+
+    /// The snapshot and the checkpoint due at this step. The snapshot goes
+    /// first: a saved checkpoint implies its snapshot exists.
+    fn save(&self) -> Result<()> {
+        let (step, run) = (self.state.step, &self.recipe.run);
+        if run.snapshot_every > 0 && step.is_multiple_of(run.snapshot_every) {
+            checkpoint::write_adapter(
+                &self.run.snapshot(step),
+                &self.lora.detached(),
+                self.meta(),
+            )?;
+        }
+        if step.is_multiple_of(run.save_every) || step == self.total_steps {
+            let detached = self.lora.detached();
+            checkpoint::save(
+                &self.run,
+                &detached,
+                &self.moments,
+                &self.state,
+                self.meta(),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Writes the final adapters (`adapter/`).
+    fn finish(self) -> Result<TrainOutcome> {
+        checkpoint::write_adapter(&self.run.adapter(), &self.lora.detached(), self.meta())?;
+        Ok(TrainOutcome {
+            run_dir: self.run.root().to_path_buf(),
+            steps: self.state.step,
+            last_loss: self.last_loss,
+        })
+    }
 }
 
 /// Extracts the `[trait]` section's vector from its trait file's authored
-/// responses when the vector
-/// file does not exist yet (so a recipe works on a fresh machine).
-pub fn ensure_trait_vector(recipe: &Recipe, show_progress: bool) -> Result<()> {
+/// responses when the vector file does not exist yet (so a recipe works on
+/// a fresh machine).
+pub fn ensure_trait_vector(
+    recipe: &Recipe,
+    on_event: &mut dyn FnMut(TrainEvent<'_>),
+) -> Result<()> {
     let Some(t) = recipe.trait_.as_ref().filter(|t| !t.vector.exists()) else {
         return Ok(());
     };
-    let path = &t.vector;
     let def = persona_vectors::TraitDef::load(&t.definition)?;
+    persona_model::files::check_writable_file(&t.vector)?;
     let device = persona_model::parse_device(&recipe.run.device)?;
     let loaded = persona_model::load(&recipe.model.name, &device)?;
-    let bar = if show_progress {
-        let n: usize = def
-            .responses
-            .iter()
-            .map(|r| r.pos.len() + r.neg.len())
-            .sum();
-        ProgressBar::new(n as u64)
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_message(format!("extracting {} vector", t.name));
+    let total: usize = def
+        .responses
+        .iter()
+        .map(|r| r.pos.len() + r.neg.len())
+        .sum();
     let file = persona_vectors::extract::extract_authored(
         &loaded.model,
         &loaded.codec,
         &loaded.identity,
         &def,
         t.batch_size,
-        |k| bar.set_position(k as u64),
+        |done| on_event(TrainEvent::Extracting { done, total }),
     )?;
-    bar.finish_and_clear();
-    file.save(path)?;
+    file.save(&t.vector)?;
     Ok(())
 }
 
-/// Keeps the first `steps` lines of the metrics (a resumed run re-logs the rest).
+/// Keeps the first `steps` lines of the metrics (a resumed run re-logs the
+/// rest); rewritten atomically, never through a link.
 fn truncate_metrics(path: &Path, steps: usize) -> Result<()> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let kept: Vec<&str> = text.lines().take(steps).collect();
-    let mut out = kept.join("\n");
+    persona_model::files::refuse_symlink(path)?;
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(crate::error::io(path, e)),
+    };
+    let mut out: String = text.lines().take(steps).collect::<Vec<_>>().join("\n");
     if !out.is_empty() {
         out.push('\n');
     }
-    std::fs::write(path, out).map_err(|e| crate::error::io(path, e))
+    Ok(persona_model::write_atomic(path, out.as_bytes())?)
 }
 
 fn write_provenance(
-    run_dir: &Path,
+    run: &RunDir,
     recipe: &Recipe,
     identity: &persona_model::ModelIdentity,
     data: &Dataset,
@@ -555,10 +695,11 @@ fn write_provenance(
         "vectors": vectors,
         "seed": recipe.run.seed,
     });
-    let text = serde_json::to_string_pretty(&prov).map_err(|e| crate::error::io(run_dir, e))?;
-    persona_model::load::write_atomic(&run_dir.join("provenance.json"), text.as_bytes())?;
-    let resolved = toml::to_string_pretty(recipe).map_err(|e| crate::error::io(run_dir, e))?;
-    persona_model::load::write_atomic(&run_dir.join("recipe.toml"), resolved.as_bytes())?;
+    let err = |e: &dyn std::fmt::Display| crate::error::io(run.root(), e);
+    let text = serde_json::to_string_pretty(&prov).map_err(|e| err(&e))?;
+    persona_model::write_atomic(&run.provenance(), text.as_bytes())?;
+    let resolved = toml::to_string_pretty(recipe).map_err(|e| err(&e))?;
+    persona_model::write_atomic(&run.recipe(), resolved.as_bytes())?;
     Ok(())
 }
 
@@ -589,7 +730,7 @@ mod tests {
                 Batch::new(&rows, PadSide::Right, 0).unwrap()
             })
             .collect();
-        let steering = [Steering::add(2, &[0.3; 32], 1.5, Positions::All, &device)];
+        let steering = [Steering::add(2, &[0.3; 32], 1.5, Positions::All, &device).unwrap()];
         let dropout = Some(LoraDropout { p: 0.0, seed: 5 });
         let (loss1, grads1) = on_threads(1, || {
             loss_and_grads(&model, &lora, &batches, &steering, dropout)

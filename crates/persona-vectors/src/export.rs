@@ -1,5 +1,6 @@
 //! Export to llama.cpp's control-vector GGUF, so a vector can steer a model
-//! in `llama-cli --control-vector-scaled FILE C`.
+//! in `llama-cli --control-vector-scaled FILE:C` (older llama.cpp builds
+//! took the scale as a second argument, `FILE C`).
 //!
 //! Layout (what llama.cpp reads): `general.architecture = "controlvector"`,
 //! `controlvector.model_hint` (string), `controlvector.layer_count` (u32),
@@ -53,6 +54,9 @@ pub fn llama_cpp_control_vector(
     };
     if rows.is_empty() {
         return Err(bad("no rows to export".into()));
+    }
+    if !coef.is_finite() {
+        return Err(bad(format!("coefficient {coef} is not a finite number")));
     }
     let mut tensors = Vec::new();
     for &r in rows {

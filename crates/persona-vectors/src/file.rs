@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
+use persona_model::config::limits;
 use persona_model::{ModelConfig, ModelIdentity};
 use serde::{Deserialize, Serialize};
 
@@ -127,6 +128,17 @@ impl VectorFile {
                 meta.format_version
             )));
         }
+        // Sizes come from the file: bound them before they shape a loop.
+        if meta.n_layers > limits::N_LAYERS || !(1..=limits::D_MODEL).contains(&meta.d_model) {
+            return Err(read_err(format!(
+                "implausible shape in the metadata: n_layers {} (at most {}), d_model {} (1..={})",
+                meta.n_layers,
+                limits::N_LAYERS,
+                meta.d_model,
+                limits::D_MODEL
+            )));
+        }
+        persona_model::weights::check_unique_keys(&bytes).map_err(&read_err)?;
         let st =
             safetensors::SafeTensors::deserialize(&bytes).map_err(|e| read_err(e.to_string()))?;
         let mut variants = BTreeMap::new();
@@ -147,12 +159,22 @@ impl VectorFile {
                     want_width: meta.d_model,
                 });
             }
-            let data = view
+            let data: Vec<f32> = view
                 .data()
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                 .collect();
+            if let Some(i) = data.iter().position(|x| !x.is_finite()) {
+                return Err(read_err(format!(
+                    "variant `{name}` holds a non-finite value ({}) at row {}; the file is corrupt, extract the vector again",
+                    data[i],
+                    i / meta.d_model
+                )));
+            }
             variants.insert(name, data);
+        }
+        if variants.is_empty() {
+            return Err(read_err("holds no vectors".into()));
         }
         Ok(Self {
             path: path.to_path_buf(),
@@ -315,6 +337,7 @@ mod tests {
             name: "tiny".into(),
             sha256: "abc".into(),
             path: PathBuf::new(),
+            hf_id: None,
         };
         f.check_model(&cfg, &id).unwrap();
         let other = ModelIdentity {
