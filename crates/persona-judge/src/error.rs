@@ -5,13 +5,29 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum JudgeError {
     #[error(
-        "judge endpoint {url} is unreachable after {tries} tries: {reason}; check base_url, that the server is running, and your network"
+        "judge endpoint {url} is unreachable: no HTTP answer over {tries} tries ({reason}); check base_url, that the server is running, and your network"
     )]
     Unreachable {
         url: String,
         tries: usize,
         reason: String,
     },
+    #[error(
+        "judge endpoint {url} kept answering HTTP 429 (too many requests) over {tries} tries; lower `concurrency` or raise `max_retries` / `backoff_ms` in the judge config"
+    )]
+    RateLimited { url: String, tries: usize },
+    #[error(
+        "judge endpoint {url} kept answering HTTP {status} (a server error) over {tries} tries; check the server's log"
+    )]
+    ServerError {
+        url: String,
+        status: u16,
+        tries: usize,
+    },
+    #[error(
+        "judge endpoint {url} sent a reply this client cannot read ({reason}); is base_url an OpenAI-compatible /v1 endpoint?"
+    )]
+    BadResponse { url: String, reason: String },
     #[error("judge endpoint {url} answered HTTP {status}: {body}")]
     Http {
         url: String,
@@ -19,7 +35,7 @@ pub enum JudgeError {
         body: String,
     },
     #[error(
-        "judge endpoint {url} returned no logprobs (choices[0].logprobs.content[0].top_logprobs); use a server and model that support `logprobs` and `top_logprobs`"
+        "judge endpoint {url} returned no logprobs (choices[0].logprobs.content[].top_logprobs); use a server and model that support `logprobs` and `top_logprobs`"
     )]
     NoLogprobs { url: String },
     #[error(
@@ -48,6 +64,8 @@ pub enum JudgeError {
         "the classifier judge scores (question, answer) pairs per trait, not filled rubric prompts"
     )]
     NotARubricJudge,
+    #[error("a judging thread panicked; the judgment cache holds what finished before")]
+    Poisoned,
     #[error(transparent)]
     Model(#[from] persona_model::ModelError),
 }

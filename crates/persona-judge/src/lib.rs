@@ -2,7 +2,6 @@
 //!
 //! - [`openai`]: any OpenAI-compatible endpoint, the paper's logprob method;
 //! - [`local`]: the same method on a local model through the runtime;
-//! - [`cache`]: every judgment on disk, so nothing is judged twice;
 //! - [`classifier`]: the offline default, a sentence encoder ([`encoder`])
 //!   plus a per-trait logistic probe ([`probe`]) for traits and the base
 //!   model's likelihood for coherence;
@@ -73,6 +72,9 @@ impl JudgeConfig {
     }
 }
 
+/// Receives `(index, score)` pairs of judgments as they arrive.
+type Sink<'a> = dyn Fn(&[(usize, Option<f32>)]) + Sync + 'a;
+
 /// A ready judge.
 pub enum Judge {
     Openai(openai::OpenAiJudge),
@@ -131,22 +133,33 @@ impl Judge {
 
     /// Scores filled rubrics, in order (LLM judges only).
     pub fn score_prompts(&self, prompts: &[String]) -> Result<Vec<Option<f32>>> {
-        match self {
-            Self::Openai(j) => j.score(prompts),
-            Self::Local(j) => j.score(prompts),
-            Self::Classifier(_) => Err(JudgeError::NotARubricJudge),
-        }
+        self.score_prompts_each(prompts, &|_| {})
     }
 
-    /// Scores `(question, answer)` pairs for `criterion` without the cache.
+    /// [`Judge::score_prompts`], calling `on_results` with `(index, score)`
+    /// pairs as judgments arrive: an HTTP judge's one by one, the others'
+    /// all at the end.
+    fn score_prompts_each(&self, prompts: &[String], on_results: &Sink<'_>) -> Result<Vec<Option<f32>>> {
+        let scores = match self {
+            Self::Openai(j) => return j.score(prompts, &|i, s| on_results(&[(i, s)])),
+            Self::Local(j) => j.score(prompts)?,
+            Self::Classifier(_) => return Err(JudgeError::NotARubricJudge),
+        };
+        on_results(&scores.iter().copied().enumerate().collect::<Vec<_>>());
+        Ok(scores)
+    }
+
+    /// Scores `(question, answer)` pairs for `criterion` without the cache,
+    /// calling `on_results` as judgments arrive.
     fn score_items(
         &self,
         criterion: &Criterion<'_>,
         items: &[(String, String)],
+        on_results: &Sink<'_>,
     ) -> Result<Vec<Option<f32>>> {
-        match self {
-            Self::Classifier(j) if criterion.name == COHERENCE => j.score_coherence(items),
-            Self::Classifier(j) => j.score_trait(criterion.name, items),
+        let scores = match self {
+            Self::Classifier(j) if criterion.name == COHERENCE => j.score_coherence(items)?,
+            Self::Classifier(j) => j.score_trait(criterion.name, items)?,
             _ => {
                 let prompts: Vec<String> = items
                     .iter()
@@ -157,14 +170,20 @@ impl Judge {
                             .replace("{answer}", a)
                     })
                     .collect();
-                self.score_prompts(&prompts)
+                return self.score_prompts_each(&prompts, on_results);
             }
-        }
+        };
+        on_results(&scores.iter().copied().enumerate().collect::<Vec<_>>());
+        Ok(scores)
     }
 
     /// Scores `(question, answer)` pairs for `criterion` (rubric placeholders
     /// `{question}`, `{answer}`), judging only what `cache` does not hold and
-    /// recording the new judgments there.
+    /// recording each new judgment there as it arrives: when the judge
+    /// fails part-way (an endpoint that goes down), what it judged before
+    /// is kept, and a rerun asks only for the rest. A missing judgment (a
+    /// refusal, an answer with no number) is a result and is cached; a
+    /// failure to get an answer at all is an error and never cached.
     pub fn judge(
         &self,
         criterion: &Criterion<'_>,
@@ -183,13 +202,26 @@ impl Judge {
             }
         }
         let todo: Vec<(String, String)> = missing.iter().map(|&i| items[i].clone()).collect();
-        let scores = self.score_items(criterion, &todo)?;
-        let new: Vec<(String, Option<f32>)> = missing
-            .iter()
-            .zip(scores)
-            .map(|(&i, s)| (keys[i].clone(), s))
-            .collect();
-        cache.insert_all(&new)?;
+        let sink = std::sync::Mutex::new((&mut *cache, None));
+        let scored = self.score_items(criterion, &todo, &|done| {
+            let new: Vec<(String, Option<f32>)> = done
+                .iter()
+                .map(|&(j, score)| (keys[missing[j]].clone(), score))
+                .collect();
+            if let Ok(mut guard) = sink.lock() {
+                let (cache, failed) = &mut *guard;
+                if failed.is_none()
+                    && let Err(e) = cache.insert_all(&new)
+                {
+                    *failed = Some(e);
+                }
+            }
+        });
+        let (_, failed) = sink.into_inner().map_err(|_| JudgeError::Poisoned)?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        scored?;
         Ok(keys.iter().map(|k| cache.get(k).flatten()).collect())
     }
 }

@@ -4,20 +4,18 @@
 //! model could answer.
 //!
 //! Tokenizers that split numbers into single digits (SmolLM2, Qwen2, ...)
-//! cannot put "85" in one token, so the first-token top-20 of the HTTP judge
-//! would only ever see 0..=9. For them the probability of each number is
-//! read off a small digit tree in one batched forward: `P(k)` for a one-digit
-//! `k` is `P(k) * P(no digit follows)`; for two digits `ab`,
-//! `P(a) * P(b | a)` (a third digit would make it > 100, except after "10");
-//! `P(10)` and `P(100)` use the extra branches "10" and "100". Other
-//! tokenizers use the top-20 first tokens, like the HTTP judge.
+//! cannot put "85" in one token, so a first-token top-20 would only ever
+//! see 0..=9. For them the probability of each number is read off the full
+//! digit tree ([`digit_tree_candidates`]) in one batched forward: the
+//! prompt, then each of "0".."9", "10" and "100" appended. Other tokenizers
+//! use the top-20 first tokens, like the HTTP judge.
 
 use persona_model::{
     Batch, ForwardArgs, LoadedModel, Logits, Message, PadSide, Sequence, host_vec,
 };
 
 use crate::error::Result;
-use crate::score::expected_score;
+use crate::score::{digit_tree_candidates, expected_score};
 
 /// How many top tokens enter the score (as `top_logprobs` does over HTTP).
 pub const TOP_K: usize = 20;
@@ -82,36 +80,6 @@ impl LocalJudge {
         p
     }
 
-    /// `(number as text, log P(number))` for 0..=100 from the digit tree:
-    /// `rows[0]` after the prompt, `rows[1 + d]` after digit `d`, `rows[11]`
-    /// after "10", `rows[12]` after "100".
-    fn number_candidates(rows: &[[f64; 10]; 13]) -> Vec<(String, f64)> {
-        let rest = |p: &[f64; 10]| (1.0 - p.iter().sum::<f64>()).max(0.0);
-        let first = &rows[0];
-        let mut out = Vec::with_capacity(101);
-        for k in 0..10usize {
-            out.push((k.to_string(), first[k] * rest(&rows[1 + k])));
-        }
-        for a in 1..10usize {
-            for b in 0..10usize {
-                let p = first[a] * rows[1 + a][b];
-                let p = if (a, b) == (1, 0) {
-                    p * rest(&rows[11])
-                } else {
-                    p
-                };
-                out.push((format!("{a}{b}"), p));
-            }
-        }
-        out.push((
-            "100".into(),
-            first[1] * rows[2][0] * rows[11][0] * rest(&rows[12]),
-        ));
-        out.into_iter()
-            .map(|(t, p)| (t, p.max(1e-300).ln()))
-            .collect()
-    }
-
     /// Judges every prompt (a filled rubric), in order.
     pub fn score(&self, prompts: &[String]) -> Result<Vec<Option<f32>>> {
         match self.digit_ids() {
@@ -165,7 +133,7 @@ impl LocalJudge {
                 for (r, l) in rows.iter_mut().zip(tree) {
                     *r = Self::digit_probs(l, ids);
                 }
-                expected_score(&Self::number_candidates(&rows))
+                expected_score(&digit_tree_candidates(&rows))
             })
             .collect())
     }
@@ -180,36 +148,5 @@ impl LocalJudge {
             .iter()
             .map(|l| Ok(expected_score(&self.top_tokens(l)?)))
             .collect()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The digit tree turns digit probabilities into number probabilities.
-    #[test]
-    fn digit_tree_probabilities() {
-        let mut rows = [[0f64; 10]; 13];
-        // First token: "8" with 0.6, "1" with 0.2 (0.2 elsewhere, not digits).
-        rows[0][8] = 0.6;
-        rows[0][1] = 0.2;
-        // After "8": "5" with 0.5, no digit with 0.5.
-        rows[1 + 8][5] = 0.5;
-        // After "1": "0" with 1.0; after "10": "0" with 0.5; after "100": nothing.
-        rows[1 + 1][0] = 1.0;
-        rows[11][0] = 0.5;
-        let c = LocalJudge::number_candidates(&rows);
-        let p = |t: &str| c.iter().find(|x| x.0 == t).unwrap().1.exp();
-        assert!((p("8") - 0.3).abs() < 1e-9);
-        assert!((p("85") - 0.3).abs() < 1e-9);
-        assert!((p("10") - 0.1).abs() < 1e-9);
-        assert!((p("100") - 0.1).abs() < 1e-9);
-        assert!(p("1") < 1e-12);
-        let total: f64 = c.iter().map(|x| x.1.exp()).sum();
-        assert!((total - 0.8).abs() < 1e-9, "{total}");
-        // Expected score: (8*.3 + 85*.3 + 10*.1 + 100*.1) / .8
-        let s = expected_score(&c).unwrap() as f64;
-        assert!((s - (2.4 + 25.5 + 1.0 + 10.0) / 0.8).abs() < 1e-3, "{s}");
     }
 }

@@ -21,7 +21,7 @@ fn serve() -> (String, Log<serde_json::Value>, Log<String>) {
     let auths = Arc::new(Mutex::new(Vec::new()));
     let (b, a) = (bodies.clone(), auths.clone());
     std::thread::spawn(move || {
-        let mut flaky_seen = 0;
+        let (mut flaky_seen, mut waited_once) = (0, false);
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
             let mut reader = BufReader::new(stream.try_clone().unwrap());
@@ -58,28 +58,57 @@ fn serve() -> (String, Log<serde_json::Value>, Log<String>) {
                 serde_json::json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": pairs[0].0},
                     "logprobs": {"content": [{"token": pairs[0].0, "logprob": pairs[0].1.ln(), "top_logprobs": items}]}}]})
             };
-            let (status, reply) = if content.contains("ANSWER-FLAKY") && flaky_seen < 2 {
+            // One digit per position: "8" then "5" (or "0") then the end.
+            let digits = serde_json::json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": "85"},
+                "logprobs": {"content": [
+                    {"token": "8", "logprob": 0.9f64.ln(), "top_logprobs": [
+                        {"token": "8", "logprob": 0.9f64.ln()}, {"token": "9", "logprob": 0.1f64.ln()}]},
+                    {"token": "5", "logprob": 0.5f64.ln(), "top_logprobs": [
+                        {"token": "5", "logprob": 0.5f64.ln()}, {"token": "0", "logprob": 0.5f64.ln()}]},
+                    {"token": "<|im_end|>", "logprob": 0.0, "top_logprobs": [
+                        {"token": "<|im_end|>", "logprob": 0.0}]}]}}]});
+            let mut retry_after = None;
+            let (status, text) = if content.contains("ANSWER-FLAKY") && flaky_seen < 2 {
                 flaky_seen += 1;
                 (
                     if flaky_seen == 1 { 503 } else { 429 },
-                    serde_json::json!({"error": "busy"}),
+                    serde_json::json!({"error": "busy"}).to_string(),
                 )
-            } else if content.contains("ANSWER-GOOD") || content.contains("ANSWER-FLAKY") {
-                (200, top(&[("80", 0.5), (" 90", 0.3), ("REFUSAL", 0.2)]))
+            } else if content.contains("ANSWER-WAIT") && !waited_once {
+                waited_once = true;
+                retry_after = Some(1);
+                (429, serde_json::json!({"error": "slow down"}).to_string())
+            } else if content.contains("ANSWER-ALWAYS-429") {
+                (429, serde_json::json!({"error": "slow down"}).to_string())
+            } else if content.contains("ANSWER-DOWN") {
+                (503, serde_json::json!({"error": "down"}).to_string())
+            } else if content.contains("ANSWER-GARBAGE") {
+                (200, "{\"choices\": [".to_string())
+            } else if content.contains("ANSWER-HUGE") {
+                (200, format!("{{\"pad\": \"{}\"}}", "x".repeat(3 << 20)))
+            } else if content.contains("ANSWER-DIGITS") {
+                (200, digits.to_string())
+            } else if content.contains("ANSWER-GOOD")
+                || content.contains("ANSWER-FLAKY")
+                || content.contains("ANSWER-WAIT")
+            {
+                (200, top(&[("80", 0.5), (" 90", 0.3), ("REFUSAL", 0.2)]).to_string())
             } else if content.contains("ANSWER-REFUSE") {
-                (200, top(&[("REFUSAL", 0.9), ("50", 0.1)]))
+                (200, top(&[("REFUSAL", 0.9), ("50", 0.1)]).to_string())
             } else if content.contains("ANSWER-NOLOGPROBS") {
                 (
                     200,
-                    serde_json::json!({"choices": [{"message": {"content": "7"}}]}),
+                    serde_json::json!({"choices": [{"message": {"content": "7"}}]}).to_string(),
                 )
             } else {
-                (400, serde_json::json!({"error": "unknown"}))
+                (400, serde_json::json!({"error": "unknown"}).to_string())
             };
-            let text = reply.to_string();
+            let extra = retry_after
+                .map(|s| format!("Retry-After: {s}\r\n"))
+                .unwrap_or_default();
             let _ = write!(
                 stream,
-                "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+                "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{text}",
                 text.len()
             );
         }
@@ -130,7 +159,8 @@ fn openai_judge_protocol_scoring_retries_and_cache() {
     assert_eq!(sent.len(), 5, "3 prompts + 2 retries");
     let first = &sent[0];
     assert_eq!(first["model"], "judge-model");
-    assert_eq!(first["max_tokens"], 1);
+    // Three tokens: a tokenizer that splits "85" into digits needs them.
+    assert_eq!(first["max_tokens"], 3);
     assert_eq!(first["temperature"], 0);
     assert_eq!(first["logprobs"], true);
     assert_eq!(first["top_logprobs"], 20);
@@ -191,4 +221,81 @@ fn unreachable_endpoint_and_missing_key_are_clear_errors() {
         e.to_string().contains("PERSONA_TEST_SURELY_UNSET_KEY"),
         "{e}"
     );
+}
+
+fn one(judge: &Judge, answer: &str) -> persona_judge::Result<Vec<Option<f32>>> {
+    judge.score_prompts(&[format!("Q: q\nA: {answer}")])
+}
+
+/// Regression: a 429 asking for 3 s was retried after 0.2 and 0.4 s.
+#[test]
+fn judge_client_honours_retry_after() {
+    let (url, _, _) = serve();
+    let mut cfg = config(&url);
+    cfg.api_key_env = None;
+    let judge = Judge::from_config(&JudgeConfig::Openai(cfg)).unwrap();
+    let started = std::time::Instant::now();
+    let s = one(&judge, "ANSWER-WAIT").unwrap();
+    assert!((s[0].unwrap() - 83.75).abs() < 1e-3);
+    let waited = started.elapsed().as_secs_f64();
+    assert!(waited >= 0.95, "waited {waited:.3} s for Retry-After: 1 (backoff is 10 ms)");
+}
+
+/// Regression: 429s, malformed JSON and a huge body were all reported as
+/// "unreachable ... check that the server is running".
+#[test]
+fn judge_client_names_what_went_wrong() {
+    let (url, _, _) = serve();
+    let mut cfg = config(&url);
+    cfg.api_key_env = None;
+    cfg.max_retries = 1;
+    let judge = Judge::from_config(&JudgeConfig::Openai(cfg)).unwrap();
+    let e = one(&judge, "ANSWER-ALWAYS-429").unwrap_err();
+    assert!(matches!(e, JudgeError::RateLimited { tries: 2, .. }), "{e}");
+    assert!(e.to_string().contains("429") && !e.to_string().contains("unreachable"), "{e}");
+    let e = one(&judge, "ANSWER-DOWN").unwrap_err();
+    assert!(matches!(e, JudgeError::ServerError { status: 503, .. }), "{e}");
+    let e = one(&judge, "ANSWER-GARBAGE").unwrap_err();
+    assert!(e.to_string().contains("not JSON"), "{e}");
+    let e = one(&judge, "ANSWER-HUGE").unwrap_err();
+    assert!(e.to_string().contains("larger than"), "{e}");
+}
+
+/// Regression: with a digit-splitting tokenizer, "85" was read as 8.
+#[test]
+fn judge_client_reads_numbers_split_into_digits() {
+    let (url, _, _) = serve();
+    let mut cfg = config(&url);
+    cfg.api_key_env = None;
+    let judge = Judge::from_config(&JudgeConfig::Openai(cfg)).unwrap();
+    let s = one(&judge, "ANSWER-DIGITS").unwrap();
+    // 0.9 * (80 + 2.5) + 0.1 * (90 + 2.5)
+    assert!((s[0].unwrap() - 83.5).abs() < 1e-3, "{s:?}");
+}
+
+/// Regression: caching was all-or-nothing, so judgments that succeeded
+/// before a persistent failure were lost.
+#[test]
+fn judgments_are_cached_as_they_arrive() {
+    let (url, bodies, _) = serve();
+    let mut cfg = config(&url);
+    cfg.api_key_env = None;
+    cfg.concurrency = 1;
+    cfg.max_retries = 1;
+    let judge = Judge::from_config(&JudgeConfig::Openai(cfg)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("judgments.jsonl");
+    let mut cache = JudgmentCache::open(&path).unwrap();
+    let items: Vec<(String, String)> = ["ANSWER-GOOD", "ANSWER-REFUSE", "ANSWER-DOWN"]
+        .iter()
+        .map(|a| ("q".to_string(), a.to_string()))
+        .collect();
+    assert!(judge.judge(&CRITERION, &items, &mut cache).is_err());
+    let reopened = JudgmentCache::open(&path).unwrap();
+    assert_eq!(reopened.len(), 2, "the two judgments before the failure are kept");
+    // A rerun asks only for the one that failed.
+    let before = bodies.lock().unwrap().len();
+    let mut cache = JudgmentCache::open(&path).unwrap();
+    assert!(judge.judge(&CRITERION, &items, &mut cache).is_err());
+    assert_eq!(bodies.lock().unwrap().len() - before, 2, "only ANSWER-DOWN, twice");
 }

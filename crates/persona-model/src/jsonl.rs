@@ -39,29 +39,33 @@ pub fn read_records<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
 }
 
 /// Appends records (one line each) and syncs them to disk, creating the
-/// file and its folder when missing.
+/// file and its folder when missing (never through a symbolic link). A torn
+/// last line is cut first; only the file's last byte is read to find one.
 pub fn append_records<T: Serialize>(path: &Path, items: &[T]) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
-    }
-    if let Ok(text) = std::fs::read_to_string(path)
-        && !text.is_empty()
-        && !text.ends_with('\n')
-    {
-        let keep = text.rfind('\n').map(|i| i + 1).unwrap_or(0);
-        std::fs::write(path, &text[..keep]).map_err(|e| ModelError::io(path, e))?;
+        std::fs::create_dir_all(dir).map_err(|e| ModelError::write(dir, e))?;
     }
     let mut buf = String::new();
     for it in items {
         buf.push_str(&serde_json::to_string(it).map_err(|e| bad(path, e))?);
         buf.push('\n');
     }
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|e| ModelError::io(path, e))?;
+    let mut f = crate::files::open_append(path)?;
+    cut_torn_line(path, &f)?;
     f.write_all(buf.as_bytes())
-        .map_err(|e| ModelError::io(path, e))?;
-    f.sync_data().map_err(|e| ModelError::io(path, e))
+        .map_err(|e| ModelError::write(path, e))?;
+    f.sync_data().map_err(|e| ModelError::write(path, e))
+}
+
+/// Truncates `f` after its last newline when it does not end with one.
+fn cut_torn_line(path: &Path, f: &std::fs::File) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let len = f.metadata().map_err(|e| ModelError::io(path, e))?.len();
+    let mut last = [0u8; 1];
+    if len == 0 || (f.read_exact_at(&mut last, len - 1).is_ok() && last[0] == b'\n') {
+        return Ok(());
+    }
+    let text = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
+    let keep = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    f.set_len(keep as u64).map_err(|e| ModelError::write(path, e))
 }
