@@ -95,6 +95,9 @@ fn open_cache() -> Result<JudgmentCache> {
 
 pub fn eval(a: EvalArgs) -> Result<()> {
     let s: SettingsFile = read_toml(&a.settings)?;
+    s.eval
+        .sampling()
+        .with_context(|| format!("in {} [eval]", a.settings.display()))?;
     let device = persona_model::parse_device(&a.device)?;
     let run = PathBuf::from(&a.target);
     let (model, adapter) = if persona_eval::arm::adapter_dir(&run)
@@ -205,6 +208,9 @@ struct GateConfig {
 
 pub fn ci(a: CiArgs) -> Result<()> {
     let cfg: GateConfig = read_toml(&a.config)?;
+    cfg.eval
+        .sampling()
+        .with_context(|| format!("in {} [eval]", a.config.display()))?;
     let device = persona_model::parse_device("cpu")?;
     let judge = Judge::from_config(&JudgeConfig::load(&cfg.judge)?)?;
     let mut cache = open_cache()?;
@@ -345,6 +351,8 @@ pub fn select(
     use persona_eval::select::{SelectSettings, select, store};
     let mut s: SelectSettings = read_toml(settings)?;
     overrides.apply(&mut s.judge, &mut s.samples);
+    s.check()
+        .with_context(|| format!("in {}", settings.display()))?;
     let def = persona_vectors::TraitDef::load(trait_file)?;
     let mut file = persona_vectors::VectorFile::load(vector)?;
     let device = persona_model::parse_device(device)?;
@@ -451,17 +459,17 @@ pub fn extract_generated(
 ) -> Result<PathBuf> {
     let mut g: persona_vectors::generated::GeneratedSettings = read_toml(settings)?;
     overrides.apply(&mut g.judge, &mut g.samples);
+    g.check()
+        .with_context(|| format!("in {}", settings.display()))?;
     let def = persona_vectors::TraitDef::load(trait_file)?;
     let rubric = persona_vectors::traits::load_coherence_rubric(&g.coherence_file)?;
+    let out = out.unwrap_or_else(|| {
+        persona_vectors::default_vector_path(model, &format!("{}-generated", def.name))
+    });
+    persona_model::files::check_writable_file(&out)?;
     let device = persona_model::parse_device(device)?;
     let loaded =
         persona_model::load(model, &device).with_context(|| format!("loading model `{model}`"))?;
-    let out = out.unwrap_or_else(|| {
-        persona_vectors::default_vector_path(
-            &loaded.identity.name,
-            &format!("{}-generated", def.name),
-        )
-    });
     let work = out.with_extension("work");
     let judge = Judge::from_config(&JudgeConfig::load(&g.judge)?)?;
     let mut cache = open_cache()?;

@@ -239,12 +239,22 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // One line, whatever the sources wrote (a TOML parse error
+            // draws the offending line over several).
+            let text = format!("{e:#}");
+            let line: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            eprintln!("error: {}", line.join(" "));
             ExitCode::from(2)
         }
     }
 }
 
+/// An output folder must be new or empty, and writable (checked before
+/// any work).
 fn ensure_empty(out: &std::path::Path) -> Result<()> {
     if out.exists()
         && std::fs::read_dir(out)
@@ -256,6 +266,7 @@ fn ensure_empty(out: &std::path::Path) -> Result<()> {
             out.display()
         );
     }
+    persona_model::files::check_writable_dir(out)?;
     Ok(())
 }
 
@@ -270,10 +281,11 @@ fn extract_authored(
 ) -> Result<PathBuf> {
     let device = parse_device(device)?;
     let def = persona_vectors::TraitDef::load(trait_file)?;
+    let out = out.unwrap_or_else(|| persona_vectors::default_vector_path(model, &def.name));
+    // Fail before the work, not after it.
+    persona_model::files::check_writable_file(&out)?;
     let loaded =
         persona_model::load(model, &device).with_context(|| format!("loading model `{model}`"))?;
-    let out = out
-        .unwrap_or_else(|| persona_vectors::default_vector_path(&loaded.identity.name, &def.name));
     let n: usize = def
         .responses
         .iter()
@@ -342,12 +354,7 @@ fn run(cli: Cli) -> Result<()> {
             positions,
             device,
         } => {
-            let sampling = if temperature == 0.0 {
-                Sampling::Greedy
-            } else {
-                Sampling::Temperature { temperature, top_p }
-            };
-            sampling.check()?;
+            let sampling = Sampling::from_settings(temperature, top_p)?;
             let device = parse_device(&device)?;
             // Validate the vector against the model's shape before moving weights.
             let host = load_host(&model).with_context(|| format!("loading model `{model}`"))?;

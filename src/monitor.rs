@@ -75,6 +75,9 @@ fn lines(path: &Path) -> Result<Vec<String>> {
 }
 
 pub fn run(a: MonitorArgs) -> Result<()> {
+    if let Some(out) = &a.out {
+        persona_model::files::check_writable_dir(out)?;
+    }
     let (vector, loaded) = a.target.load()?;
     let projector = Projector::new(
         &loaded.model,

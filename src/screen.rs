@@ -50,7 +50,6 @@ pub fn run(a: ScreenArgs) -> Result<()> {
     if a.max_new_tokens == 0 && !a.cheap {
         bail!("--max-new-tokens must be at least 1 (or pass --cheap to skip generation)");
     }
-    let (vector, loaded) = a.target.load()?;
     let out = a.out.clone().unwrap_or_else(|| {
         persona_home().join("screens").join(format!(
             "{}-{}-row{}{}",
@@ -60,6 +59,8 @@ pub fn run(a: ScreenArgs) -> Result<()> {
             if a.cheap { "-cheap" } else { "" }
         ))
     });
+    persona_model::files::check_writable_dir(&out)?;
+    let (vector, loaded) = a.target.load()?;
     let opts = ScreenOptions {
         generate_base: !a.cheap,
         max_new_tokens: a.max_new_tokens,

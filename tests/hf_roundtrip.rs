@@ -177,3 +177,54 @@ fn qwen2_directory_with_qkv_bias_and_untied_head_loads() {
     let diff = (a - c).abs().max().into_scalar::<f32>();
     assert!(diff > 1e-4, "q/k/v biases had no effect");
 }
+
+/// Regression: SmolLM2 re-saved by transformers >= 5 (`rope_parameters`,
+/// no top-level `rope_theta`) loaded with RoPE base 10000 and answered
+/// "La femme au pays: Paris…". It must load with base 100000 and give the
+/// GGUF's logits exactly.
+#[test]
+fn rope_theta_from_transformers_5_configs() {
+    let gguf = common::smollm();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("smollm2-hf5");
+    load_host(persona_model::DEFAULT_MODEL)
+        .unwrap()
+        .write_hf_dir(&out)
+        .unwrap();
+    let p = out.join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    let o = cfg.as_object_mut().unwrap();
+    let theta = o.remove("rope_theta").unwrap();
+    o.remove("rope_scaling");
+    o.insert(
+        "rope_parameters".into(),
+        serde_json::json!({"rope_theta": theta, "rope_type": "default"}),
+    );
+    std::fs::write(&p, cfg.to_string()).unwrap();
+    let hf = load(out.to_str().unwrap(), &Device::flex()).unwrap();
+    assert_eq!(hf.model.config.rope_theta, 100_000.0);
+    let ids = gguf
+        .codec
+        .prompt_ids(&[Message::user("What is the capital of France?")])
+        .unwrap();
+    let batch = Batch::new(
+        &[Sequence {
+            prompt: ids,
+            response: vec![],
+        }],
+        PadSide::Left,
+        gguf.codec.pad_id,
+    )
+    .unwrap();
+    let logits = |m: &persona_model::Model| {
+        m.forward(&batch, ForwardArgs::plain())
+            .unwrap()
+            .logits
+            .unwrap()
+            .into_data()
+            .try_into_vec::<f32>()
+            .unwrap()
+    };
+    assert_eq!(logits(&hf.model), logits(&gguf.model));
+}

@@ -40,6 +40,14 @@ impl ExperimentConfig {
             .clone()
             .try_into()
             .map_err(|e| EvalError::Input(format!("recipe [experiment]: {e}")))?;
+        cfg.eval
+            .sampling()
+            .map_err(|e| EvalError::Input(format!("recipe [experiment.eval]: {e}")))?;
+        if let Some(c) = cfg.posthoc_coefs.iter().find(|c| !c.is_finite()) {
+            return Err(EvalError::Input(format!(
+                "recipe [experiment] posthoc_coefs: {c} is not a finite number"
+            )));
+        }
         for p in [
             &cfg.baseline,
             &cfg.judge,

@@ -40,6 +40,39 @@ pub struct SelectSettings {
     pub batch_size: usize,
 }
 
+impl SelectSettings {
+    /// Checks every number: sampling ([`SamplingSettings`]), finite
+    /// coefficients, a coherence threshold in 0..=100, at least one row.
+    pub fn check(&self) -> persona_model::Result<()> {
+        let bad = |m: String| persona_model::ModelError::Input(m);
+        persona_model::SamplingSettings {
+            samples: self.samples,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            max_new_tokens: self.max_new_tokens,
+            seed: self.seed,
+            batch_size: self.batch_size,
+        }
+        .sampling()?;
+        if self.rows.is_empty() {
+            return Err(bad("rows: name at least one candidate row".into()));
+        }
+        if let Some(c) = std::iter::once(&self.layer_coef)
+            .chain(&self.coefs)
+            .find(|c| !c.is_finite())
+        {
+            return Err(bad(format!("coefficient {c} is not a finite number")));
+        }
+        if !(0.0..=100.0).contains(&self.coherence_threshold) {
+            return Err(bad(format!(
+                "coherence_threshold {} must be in 0..=100",
+                self.coherence_threshold
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Mean trait score and coherence of steered answers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SteeredScore {

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use persona_judge::{Criterion, Judge, JudgmentCache};
-use persona_model::{GenerateOptions, LoadedModel, Message, Sampling, Sequence};
+use persona_model::{GenerateOptions, LoadedModel, Message, Sampling, SamplingSettings, Sequence};
 use persona_monitor::Projector;
 use persona_monitor::stats::{BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, MeanCi, bootstrap_mean};
 use persona_vectors::{TraitDef, VectorFile};
@@ -36,6 +36,22 @@ pub struct EvalSettings {
     /// Vector and row of the finetuning shift.
     pub shift_vector: PathBuf,
     pub shift_row: usize,
+}
+
+impl EvalSettings {
+    /// The generation numbers, checked (a NaN temperature is an error here,
+    /// not after a whole evaluation).
+    pub fn sampling(&self) -> persona_model::Result<Sampling> {
+        SamplingSettings {
+            samples: self.samples,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            max_new_tokens: self.max_new_tokens,
+            seed: self.seed,
+            batch_size: self.batch_size,
+        }
+        .sampling()
+    }
 }
 
 /// One saved answer with its judgments.
@@ -159,14 +175,7 @@ pub fn sample_and_judge(
         .flat_map(|q| std::iter::repeat_n(q, s.samples))
         .map(|q| loaded.codec.prompt_ids(&[Message::user(q.as_str())]))
         .collect::<persona_model::Result<_>>()?;
-    let sampling = if s.temperature == 0.0 {
-        Sampling::Greedy
-    } else {
-        Sampling::Temperature {
-            temperature: s.temperature,
-            top_p: s.top_p,
-        }
-    };
+    let sampling = Sampling::from_settings(s.temperature, s.top_p)?;
     let gens = persona_model::generate(
         &loaded.model,
         &prompts,

@@ -139,7 +139,11 @@ impl Judge {
     /// [`Judge::score_prompts`], calling `on_results` with `(index, score)`
     /// pairs as judgments arrive: an HTTP judge's one by one, the others'
     /// all at the end.
-    fn score_prompts_each(&self, prompts: &[String], on_results: &Sink<'_>) -> Result<Vec<Option<f32>>> {
+    fn score_prompts_each(
+        &self,
+        prompts: &[String],
+        on_results: &Sink<'_>,
+    ) -> Result<Vec<Option<f32>>> {
         let scores = match self {
             Self::Openai(j) => return j.score(prompts, &|i, s| on_results(&[(i, s)])),
             Self::Local(j) => j.score(prompts)?,

@@ -204,14 +204,15 @@ impl OpenAiJudge {
             .pointer("/choices/0/logprobs/content")
             .cloned()
             .ok_or_else(no_logprobs)?;
-        let positions: Vec<Position> = serde_json::from_value(content).map_err(|_| no_logprobs())?;
+        let positions: Vec<Position> =
+            serde_json::from_value(content).map_err(|_| no_logprobs())?;
         if positions.is_empty() {
             return Err(no_logprobs());
         }
         Ok(Ok(positions))
     }
 
-/// Judges every prompt with at most `concurrency` requests in flight;
+    /// Judges every prompt with at most `concurrency` requests in flight;
     /// results are in input order. The first error stops the work.
     /// `on_result(i, score)` is called as each judgment arrives (the
     /// judgment cache records it at once, so a later failure loses none).
@@ -294,7 +295,8 @@ fn judgment(reply: &[Position]) -> Option<f32> {
         .iter()
         .any(|t| is_number(t) && t.token.trim().len() > 1);
     if multi_digit || !first.iter().any(is_number) {
-        let cands: Vec<(String, f64)> = first.iter().map(|t| (t.token.clone(), t.logprob)).collect();
+        let cands: Vec<(String, f64)> =
+            first.iter().map(|t| (t.token.clone(), t.logprob)).collect();
         return expected_score(&cands);
     }
     let mut rows = [[0f64; 10]; 13];

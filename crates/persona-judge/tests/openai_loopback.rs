@@ -92,7 +92,10 @@ fn serve() -> (String, Log<serde_json::Value>, Log<String>) {
                 || content.contains("ANSWER-FLAKY")
                 || content.contains("ANSWER-WAIT")
             {
-                (200, top(&[("80", 0.5), (" 90", 0.3), ("REFUSAL", 0.2)]).to_string())
+                (
+                    200,
+                    top(&[("80", 0.5), (" 90", 0.3), ("REFUSAL", 0.2)]).to_string(),
+                )
             } else if content.contains("ANSWER-REFUSE") {
                 (200, top(&[("REFUSAL", 0.9), ("50", 0.1)]).to_string())
             } else if content.contains("ANSWER-NOLOGPROBS") {
@@ -238,7 +241,10 @@ fn judge_client_honours_retry_after() {
     let s = one(&judge, "ANSWER-WAIT").unwrap();
     assert!((s[0].unwrap() - 83.75).abs() < 1e-3);
     let waited = started.elapsed().as_secs_f64();
-    assert!(waited >= 0.95, "waited {waited:.3} s for Retry-After: 1 (backoff is 10 ms)");
+    assert!(
+        waited >= 0.95,
+        "waited {waited:.3} s for Retry-After: 1 (backoff is 10 ms)"
+    );
 }
 
 /// Regression: 429s, malformed JSON and a huge body were all reported as
@@ -252,9 +258,15 @@ fn judge_client_names_what_went_wrong() {
     let judge = Judge::from_config(&JudgeConfig::Openai(cfg)).unwrap();
     let e = one(&judge, "ANSWER-ALWAYS-429").unwrap_err();
     assert!(matches!(e, JudgeError::RateLimited { tries: 2, .. }), "{e}");
-    assert!(e.to_string().contains("429") && !e.to_string().contains("unreachable"), "{e}");
+    assert!(
+        e.to_string().contains("429") && !e.to_string().contains("unreachable"),
+        "{e}"
+    );
     let e = one(&judge, "ANSWER-DOWN").unwrap_err();
-    assert!(matches!(e, JudgeError::ServerError { status: 503, .. }), "{e}");
+    assert!(
+        matches!(e, JudgeError::ServerError { status: 503, .. }),
+        "{e}"
+    );
     let e = one(&judge, "ANSWER-GARBAGE").unwrap_err();
     assert!(e.to_string().contains("not JSON"), "{e}");
     let e = one(&judge, "ANSWER-HUGE").unwrap_err();
@@ -292,10 +304,18 @@ fn judgments_are_cached_as_they_arrive() {
         .collect();
     assert!(judge.judge(&CRITERION, &items, &mut cache).is_err());
     let reopened = JudgmentCache::open(&path).unwrap();
-    assert_eq!(reopened.len(), 2, "the two judgments before the failure are kept");
+    assert_eq!(
+        reopened.len(),
+        2,
+        "the two judgments before the failure are kept"
+    );
     // A rerun asks only for the one that failed.
     let before = bodies.lock().unwrap().len();
     let mut cache = JudgmentCache::open(&path).unwrap();
     assert!(judge.judge(&CRITERION, &items, &mut cache).is_err());
-    assert_eq!(bodies.lock().unwrap().len() - before, 2, "only ANSWER-DOWN, twice");
+    assert_eq!(
+        bodies.lock().unwrap().len() - before,
+        2,
+        "only ANSWER-DOWN, twice"
+    );
 }

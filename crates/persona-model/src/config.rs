@@ -426,3 +426,128 @@ impl HfJson<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SmolLM2's numbers as an HF config, in transformers 4's layout.
+    fn smollm_json() -> serde_json::Value {
+        serde_json::json!({
+            "architectures": ["LlamaForCausalLM"], "hidden_size": 576, "intermediate_size": 1536,
+            "num_attention_heads": 9, "num_key_value_heads": 3, "num_hidden_layers": 30,
+            "vocab_size": 49152, "max_position_embeddings": 8192, "rms_norm_eps": 1e-5,
+            "rope_theta": 100000.0, "rope_scaling": null, "tie_word_embeddings": true
+        })
+    }
+
+    fn parse(v: &serde_json::Value) -> Result<ModelConfig> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("config.json");
+        std::fs::write(&p, v.to_string()).unwrap();
+        ModelConfig::from_hf_json(&p)
+    }
+
+    fn err(v: &serde_json::Value) -> String {
+        parse(v).unwrap_err().to_string()
+    }
+
+    /// Regression: transformers >= 5 writes `rope_parameters` and no
+    /// top-level `rope_theta`; the base fell back to 10000 without a word.
+    #[test]
+    fn rope_theta_is_read_from_transformers_5_rope_parameters() {
+        let old = parse(&smollm_json()).unwrap();
+        let mut v = smollm_json();
+        let o = v.as_object_mut().unwrap();
+        o.remove("rope_theta");
+        o.remove("rope_scaling");
+        o.insert(
+            "rope_parameters".into(),
+            serde_json::json!({"rope_theta": 100000.0, "rope_type": "default"}),
+        );
+        let new = parse(&v).unwrap();
+        assert_eq!(new.rope_theta, 100000.0);
+        assert_eq!(new, old);
+        // Both layouts at once must agree.
+        v["rope_theta"] = 10000.0.into();
+        assert!(err(&v).contains("disagree"));
+    }
+
+    /// Regression: a RoPE scaling in the new layout was accepted.
+    #[test]
+    fn rope_scaling_in_rope_parameters_is_refused() {
+        let mut v = smollm_json();
+        v.as_object_mut().unwrap().remove("rope_theta");
+        v["rope_parameters"] =
+            serde_json::json!({"rope_theta": 500000.0, "rope_type": "llama3", "factor": 8.0});
+        let e = err(&v);
+        assert!(e.contains("rope_parameters") && e.contains("llama3"), "{e}");
+        v["rope_parameters"] = serde_json::json!({"full_attention": {"rope_theta": 1e6}});
+        assert!(err(&v).contains("per-layer-type"));
+    }
+
+    /// Regression: a config without any RoPE base read as 10000.
+    #[test]
+    fn a_config_missing_rope_theta_is_an_error() {
+        let mut v = smollm_json();
+        v.as_object_mut().unwrap().remove("rope_theta");
+        let e = err(&v);
+        assert!(e.contains("no RoPE base"), "{e}");
+        let mut v = smollm_json();
+        v.as_object_mut().unwrap().remove("rms_norm_eps");
+        assert!(err(&v).contains("missing `rms_norm_eps`"));
+    }
+
+    /// Regression: `rms_norm_eps = -1` and `rope_theta` 0 or negative loaded.
+    #[test]
+    fn non_positive_norm_eps_and_rope_theta_are_refused() {
+        for (key, value) in [
+            ("rms_norm_eps", -1.0),
+            ("rms_norm_eps", 0.0),
+            ("rope_theta", 0.0),
+            ("rope_theta", -10000.0),
+        ] {
+            let mut v = smollm_json();
+            v[key] = value.into();
+            let e = err(&v);
+            assert!(
+                e.contains("must be a finite number"),
+                "{key} = {value}: {e}"
+            );
+        }
+    }
+
+    /// Regression: `num_hidden_layers` 2^40 hung, `max_position_embeddings`
+    /// 2^31 asked for 549 GB and 2^63 panicked.
+    #[test]
+    fn huge_sizes_in_an_hf_config_are_refused() {
+        for (key, value) in [
+            ("num_hidden_layers", 1u64 << 40),
+            ("max_position_embeddings", 1 << 31),
+            ("max_position_embeddings", 1 << 63),
+            ("vocab_size", 1 << 40),
+            ("num_attention_heads", 0),
+        ] {
+            let mut v = smollm_json();
+            v[key] = value.into();
+            let e = err(&v);
+            assert!(e.contains("out of range"), "{key} = {value}: {e}");
+        }
+    }
+
+    /// Regression: a key present with the wrong type read as its default.
+    #[test]
+    fn config_keys_of_the_wrong_type_are_errors() {
+        for (key, value) in [
+            ("tie_word_embeddings", serde_json::json!("yes")),
+            ("num_key_value_heads", serde_json::json!(3.5)),
+            ("attention_bias", serde_json::json!(1)),
+            ("rms_norm_eps", serde_json::json!("1e-5")),
+        ] {
+            let mut v = smollm_json();
+            v[key] = value;
+            let e = err(&v);
+            assert!(e.contains(key), "{key}: {e}");
+        }
+    }
+}

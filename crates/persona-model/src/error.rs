@@ -38,7 +38,9 @@ pub enum ModelError {
     #[error("missing metadata key `{0}` in the model file")]
     MissingMetadata(String),
     #[error(
-        "weights do not match the architecture (loading is strict).\n  missing: {missing:?}\n  unexpected: {unexpected:?}"
+        "weights do not match the architecture (loading is strict); missing: {}; unexpected: {}",
+        some(missing),
+        some(unexpected)
     )]
     KeyMismatch {
         missing: Vec<String>,
@@ -79,6 +81,17 @@ pub enum ModelError {
 }
 
 pub type Result<T> = std::result::Result<T, ModelError>;
+
+/// The first few names of a list and how many more (error messages stay
+/// one readable line when a whole model's keys are missing).
+fn some(names: &[String]) -> String {
+    const SHOWN: usize = 6;
+    match names.len() {
+        0 => "none".into(),
+        n if n <= SHOWN => names.join(", "),
+        n => format!("{} and {} more", names[..SHOWN].join(", "), n - SHOWN),
+    }
+}
 
 impl ModelError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {

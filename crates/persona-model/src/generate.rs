@@ -26,6 +26,24 @@ pub enum Sampling {
 }
 
 impl Sampling {
+    /// The sampling of a settings file's `temperature` and `top_p`:
+    /// temperature 0 means greedy (top_p unused); anything else samples.
+    /// Both are checked ([`Sampling::check`]).
+    pub fn from_settings(temperature: f32, top_p: f32) -> Result<Self> {
+        let s = if temperature == 0.0 {
+            Sampling::Greedy
+        } else {
+            Sampling::Temperature { temperature, top_p }
+        };
+        s.check()?;
+        if !(top_p > 0.0 && top_p <= 1.0) {
+            return Err(ModelError::Input(format!(
+                "top_p must be in (0, 1], got {top_p}"
+            )));
+        }
+        Ok(s)
+    }
+
     /// Refuses settings that would sample from NaNs: a temperature that is
     /// negative or not finite, a `top_p` outside `(0, 1]`.
     pub fn check(&self) -> Result<()> {
@@ -42,6 +60,45 @@ impl Sampling {
             }
         }
         Ok(())
+    }
+}
+
+/// The generation numbers that settings files (evaluation, layer
+/// selection, generated extraction) each carry, checked in one place.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SamplingSettings {
+    /// Answers per prompt (>= 1).
+    pub samples: usize,
+    /// 0 = greedy.
+    pub temperature: f32,
+    pub top_p: f32,
+    pub max_new_tokens: usize,
+    pub seed: u64,
+    /// Prompts per generation batch (>= 1).
+    pub batch_size: usize,
+}
+
+/// Upper bounds of [`SamplingSettings`]' sizes (a typo must be an error,
+/// not a run that never ends or an allocation that cannot succeed).
+pub const MAX_SAMPLES: usize = 10_000;
+pub const MAX_BATCH: usize = 1 << 16;
+pub const MAX_NEW_TOKENS: usize = 1 << 20;
+
+impl SamplingSettings {
+    /// The [`Sampling`] of these settings, or the setting that is wrong.
+    pub fn sampling(&self) -> Result<Sampling> {
+        for (name, value, max) in [
+            ("samples", self.samples, MAX_SAMPLES),
+            ("batch_size", self.batch_size, MAX_BATCH),
+            ("max_new_tokens", self.max_new_tokens, MAX_NEW_TOKENS),
+        ] {
+            if !(1..=max).contains(&value) {
+                return Err(ModelError::Input(format!(
+                    "{name} = {value} must be in 1..={max}"
+                )));
+            }
+        }
+        Sampling::from_settings(self.temperature, self.top_p)
     }
 }
 

@@ -67,5 +67,6 @@ fn cut_torn_line(path: &Path, f: &std::fs::File) -> Result<()> {
     }
     let text = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
     let keep = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-    f.set_len(keep as u64).map_err(|e| ModelError::write(path, e))
+    f.set_len(keep as u64)
+        .map_err(|e| ModelError::write(path, e))
 }

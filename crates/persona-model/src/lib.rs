@@ -36,7 +36,7 @@ pub use config::{Architecture, ModelConfig};
 pub use device::parse_device;
 pub use error::{ModelError, Result};
 pub use files::write_atomic;
-pub use generate::{GenerateOptions, Generation, Sampling, generate};
+pub use generate::{GenerateOptions, Generation, Sampling, SamplingSettings, generate};
 pub use likelihood::{ResponseLikelihood, response_likelihoods};
 pub use load::{
     DEFAULT_MODEL, HostModel, LoadedModel, ModelIdentity, inspect, load, load_host, model_cache,

@@ -140,17 +140,45 @@ impl TextCodec {
         }
         let tokens = g.get_strings("tokenizer.ggml.tokens")?;
         let merges = g.get_strings("tokenizer.ggml.merges")?;
+        let bad = |reason: String| ModelError::Gguf {
+            path: g.path().to_path_buf(),
+            reason,
+        };
         let types: Vec<u64> = match g.get("tokenizer.ggml.token_type")?.as_array() {
-            Some(a) => a.iter().map(|v| v.as_u64().unwrap_or(1)).collect(),
-            None => vec![1; tokens.len()],
+            Some(a) if a.len() == tokens.len() => a
+                .iter()
+                .map(|v| v.as_u64())
+                .collect::<Option<_>>()
+                .ok_or_else(|| bad("`tokenizer.ggml.token_type` holds a non-integer".into()))?,
+            _ => {
+                return Err(bad(
+                    "`tokenizer.ggml.token_type` is not a list as long as the token list".into(),
+                ));
+            }
         };
         let pre = g.get_str("tokenizer.ggml.pre").unwrap_or("default");
-        let bos_id = g.get_u64("tokenizer.ggml.bos_token_id")? as u32;
-        let eos_id = g.get_u64("tokenizer.ggml.eos_token_id")? as u32;
-        let pad_id = g
-            .get_u64("tokenizer.ggml.padding_token_id")
-            .map(|p| p as u32)
-            .unwrap_or(eos_id);
+        // A special token's id must name a token (a wrong id would make the
+        // chat template and the stop condition use the wrong text).
+        let token_id = |key: &str| -> Result<u32> {
+            let id = g.get_u64(key)?;
+            u32::try_from(id)
+                .ok()
+                .filter(|&i| (i as usize) < tokens.len())
+                .ok_or_else(|| {
+                    bad(format!(
+                        "`{key}` = {id} is not a token id (the vocabulary has {} tokens)",
+                        tokens.len()
+                    ))
+                })
+        };
+        let bos_id = token_id("tokenizer.ggml.bos_token_id")?;
+        let eos_id = token_id("tokenizer.ggml.eos_token_id")?;
+        // Padding is masked out everywhere, so any token will do; llama.cpp
+        // also pads with EOS when the file names no padding token.
+        let pad_id = match g.get("tokenizer.ggml.padding_token_id") {
+            Ok(_) => token_id("tokenizer.ggml.padding_token_id")?,
+            Err(_) => eos_id,
+        };
         let vocab: serde_json::Map<String, serde_json::Value> = tokens
             .iter()
             .enumerate()

@@ -234,14 +234,7 @@ pub fn judge_rows(
     batch_size: usize,
     mut progress: impl FnMut(usize),
 ) -> Result<()> {
-    let sampling = if run.temperature == 0.0 {
-        persona_model::Sampling::Greedy
-    } else {
-        persona_model::Sampling::Temperature {
-            temperature: run.temperature,
-            top_p: run.top_p,
-        }
-    };
+    let sampling = persona_model::Sampling::from_settings(run.temperature, run.top_p)?;
     // Every prompt-only row, `samples` times; one generation call for all.
     let mut prompts = Vec::new();
     for r in report.rows.iter().filter(|r| r.response.is_none()) {

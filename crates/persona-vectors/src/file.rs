@@ -211,10 +211,12 @@ impl VectorFile {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| write_err(e.to_string()))?;
         }
-        let tmp = path.with_extension("safetensors.tmp");
-        safetensors::serialize_to_file(tensors, Some(meta), &tmp)
-            .map_err(|e| write_err(e.to_string()))?;
-        std::fs::rename(&tmp, path).map_err(|e| write_err(e.to_string()))
+        persona_model::files::write_atomic_with(path, |tmp, file| {
+            drop(file);
+            safetensors::serialize_to_file(tensors, Some(meta), tmp)
+                .map_err(|e| persona_model::ModelError::write(tmp, std::io::Error::other(e)))
+        })
+        .map_err(|e| write_err(e.to_string()))
     }
 
     /// Refuses a file made for another model: shape first, then weight hash.

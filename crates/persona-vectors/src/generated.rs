@@ -18,7 +18,7 @@
 use std::path::Path;
 
 use persona_judge::{Criterion, Judge, JudgmentCache};
-use persona_model::{GenerateOptions, LoadedModel, Message, Sampling};
+use persona_model::{GenerateOptions, LoadedModel, Message, Sampling, SamplingSettings};
 use serde::{Deserialize, Serialize};
 
 use crate::extract::{contrast_file, teacher_forced};
@@ -44,6 +44,37 @@ pub struct GeneratedSettings {
     pub trait_threshold: f32,
     /// Both answers need coherence >= this.
     pub coherence_threshold: f32,
+}
+
+impl GeneratedSettings {
+    /// Checks every number: sampling ([`SamplingSettings`]) and thresholds
+    /// in 0..=100.
+    pub fn check(&self) -> persona_model::Result<()> {
+        self.sampling()?;
+        for (name, t) in [
+            ("trait_threshold", self.trait_threshold),
+            ("coherence_threshold", self.coherence_threshold),
+        ] {
+            if !(0.0..=100.0).contains(&t) {
+                return Err(persona_model::ModelError::Input(format!(
+                    "{name} {t} must be in 0..=100"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn sampling(&self) -> persona_model::Result<Sampling> {
+        SamplingSettings {
+            samples: self.samples,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            max_new_tokens: self.max_new_tokens,
+            seed: self.seed,
+            batch_size: self.batch_size,
+        }
+        .sampling()
+    }
 }
 
 /// One generated, judged answer (a line of `generated.jsonl`).
@@ -155,10 +186,7 @@ fn answer_question(
         codec.pad_id,
         &GenerateOptions {
             max_new_tokens: s.max_new_tokens,
-            sampling: Sampling::Temperature {
-                temperature: s.temperature,
-                top_p: s.top_p,
-            },
+            sampling: s.sampling()?,
             seed: s.seed + qi as u64,
             batch_size: s.batch_size,
             steering: Vec::new(),
