@@ -583,7 +583,10 @@ impl Training {
 
     /// Appends a step's line to `metrics.jsonl`.
     fn log(&mut self, line: &StepMetrics) -> Result<()> {
-        let json = serde_json::to_string(line).map_err(|e| crate::error::io(self.run.root(), e))?;
+        let json = serde_json::to_string(line).map_err(|e| TrainError::Checkpoint {
+            path: self.run.metrics(),
+            reason: format!("cannot serialise a metrics line: {e}"),
+        })?;
         writeln!(self.metrics, "{json}")
             .map_err(|e| persona_model::ModelError::write(self.run.metrics(), e).into())
     }
@@ -695,7 +698,10 @@ fn write_provenance(
         "vectors": vectors,
         "seed": recipe.run.seed,
     });
-    let err = |e: &dyn std::fmt::Display| crate::error::io(run.root(), e);
+    let err = |e: &dyn std::fmt::Display| TrainError::Checkpoint {
+        path: run.root().to_path_buf(),
+        reason: format!("cannot serialise the provenance or recipe: {e}"),
+    };
     let text = serde_json::to_string_pretty(&prov).map_err(|e| err(&e))?;
     persona_model::write_atomic(&run.provenance(), text.as_bytes())?;
     let resolved = toml::to_string_pretty(recipe).map_err(|e| err(&e))?;
