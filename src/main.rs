@@ -104,7 +104,7 @@ enum Command {
         coef: Option<f32>,
         /// Vector variant in the file.
         #[arg(long, default_value = "response_avg")]
-        variant: String,
+        variant: persona_vectors::Variant,
         #[arg(long, value_enum, default_value = "generating")]
         positions: SteerPositions,
         /// cpu, cuda or wgpu (the latter two need the cargo feature of that name).
@@ -183,7 +183,7 @@ enum Command {
         #[arg(long, default_value_t = 1.0, allow_hyphen_values = true)]
         coef: f32,
         #[arg(long, default_value = "response_avg")]
-        variant: String,
+        variant: persona_vectors::Variant,
         /// `controlvector.model_hint` (default: the vector's model name).
         #[arg(long)]
         model_hint: Option<String>,
@@ -316,7 +316,7 @@ fn extract_authored(
 /// Per-row norms of every variant of a vector file.
 fn print_norms(file: &VectorFile) {
     let d = file.meta.d_model;
-    let names: Vec<&String> = file.variants.keys().collect();
+    let names: Vec<&str> = file.variants.keys().map(|v| v.name()).collect();
     print!("row ");
     for n in &names {
         print!("  |{n}|");
@@ -325,7 +325,7 @@ fn print_norms(file: &VectorFile) {
     for row in 0..=file.meta.n_layers {
         print!("{row:>3} ");
         for n in &names {
-            let v = &file.variants[*n][row * d..(row + 1) * d];
+            let v = &file.variants[&n.parse().expect("a variant name")][row * d..(row + 1) * d];
             let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
             print!("  {norm:>w$.3}", w = n.len() + 2);
         }
@@ -376,7 +376,7 @@ fn run(cli: Cli) -> Result<()> {
                 };
                 steering.push(Steering::add(
                     layer,
-                    file.row(&variant, layer)?,
+                    file.row(variant, layer)?,
                     coef,
                     positions,
                     &device,
@@ -569,7 +569,7 @@ fn run(cli: Cli) -> Result<()> {
             let f = VectorFile::load(&vector)?;
             let hint = model_hint.unwrap_or_else(|| f.meta.model_name.clone());
             let bytes = persona_vectors::export::llama_cpp_control_vector(
-                &f, &variant, &layers, coef, &hint,
+                &f, variant, &layers, coef, &hint,
             )?;
             persona_model::write_atomic(&out, &bytes)?;
             let dirs: Vec<String> = layers

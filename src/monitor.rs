@@ -82,7 +82,7 @@ pub fn run(a: MonitorArgs) -> Result<()> {
     let projector = Projector::new(
         &loaded.model,
         a.target.layer,
-        vector.unit_row(&a.target.variant, a.target.layer)?,
+        vector.unit_row(a.target.variant, a.target.layer)?,
         loaded.codec.pad_id,
         a.batch_size,
     )?;

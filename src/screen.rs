@@ -89,7 +89,7 @@ pub fn run(a: ScreenArgs) -> Result<()> {
         &loaded.identity,
         &a.dataset,
         &vector,
-        &a.target.variant,
+        a.target.variant,
         a.target.layer,
         &opts,
         &out,

@@ -16,7 +16,7 @@ pub struct VectorAtRow {
     #[arg(long)]
     pub layer: usize,
     #[arg(long, default_value = "response_avg")]
-    pub variant: String,
+    pub variant: persona_vectors::Variant,
     #[arg(long, default_value = DEFAULT_MODEL)]
     pub model: String,
     /// cpu, cuda or wgpu.

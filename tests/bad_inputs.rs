@@ -50,7 +50,7 @@ impl Tiny {
         let v = (0..(cfg.n_layers + 1) * cfg.d_model)
             .map(|i| (i as f32 * 0.37).sin())
             .collect();
-        f.variants.insert("response_avg".into(), v);
+        f.variants.insert(persona_vectors::Variant::ResponseAvg, v);
         f.save(&t.path("v.safetensors")).unwrap();
         std::fs::write(t.path("questions.txt"), "Is it big?\nIs it small?\n").unwrap();
         t

@@ -75,8 +75,10 @@ fn vector_file(dir: &std::path::Path, d_model: usize, n_layers: usize, sha: &str
         n_layers,
         extra: serde_json::Value::Null,
     });
-    f.variants
-        .insert("response_avg".into(), vec![0.0; (n_layers + 1) * d_model]);
+    f.variants.insert(
+        persona_vectors::Variant::ResponseAvg,
+        vec![0.0; (n_layers + 1) * d_model],
+    );
     let p = dir.join("v.safetensors");
     f.save(&p).unwrap();
     p.to_str().unwrap().to_string()

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use burn::tensor::Device;
 use persona_model::testing::{tiny_config, tiny_gguf};
+use persona_vectors::Variant;
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -479,9 +480,9 @@ fn tiny_vector(path: &Path) {
         n_layers: cfg.n_layers,
         extra: serde_json::json!({"trait": "t"}),
     });
-    for v in ["response_avg", "prompt_avg"] {
+    for v in [Variant::ResponseAvg, Variant::PromptAvg] {
         f.variants
-            .insert(v.into(), vec![0.5; (cfg.n_layers + 1) * cfg.d_model]);
+            .insert(v, vec![0.5; (cfg.n_layers + 1) * cfg.d_model]);
     }
     f.save(path).unwrap();
 }
@@ -541,12 +542,12 @@ fn fuzz_vector_files() {
             // Every row, as `persona vector info` prints them.
             for row in 0..=f.meta.n_layers {
                 for variant in f.variants.keys() {
-                    let _ = f.unit_row(variant, row);
+                    let _ = f.unit_row(*variant, row);
                 }
             }
             let _ = persona_vectors::export::llama_cpp_control_vector(
                 &f,
-                "response_avg",
+                Variant::ResponseAvg,
                 &[2],
                 1.0,
                 "x",

@@ -245,7 +245,7 @@ fn bad_recipes_fail_with_errors_naming_the_key() {
         extra: serde_json::Value::Null,
     });
     f.variants.insert(
-        "response_avg".into(),
+        persona_vectors::Variant::ResponseAvg,
         vec![0.0; (tiny.n_layers + 1) * tiny.d_model],
     );
     let v = home.path().join("vectors/smoke.safetensors");

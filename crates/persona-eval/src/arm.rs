@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
 use persona_model::{HostModel, LoadedModel, Positions, Steering};
-use persona_vectors::VectorFile;
+use persona_vectors::{Variant, VectorFile};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
@@ -74,7 +74,7 @@ impl Arm {
             file.check_model(&host.config, &host.identity)?;
             steering.push(Steering::add(
                 s.row,
-                file.row("response_avg", s.row)?,
+                file.row(Variant::ResponseAvg, s.row)?,
                 s.coef,
                 Positions::Generating,
                 device,

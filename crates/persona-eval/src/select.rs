@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use persona_judge::{Judge, JudgmentCache};
 use persona_model::{LoadedModel, Positions, Steering};
 use persona_monitor::stats::mean;
-use persona_vectors::{TraitDef, VectorFile};
+use persona_vectors::{TraitDef, Variant, VectorFile};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{EvalError, Result};
@@ -24,7 +24,7 @@ use crate::trait_eval::{Sampled, sample_and_judge};
 pub struct SelectSettings {
     pub judge: PathBuf,
     pub coherence_file: PathBuf,
-    pub variant: String,
+    pub variant: Variant,
     /// Candidate rows.
     pub rows: Vec<usize>,
     /// Coefficient of the layer scan.
@@ -137,7 +137,7 @@ pub fn select(
         } else {
             vec![Steering::add(
                 row,
-                file.row(&s.variant, row)?,
+                file.row(s.variant, row)?,
                 coef,
                 Positions::Generating,
                 &device,

@@ -10,7 +10,7 @@ use persona_judge::{Criterion, Judge, JudgmentCache};
 use persona_model::{GenerateOptions, LoadedModel, Message, Sampling, SamplingSettings, Sequence};
 use persona_monitor::Projector;
 use persona_monitor::stats::{BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, MeanCi, bootstrap_mean};
-use persona_vectors::{TraitDef, VectorFile};
+use persona_vectors::{TraitDef, Variant, VectorFile};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -248,7 +248,7 @@ pub fn evaluate_trait(
     let (loaded, steering) = model.get()?;
     let vectors = VectorFile::load(&settings.shift_vector)?;
     vectors.check_model(&loaded.model.config, &loaded.identity)?;
-    let unit = vectors.unit_row("response_avg", settings.shift_row)?;
+    let unit = vectors.unit_row(Variant::ResponseAvg, settings.shift_row)?;
     let questions = &def.evaluation;
     let records = sample_and_judge(
         loaded,

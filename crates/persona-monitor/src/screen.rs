@@ -28,7 +28,7 @@ use persona_model::{
     generate, write_atomic,
 };
 use persona_train::data::{ChatRecord, read_chat_records, tokenize_chat};
-use persona_vectors::VectorFile;
+use persona_vectors::{Variant, VectorFile};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -44,7 +44,7 @@ pub struct ScreenSettings {
     pub dataset_sha256: String,
     pub vector: PathBuf,
     pub vector_sha256: String,
-    pub variant: String,
+    pub variant: Variant,
     /// Residual row (0 = embeddings, l = output of block l-1).
     pub row: usize,
     pub model_name: String,
@@ -185,7 +185,7 @@ pub fn screen(
     identity: &ModelIdentity,
     dataset: &Path,
     vector: &VectorFile,
-    variant: &str,
+    variant: Variant,
     row: usize,
     opts: &ScreenOptions,
     out_dir: &Path,
@@ -205,7 +205,7 @@ pub fn screen(
         dataset_sha256: file_sha256(dataset)?,
         vector: vector.path.clone(),
         vector_sha256: file_sha256(&vector.path)?,
-        variant: variant.to_string(),
+        variant,
         row,
         model_name: identity.name.clone(),
         model_sha256: identity.sha256.clone(),

@@ -9,7 +9,7 @@ use persona_model::{
     Batch, CaptureRequest, ForwardArgs, Lora, Message, Model, PadSide, Reduction, Sequence,
     TextCodec, host_vec,
 };
-use persona_vectors::VectorFile;
+use persona_vectors::{Variant, VectorFile};
 
 use crate::error::Result;
 
@@ -46,7 +46,7 @@ impl TraitMonitor {
         let batch = Batch::new(&seqs, PadSide::Right, codec.pad_id)?;
         let units = rows
             .iter()
-            .map(|&r| vector.unit_row("response_avg", r))
+            .map(|&r| vector.unit_row(Variant::ResponseAvg, r))
             .collect::<std::result::Result<_, _>>()?;
         let mut m = Self {
             name: name.to_string(),

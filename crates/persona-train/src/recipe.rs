@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use persona_model::{ModelConfig, ModelIdentity, Scaling, Target};
-use persona_vectors::VectorFile;
+use persona_vectors::{Variant, VectorFile};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
@@ -149,7 +149,7 @@ pub struct SteeringSection {
     /// Persona-vector file (required unless mode = "none").
     pub vector: Option<PathBuf>,
     /// Vector variant: response_avg (recommended), prompt_avg, prompt_last.
-    pub variant: String,
+    pub variant: Variant,
     /// Residual rows to steer (row l = output of block l-1).
     pub layers: Vec<usize>,
     /// Coefficient c of `h += c * v` (mode steer). Paper: 3-5 for one layer.
@@ -381,7 +381,7 @@ impl Recipe {
         {
             let f = VectorFile::load(v)?;
             f.check_model(cfg, id)?;
-            f.row(&self.steering.variant, 0)?;
+            f.row(self.steering.variant, 0)?;
         }
         for t in self.monitor.traits.iter().filter(|t| t.vector.exists()) {
             VectorFile::load(&t.vector)?.check_model(cfg, id)?;

@@ -56,9 +56,9 @@ pub fn training_steering(recipe: &Recipe, device: &Device) -> Result<Vec<Steerin
     let file = VectorFile::load(path)?;
     let mut out = Vec::new();
     for &row in &s.layers {
-        let v = file.row(&s.variant, row)?;
+        let v = file.row(s.variant, row)?;
         let v: Vec<f32> = if s.incremental {
-            let prev = file.row(&s.variant, row - 1)?;
+            let prev = file.row(s.variant, row - 1)?;
             v.iter().zip(prev).map(|(a, b)| a - b).collect()
         } else {
             v.to_vec()

@@ -16,7 +16,7 @@
 //! llama.cpp adds the direction at every position (our `Positions::All`);
 //! restrict it to the exported block with `--control-vector-layer-range N N`.
 
-use crate::file::{VectorError, VectorFile};
+use crate::file::{Variant, VectorError, VectorFile};
 
 const GGUF_TYPE_UINT32: u32 = 4;
 const GGUF_TYPE_STRING: u32 = 8;
@@ -43,7 +43,7 @@ fn pad(out: &mut Vec<u8>) {
 /// row `r` in `rows` (variant `variant`, raw vectors as steering uses them).
 pub fn llama_cpp_control_vector(
     file: &VectorFile,
-    variant: &str,
+    variant: Variant,
     rows: &[usize],
     coef: f32,
     model_hint: &str,
@@ -122,7 +122,7 @@ mod tests {
             extra: serde_json::Value::Null,
         });
         let data = (0..(n_layers + 1) * d).map(|i| i as f32 * 0.5).collect();
-        f.variants.insert("response_avg".into(), data);
+        f.variants.insert(Variant::ResponseAvg, data);
         f
     }
 
@@ -138,7 +138,8 @@ mod tests {
     #[test]
     fn gguf_layout_reads_back() {
         let f = sample(4, 5); // d = 5: 20 bytes per tensor, so padding matters
-        let bytes = llama_cpp_control_vector(&f, "response_avg", &[4, 2], 2.0, "llama").unwrap();
+        let bytes =
+            llama_cpp_control_vector(&f, Variant::ResponseAvg, &[4, 2], 2.0, "llama").unwrap();
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("cv.gguf");
         std::fs::write(&p, bytes).unwrap();
@@ -151,7 +152,7 @@ mod tests {
         for (t, row) in g.tensors.iter().zip([2usize, 4]) {
             assert_eq!(t.shape, vec![5]);
             let want: Vec<f32> = f
-                .row("response_avg", row)
+                .row(Variant::ResponseAvg, row)
                 .unwrap()
                 .iter()
                 .map(|x| x * 2.0)
@@ -163,8 +164,8 @@ mod tests {
     #[test]
     fn rows_without_a_slot_are_refused() {
         let f = sample(4, 5);
-        let e = llama_cpp_control_vector(&f, "response_avg", &[1], 1.0, "llama").unwrap_err();
+        let e = llama_cpp_control_vector(&f, Variant::ResponseAvg, &[1], 1.0, "llama").unwrap_err();
         assert!(e.to_string().contains("rows 2..=4"), "{e}");
-        assert!(llama_cpp_control_vector(&f, "response_avg", &[5], 1.0, "x").is_err());
+        assert!(llama_cpp_control_vector(&f, Variant::ResponseAvg, &[5], 1.0, "x").is_err());
     }
 }

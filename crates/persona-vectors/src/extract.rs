@@ -13,15 +13,8 @@ use persona_model::{
     Sequence, TextCodec, host_vec,
 };
 
-use crate::file::{FORMAT_VERSION, ROW_CONVENTION, VectorFile, VectorMeta};
+use crate::file::{FORMAT_VERSION, ROW_CONVENTION, Variant, VectorFile, VectorMeta};
 use crate::traits::TraitDef;
-
-/// The reductions extracted, with their variant names in the file.
-pub const VARIANT_REDUCTIONS: [(&str, Reduction); 3] = [
-    ("response_avg", Reduction::ResponseMean),
-    ("prompt_avg", Reduction::PromptMean),
-    ("prompt_last", Reduction::LastPrompt),
-];
 
 /// Prompt and response tokens of a single-turn chat with a system prompt;
 /// the response is the assistant's text only (no end-of-turn marker).
@@ -157,7 +150,7 @@ pub fn extract_authored(
 }
 
 /// The vector file of a contrast: for every variant of
-/// [`VARIANT_REDUCTIONS`] and every row, `mean(pos) - mean(neg)` of the
+/// [`Variant`] and every row, `mean(pos) - mean(neg)` of the
 /// sequences' reduced activations, with `extra` as the metadata's free part.
 /// `progress` gets the number of sequences read so far (of pos + neg).
 pub fn contrast_file(
@@ -169,7 +162,7 @@ pub fn contrast_file(
     extra: serde_json::Value,
     mut progress: impl FnMut(usize),
 ) -> Result<VectorFile, persona_model::ModelError> {
-    let reds: Vec<Reduction> = VARIANT_REDUCTIONS.iter().map(|v| v.1).collect();
+    let reds: Vec<Reduction> = Variant::ALL.iter().map(|v| v.reduction()).collect();
     let mp = mean_activations(model, pos, &reds, pad_id, batch_size, &mut progress)?;
     let n = pos.len();
     let mn = mean_activations(model, neg, &reds, pad_id, batch_size, |k| progress(n + k))?;
@@ -183,9 +176,10 @@ pub fn contrast_file(
         n_layers: cfg.n_layers,
         extra,
     });
-    for (name, red) in VARIANT_REDUCTIONS {
+    for variant in Variant::ALL {
+        let red = variant.reduction();
         let v = mp[&red].iter().zip(&mn[&red]).map(|(p, n)| p - n).collect();
-        file.variants.insert(name.into(), v);
+        file.variants.insert(variant, v);
     }
     Ok(file)
 }

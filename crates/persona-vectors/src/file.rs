@@ -15,8 +15,59 @@ pub const FORMAT_VERSION: u32 = 1;
 /// The metadata key holding [`VectorMeta`] as JSON.
 const META_KEY: &str = "persona";
 
-/// Variants stored in a vector file.
-pub const VARIANTS: [&str; 3] = ["response_avg", "prompt_avg", "prompt_last"];
+/// Which reduction of the residual stream a persona vector was taken over;
+/// a vector file holds one `[n_layers + 1, d_model]` tensor per variant,
+/// named by [`Variant::name`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Variant {
+    /// The mean over response tokens: the one to steer with (the paper's).
+    ResponseAvg,
+    /// The mean over prompt tokens.
+    PromptAvg,
+    /// The last prompt token.
+    PromptLast,
+}
+
+impl Variant {
+    pub const ALL: [Variant; 3] = [Self::ResponseAvg, Self::PromptAvg, Self::PromptLast];
+
+    /// The tensor name in a vector file and the word in recipes and flags.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::ResponseAvg => "response_avg",
+            Self::PromptAvg => "prompt_avg",
+            Self::PromptLast => "prompt_last",
+        }
+    }
+
+    /// The reduction the runtime computes for this variant.
+    pub fn reduction(self) -> persona_model::Reduction {
+        match self {
+            Self::ResponseAvg => persona_model::Reduction::ResponseMean,
+            Self::PromptAvg => persona_model::Reduction::PromptMean,
+            Self::PromptLast => persona_model::Reduction::LastPrompt,
+        }
+    }
+}
+
+impl std::fmt::Display for Variant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Variant {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|v| v.name() == s)
+            .ok_or_else(|| {
+                format!("unknown variant `{s}`; use response_avg, prompt_avg or prompt_last")
+            })
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum VectorError {
@@ -49,15 +100,15 @@ pub enum VectorError {
     #[error("vector file {path} has no variant `{variant}`; it has: {available:?}")]
     NoVariant {
         path: PathBuf,
-        variant: String,
-        available: Vec<String>,
+        variant: Variant,
+        available: Vec<Variant>,
     },
     #[error(
         "row {row} of variant `{variant}` in vector file {path} is zero, so it has no direction; pick another row"
     )]
     ZeroRow {
         path: PathBuf,
-        variant: String,
+        variant: Variant,
         row: usize,
     },
     #[error(
@@ -89,8 +140,8 @@ pub struct VectorMeta {
 pub struct VectorFile {
     pub path: PathBuf,
     pub meta: VectorMeta,
-    /// Variant name -> row-major `[n_layers + 1, d_model]`.
-    pub variants: BTreeMap<String, Vec<f32>>,
+    /// Variant -> row-major `[n_layers + 1, d_model]`.
+    pub variants: BTreeMap<Variant, Vec<f32>>,
 }
 
 impl VectorFile {
@@ -143,6 +194,7 @@ impl VectorFile {
             safetensors::SafeTensors::deserialize(&bytes).map_err(|e| read_err(e.to_string()))?;
         let mut variants = BTreeMap::new();
         for (name, view) in st.tensors() {
+            let variant: Variant = name.parse().map_err(&read_err)?;
             if view.dtype() != safetensors::Dtype::F32 {
                 return Err(read_err(format!(
                     "tensor {name} is {:?}, expected F32",
@@ -171,7 +223,7 @@ impl VectorFile {
                     i / meta.d_model
                 )));
             }
-            variants.insert(name, data);
+            variants.insert(variant, data);
         }
         if variants.is_empty() {
             return Err(read_err("holds no vectors".into()));
@@ -191,9 +243,9 @@ impl VectorFile {
         };
         let shape = vec![self.meta.n_layers + 1, self.meta.d_model];
         let mut views = Vec::new();
-        for (name, data) in &self.variants {
+        for (variant, data) in &self.variants {
             let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
-            views.push((name.clone(), shape.clone(), bytes));
+            views.push((variant.name().to_string(), shape.clone(), bytes));
         }
         let tensors: Vec<(String, safetensors::tensor::TensorView<'_>)> = views
             .iter()
@@ -244,24 +296,24 @@ impl VectorFile {
 
     /// `v̂_row = v_row / |v_row|` of one variant (projections use the unit
     /// vector; steering uses the raw one). A zero row is an error.
-    pub fn unit_row(&self, variant: &str, row: usize) -> Result<Vec<f32>, VectorError> {
+    pub fn unit_row(&self, variant: Variant, row: usize) -> Result<Vec<f32>, VectorError> {
         let v = self.row(variant, row)?;
         unit(v).ok_or_else(|| VectorError::ZeroRow {
             path: self.path.clone(),
-            variant: variant.to_string(),
+            variant,
             row,
         })
     }
 
     /// One row `[d_model]` of one variant.
-    pub fn row(&self, variant: &str, row: usize) -> Result<&[f32], VectorError> {
+    pub fn row(&self, variant: Variant, row: usize) -> Result<&[f32], VectorError> {
         let data = self
             .variants
-            .get(variant)
+            .get(&variant)
             .ok_or_else(|| VectorError::NoVariant {
                 path: self.path.clone(),
-                variant: variant.to_string(),
-                available: self.variants.keys().cloned().collect(),
+                variant,
+                available: self.variants.keys().copied().collect(),
             })?;
         if row > self.meta.n_layers {
             return Err(VectorError::Row {
@@ -309,7 +361,7 @@ mod tests {
         let data: Vec<f32> = (0..(cfg.n_layers + 1) * cfg.d_model)
             .map(|i| i as f32)
             .collect();
-        f.variants.insert("response_avg".into(), data);
+        f.variants.insert(Variant::ResponseAvg, data);
         f
     }
 
@@ -320,13 +372,13 @@ mod tests {
         sample().save(&p).unwrap();
         let f = VectorFile::load(&p).unwrap();
         assert_eq!(f.meta, sample().meta);
-        assert_eq!(f.row("response_avg", 2).unwrap()[0], 64.0);
+        assert_eq!(f.row(Variant::ResponseAvg, 2).unwrap()[0], 64.0);
         assert!(matches!(
-            f.row("response_avg", 4),
+            f.row(Variant::ResponseAvg, 4),
             Err(VectorError::Row { .. })
         ));
         assert!(matches!(
-            f.row("prompt_avg", 0),
+            f.row(Variant::PromptAvg, 0),
             Err(VectorError::NoVariant { .. })
         ));
     }
