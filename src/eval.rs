@@ -87,9 +87,7 @@ fn spinner() -> ProgressBar {
 
 fn open_cache() -> Result<JudgmentCache> {
     Ok(JudgmentCache::open(
-        &persona_model::persona_home()
-            .join("cache")
-            .join("judgments.jsonl"),
+        &persona_model::PersonaHome::from_env().judgments(),
     )?)
 }
 
@@ -101,7 +99,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     let device = persona_model::parse_device(&a.device)?;
     let run = PathBuf::from(&a.target);
     let (model, adapter) = if persona_eval::arm::adapter_dir(&run)
-        .join("adapter_model.safetensors")
+        .join(persona_train::run_dir::ADAPTER_WEIGHTS)
         .exists()
     {
         (a.model.clone(), Some(run))
@@ -311,9 +309,9 @@ pub fn experiment_config(recipe_path: &Path) -> Result<Option<ExperimentConfig>>
 /// The comparison after training a recipe with an `[experiment]` table.
 pub fn run_experiment(recipe_path: &Path, cfg: &ExperimentConfig) -> Result<()> {
     let recipe = persona_train::Recipe::load(recipe_path)?;
-    let vaccine_run = persona_model::persona_home()
-        .join("runs")
-        .join(&recipe.run.name);
+    let vaccine_run = persona_train::RunDir::named(&recipe.run.name)
+        .root()
+        .to_path_buf();
     let baseline_run = ensure_trained(&cfg.baseline)?;
     let device = persona_model::parse_device(&recipe.run.device)?;
     let bar = spinner();
@@ -464,7 +462,7 @@ pub fn extract_generated(
     let def = persona_vectors::TraitDef::load(trait_file)?;
     let rubric = persona_vectors::traits::load_coherence_rubric(&g.coherence_file)?;
     let out = out.unwrap_or_else(|| {
-        persona_vectors::default_vector_path(model, &format!("{}-generated", def.name))
+        persona_model::PersonaHome::from_env().vector(model, &format!("{}-generated", def.name))
     });
     persona_model::files::check_writable_file(&out)?;
     let device = persona_model::parse_device(device)?;

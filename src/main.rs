@@ -281,7 +281,8 @@ fn extract_authored(
 ) -> Result<PathBuf> {
     let device = parse_device(device)?;
     let def = persona_vectors::TraitDef::load(trait_file)?;
-    let out = out.unwrap_or_else(|| persona_vectors::default_vector_path(model, &def.name));
+    let out =
+        out.unwrap_or_else(|| persona_model::PersonaHome::from_env().vector(model, &def.name));
     // Fail before the work, not after it.
     persona_model::files::check_writable_file(&out)?;
     let loaded =

@@ -139,9 +139,7 @@ pub fn run(a: MonitorArgs) -> Result<()> {
         let judge =
             persona_judge::Judge::from_config(&persona_judge::JudgeConfig::load(judge_path)?)?;
         let mut cache = persona_judge::JudgmentCache::open(
-            &persona_model::persona_home()
-                .join("cache")
-                .join("judgments.jsonl"),
+            &persona_model::PersonaHome::from_env().judgments(),
         )?;
         let run = persona_monitor::prompts::JudgeRun {
             judge: judge.identity(),

@@ -7,7 +7,7 @@ use crate::vector_args::VectorAtRow;
 use anyhow::{Result, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use persona_model::persona_home;
+use persona_model::PersonaHome;
 use persona_monitor::screen::{FilterRule, ScreenOptions, filter, screen};
 
 #[derive(Args)]
@@ -51,7 +51,7 @@ pub fn run(a: ScreenArgs) -> Result<()> {
         bail!("--max-new-tokens must be at least 1 (or pass --cheap to skip generation)");
     }
     let out = a.out.clone().unwrap_or_else(|| {
-        persona_home().join("screens").join(format!(
+        PersonaHome::from_env().screens().join(format!(
             "{}-{}-row{}{}",
             stem(&a.dataset),
             stem(&a.target.vector),
@@ -65,13 +65,7 @@ pub fn run(a: ScreenArgs) -> Result<()> {
         generate_base: !a.cheap,
         max_new_tokens: a.max_new_tokens,
         batch_size: a.batch_size,
-        base_cache: persona_home()
-            .join("cache")
-            .join("base-responses")
-            .join(format!(
-                "{}.jsonl",
-                &loaded.identity.sha256[..16.min(loaded.identity.sha256.len())]
-            )),
+        base_cache: PersonaHome::from_env().base_responses(&loaded.identity.sha256),
     };
     let bar = ProgressBar::new(0);
     bar.set_style(

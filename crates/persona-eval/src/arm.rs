@@ -9,6 +9,7 @@ use persona_vectors::{Variant, VectorFile};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
+use persona_train::run_dir::ADAPTER_WEIGHTS;
 
 /// Post-hoc (inference-time) steering: `coef * v_row` added at the last
 /// prompt token and every generated token (negative `coef` suppresses).
@@ -40,11 +41,7 @@ pub struct Arm {
 
 /// The adapter folder a path names: itself, or `<run>/adapter`.
 pub fn adapter_dir(path: &Path) -> PathBuf {
-    if path
-        .join("adapter")
-        .join("adapter_model.safetensors")
-        .exists()
-    {
+    if path.join("adapter").join(ADAPTER_WEIGHTS).exists() {
         path.join("adapter")
     } else {
         path.to_path_buf()
@@ -90,7 +87,7 @@ impl Arm {
     pub fn input_files(&self) -> Vec<PathBuf> {
         let mut files = Vec::new();
         if let Some(a) = &self.adapter {
-            files.push(adapter_dir(a).join("adapter_model.safetensors"));
+            files.push(adapter_dir(a).join(ADAPTER_WEIGHTS));
         }
         if let Some(s) = &self.steer {
             files.push(s.vector.clone());

@@ -125,7 +125,7 @@ pub fn snapshots(run: &Path) -> Vec<(usize, PathBuf)> {
             let name = e.file_name().to_string_lossy().into_owned();
             let step = name.strip_prefix("step-")?.parse().ok()?;
             e.path()
-                .join("adapter_model.safetensors")
+                .join(persona_train::run_dir::ADAPTER_WEIGHTS)
                 .exists()
                 .then(|| (step, e.path()))
         })
@@ -206,11 +206,7 @@ pub fn run_experiment(
     mut progress: impl FnMut(&str, &str, usize),
 ) -> Result<PathBuf> {
     let judge = Judge::from_config(&persona_judge::JudgeConfig::load(&cfg.judge)?)?;
-    let mut cache = JudgmentCache::open(
-        &persona_model::persona_home()
-            .join("cache")
-            .join("judgments.jsonl"),
-    )?;
+    let mut cache = JudgmentCache::open(&persona_model::PersonaHome::from_env().judgments())?;
     let arms = arms(model, vaccine_run, baseline_run, cfg);
     let mut dirs = Vec::new();
     for arm in &arms {

@@ -56,7 +56,9 @@ impl ClassifierConfig {
         if p.is_dir() {
             p
         } else {
-            persona_model::model_cache().join(&self.encoder)
+            persona_model::PersonaHome::from_env()
+                .models()
+                .join(&self.encoder)
         }
     }
 

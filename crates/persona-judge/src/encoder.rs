@@ -98,7 +98,9 @@ pub struct SentenceEncoder {
 
 /// The default encoder's folder in the model cache (fetched by `just fetch-model`).
 pub fn default_encoder_dir() -> PathBuf {
-    persona_model::model_cache().join("all-minilm-l6-v2")
+    persona_model::PersonaHome::from_env()
+        .models()
+        .join("all-minilm-l6-v2")
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {

@@ -16,6 +16,7 @@ pub mod error;
 pub mod files;
 pub mod generate;
 pub mod gguf;
+pub mod home;
 pub mod jsonl;
 pub mod likelihood;
 pub mod load;
@@ -37,11 +38,9 @@ pub use device::parse_device;
 pub use error::{ModelError, Result};
 pub use files::write_atomic;
 pub use generate::{GenerateOptions, Generation, Sampling, SamplingSettings, generate};
+pub use home::PersonaHome;
 pub use likelihood::{ResponseLikelihood, response_likelihoods};
-pub use load::{
-    DEFAULT_MODEL, HostModel, LoadedModel, ModelIdentity, inspect, load, load_host, model_cache,
-    persona_home,
-};
+pub use load::{DEFAULT_MODEL, HostModel, LoadedModel, ModelIdentity, inspect, load, load_host};
 pub use lora::{Lora, LoraDropout, PeftScaling, Scaling, Target};
 pub use model::{ForwardArgs, ForwardOutput, Logits, Model, host_vec};
 pub use sites::{

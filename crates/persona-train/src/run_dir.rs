@@ -31,7 +31,7 @@ pub enum RunState {
 impl RunDir {
     /// The run named `name` under `<PERSONA_HOME>/runs/`.
     pub fn named(name: &str) -> Self {
-        Self::at(persona_model::persona_home().join("runs").join(name))
+        Self::at(persona_model::PersonaHome::from_env().runs().join(name))
     }
 
     /// A run folder at `root`.

@@ -327,15 +327,6 @@ impl VectorFile {
     }
 }
 
-/// Where `persona extract` writes a vector by default:
-/// `<persona_home>/vectors/<model>/<stem>.safetensors`.
-pub fn default_vector_path(model_name: &str, stem: &str) -> PathBuf {
-    persona_model::persona_home()
-        .join("vectors")
-        .join(model_name)
-        .join(format!("{stem}.safetensors"))
-}
-
 /// `v / |v|` computed in f64; `None` for a zero (or non-finite) vector.
 pub fn unit(v: &[f32]) -> Option<Vec<f32>> {
     let n = v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();

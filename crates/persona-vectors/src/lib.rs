@@ -13,5 +13,5 @@ pub mod file;
 pub mod generated;
 pub mod traits;
 
-pub use file::{Variant, VectorError, VectorFile, VectorMeta, default_vector_path, unit};
+pub use file::{Variant, VectorError, VectorFile, VectorMeta, unit};
 pub use traits::{TraitDef, TraitError};
