@@ -659,7 +659,7 @@ fn row_group_split_matches_the_whole_batch_pass() {
             lora: None,
             lora_dropout: None,
         };
-        let whole = m.forward_rows(&b, args()).unwrap();
+        let whole = m.pass(&b, args()).unwrap();
         let split = on_threads(2, || {
             assert_eq!(m.row_groups(&b, &args()).len(), 2);
             m.forward(&b, args()).unwrap()
@@ -711,10 +711,10 @@ fn prompt_pass_filling_a_fresh_cache_splits_and_joins_the_cache() {
     };
     let mut whole_cache = KvCache::new();
     let prompt_whole = m
-        .forward_rows(&b, ForwardArgs::decode(&mut whole_cache, &[]))
+        .pass(&b, ForwardArgs::decode(&mut whole_cache, &[]))
         .unwrap();
     let step_whole = m
-        .forward_rows(&step, ForwardArgs::decode(&mut whole_cache, &[]))
+        .pass(&step, ForwardArgs::decode(&mut whole_cache, &[]))
         .unwrap();
     let mut cache = KvCache::new();
     let (prompt_split, step_split) = on_threads(2, || {
