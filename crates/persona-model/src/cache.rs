@@ -6,7 +6,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 /// positions are real tokens (left padding is not).
 ///
 /// The key/value tensors keep spare room along the position axis: a
-/// decoding step writes its position in place (see [`append_positions`])
+/// decoding step writes its position in place (see `append_positions`)
 /// instead of copying the whole cache into a new, longer tensor.
 ///
 /// # Shapes

@@ -18,7 +18,7 @@ pub enum Logits {
     /// `[n_rows, 1, vocab]` at each row's last non-padding token.
     Last,
     /// `[1, n, vocab]` at the `n` positions that predict a response token
-    /// ([`Batch::scored_positions`], same order): all a loss or a response
+    /// ([`crate::Batch::scored_positions`], same order): all a loss or a response
     /// likelihood needs, and much cheaper than `All` when prompts are long
     /// (the LM head and its softmax dominate a training step). The batch
     /// must hold at least one response token.

@@ -2,14 +2,14 @@
 //! forward takes the KV cache, the steering to apply and the sites to
 //! capture as arguments, and returns logits plus what was captured.
 //!
-//! - [`args`]: what a forward takes and returns;
-//! - [`inputs`]: the host-side bookkeeping of a pass (masks, positions,
+//! - `args`: what a forward takes and returns;
+//! - `inputs`: the host-side bookkeeping of a pass (masks, positions,
 //!   RoPE tables, steering masks, capture weights) and the steering and
 //!   capture applied at each row;
-//! - [`block`]: one decoder block;
-//! - [`linear`]: frozen projections, packed or not;
-//! - [`schedule`]: how a pass is run on the CPU (row groups, the rayon
-//!   pool, column-split products); [`Model::pass`] is the math alone.
+//! - `block`: one decoder block;
+//! - `linear`: frozen projections, packed or not;
+//! - `schedule`: how a pass is run on the CPU (row groups, the rayon
+//!   pool, column-split products); `Model::pass` is the math alone.
 
 mod args;
 mod block;
@@ -125,7 +125,7 @@ impl Model {
     /// The packed copies of the weights that few-row products (decoding)
     /// use on this CPU, by format (`"Q4_1"`, `"Q8_0"` or `"F32"`): how many
     /// weight matrices and how many bytes. Empty until the first such
-    /// product, and on CPUs without AVX-512F (see [`crate::packed`]).
+    /// product, and on CPUs without AVX-512F (see the `packed` module).
     pub fn packed_weights(&self) -> BTreeMap<&'static str, (usize, usize)> {
         let mut formats = BTreeMap::new();
         let weights = self.layers.iter().flat_map(|l| {
@@ -178,7 +178,7 @@ impl Model {
     /// cached row); its keys/values are appended. Position ids count real
     /// tokens only, so a left-padded row starts at position 0 like an
     /// unpadded one. On the CPU the pass may run as row groups in parallel
-    /// ([`Model::row_groups`]); the values are those of [`Model::pass`].
+    /// (`Model::row_groups`); the values are those of one whole pass.
     ///
     /// # Shapes
     /// `batch`: `[n_rows, seq_len]` tokens; see [`ForwardOutput`] for outputs.
