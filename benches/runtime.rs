@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 /// The same allocator, configured the same way, as the `persona` binary.
-#[path = "../src/alloc.rs"]
+#[path = "../src/bin/persona/alloc.rs"]
 mod alloc;
 
 use burn::tensor::Device;

@@ -29,12 +29,14 @@ fn generated_extraction_resumes_to_the_same_answers_and_vector() {
     let s = GeneratedSettings {
         judge: "judges/classifier.toml".into(),
         coherence_file: "datasets/traits/coherence.toml".into(),
-        samples: 1,
-        temperature: 1.0,
-        top_p: 1.0,
-        max_new_tokens: 8,
-        seed: 3,
-        batch_size: 20,
+        sampling: persona_model::SamplingSettings {
+            samples: 1,
+            temperature: 1.0,
+            top_p: 1.0,
+            max_new_tokens: 8,
+            seed: 3,
+            batch_size: 20,
+        },
         trait_threshold: 50.0,
         coherence_threshold: 0.0,
     };
@@ -81,7 +83,10 @@ fn generated_extraction_resumes_to_the_same_answers_and_vector() {
     }
     // Resuming with other settings is refused rather than mixing answers.
     let other = GeneratedSettings {
-        samples: 2,
+        sampling: persona_model::SamplingSettings {
+            samples: 2,
+            ..s.sampling
+        },
         ..s.clone()
     };
     let mut cache = JudgmentCache::open(&a.join("judgments.jsonl")).unwrap();

@@ -34,14 +34,17 @@ pub struct ExperimentConfig {
 }
 
 impl ExperimentConfig {
+    /// The recipe's `[experiment]`, parsed and checked; none without one.
+    pub fn of_recipe(recipe: &persona_train::Recipe) -> Result<Option<Self>> {
+        recipe.experiment.as_ref().map(Self::from_table).transpose()
+    }
+
     /// Parses and checks the `[experiment]` table of a recipe.
     pub fn from_table(t: &toml::Table) -> Result<Self> {
-        let cfg: Self = t
-            .clone()
-            .try_into()
+        let cfg: Self = persona_model::settings::from_table(t.clone())
             .map_err(|e| EvalError::Input(format!("recipe [experiment]: {e}")))?;
         cfg.eval
-            .sampling()
+            .check()
             .map_err(|e| EvalError::Input(format!("recipe [experiment.eval]: {e}")))?;
         if let Some(c) = cfg.posthoc_coefs.iter().find(|c| !c.is_finite()) {
             return Err(EvalError::Input(format!(
@@ -235,4 +238,45 @@ pub fn run_experiment(
         ],
     };
     write_report(vaccine_run, &manifest)
+}
+
+/// What an experiment left: the report and its arms' results.
+pub struct ExperimentOutcome {
+    /// `report.html` in the vaccine run folder (`report.md` beside it).
+    pub report: PathBuf,
+    pub arms: Vec<crate::report::ArmData>,
+}
+
+/// The whole experiment of a trained vaccine recipe: its baseline recipe's
+/// run trained first when unfinished (`on_train` sees it), then every arm
+/// evaluated and the report written ([`run_experiment`]).
+pub fn run_recipe_experiment(
+    recipe: &persona_train::Recipe,
+    cfg: &ExperimentConfig,
+    on_train: &mut dyn FnMut(persona_train::TrainEvent<'_>),
+    progress: impl FnMut(&str, &str, usize),
+) -> Result<ExperimentOutcome> {
+    let vaccine = persona_train::RunDir::named(&recipe.run.name);
+    let baseline =
+        persona_train::ensure_trained(&persona_train::Recipe::load(&cfg.baseline)?, on_train)?;
+    let device = persona_model::parse_device(&recipe.run.device)?;
+    let report = run_experiment(
+        &recipe.model.name,
+        vaccine.root(),
+        baseline.root(),
+        cfg,
+        &device,
+        progress,
+    )?;
+    let manifest: ComparisonManifest = serde_json::from_str(
+        &std::fs::read_to_string(vaccine.root().join("comparison.json"))
+            .map_err(|e| EvalError::file(vaccine.root(), e))?,
+    )
+    .map_err(|e| EvalError::file(vaccine.root(), e))?;
+    let arms = manifest
+        .arms
+        .iter()
+        .map(|d| crate::report::load_arm(d))
+        .collect::<Result<_>>()?;
+    Ok(ExperimentOutcome { report, arms })
 }

@@ -6,12 +6,105 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use persona_judge::{Judge, JudgeConfig, JudgmentCache};
 use persona_monitor::stats::MeanCi;
+use persona_train::{Recipe, TrainEvent};
 use serde::{Deserialize, Serialize};
 
+use crate::arm::Arm;
+use crate::capability::CapabilitySettings;
 use crate::error::{EvalError, Result};
+use crate::experiment::evaluate_arm;
+use crate::trait_eval::EvalSettings;
+
+/// `ci/gate.toml`: which runs are gated and how they are evaluated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GateConfig {
+    pub judge: PathBuf,
+    /// A rise smaller than this never fails (trait-score points).
+    pub margin: f64,
+    /// Recipes whose finished runs are gated; missing runs are trained first.
+    pub recipes: Vec<PathBuf>,
+    /// `cpu`, `cuda` or `wgpu`: where the runs are evaluated (a score
+    /// measured on another device can differ at float-rounding level).
+    pub device: String,
+    pub eval: EvalSettings,
+    pub capability: CapabilitySettings,
+}
+
+impl GateConfig {
+    /// Reads and checks a gate config (unknown keys are errors).
+    pub fn load(path: &Path) -> Result<Self> {
+        let cfg: Self = persona_model::settings::load(path)?;
+        cfg.eval
+            .check()
+            .map_err(|e| EvalError::file(path, format!("[eval]: {e}")))?;
+        Ok(cfg)
+    }
+}
+
+/// Trains (when needed) and evaluates every gated run into `out/arms/`,
+/// returning each score under `"<run>/<trait>"`; with a `baseline`, also
+/// the verdicts. `on_train` sees the training of missing runs,
+/// `progress(run, stage, done)` the evaluation.
+pub fn run(
+    cfg: &GateConfig,
+    baseline: Option<&Baseline>,
+    out: &Path,
+    on_train: &mut dyn FnMut(TrainEvent<'_>),
+    mut progress: impl FnMut(&str, &str, usize),
+) -> Result<(Baseline, Vec<Verdict>)> {
+    let device = persona_model::parse_device(&cfg.device)?;
+    let judge = Judge::from_config(&JudgeConfig::load(&cfg.judge)?)?;
+    let mut cache = JudgmentCache::open(&persona_model::PersonaHome::from_env().judgments())?;
+    let mut current = Baseline {
+        scores: BTreeMap::new(),
+    };
+    let mut verdicts = Vec::new();
+    for recipe_path in &cfg.recipes {
+        let recipe = Recipe::load(recipe_path)?;
+        let run = persona_train::ensure_trained(&recipe, on_train)?;
+        let arm = Arm {
+            id: recipe.run.name.clone(),
+            label: recipe.run.name.clone(),
+            model: recipe.model.name.clone(),
+            adapter: Some(run.root().to_path_buf()),
+            step: None,
+            steer: None,
+        };
+        let dir = out.join("arms").join(&arm.id);
+        let (r, _) = evaluate_arm(
+            &arm,
+            &cfg.eval,
+            &cfg.capability,
+            &judge,
+            &mut cache,
+            &dir,
+            &device,
+            |stage, d| progress(&arm.id, stage, d),
+        )?;
+        let score = r.trait_score.ok_or_else(|| {
+            EvalError::Input(format!("{}: every trait judgment is missing", arm.id))
+        })?;
+        let key = format!("{}/{}", arm.id, r.trait_name);
+        if let Some(b) = baseline {
+            verdicts.push(decide(&key, b.scores.get(&key), &score, cfg.margin));
+        }
+        current.scores.insert(key, score);
+    }
+    Ok((current, verdicts))
+}
+
+/// Writes `summary.md` and `junit.xml` into `out`; returns the Markdown.
+pub fn write_summary(out: &Path, verdicts: &[Verdict]) -> Result<String> {
+    let md = markdown(verdicts);
+    std::fs::create_dir_all(out).map_err(|e| EvalError::file(out, e))?;
+    persona_model::write_atomic(&out.join("summary.md"), md.as_bytes())?;
+    persona_model::write_atomic(&out.join("junit.xml"), junit(verdicts).as_bytes())?;
+    Ok(md)
+}
 
 /// `ci/trait-baseline.json`: the accepted score of every gated checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -10,17 +10,18 @@
 use std::path::PathBuf;
 
 use persona_judge::{Judge, JudgmentCache};
+use persona_model::SamplingSettings;
 use persona_model::{LoadedModel, Positions, Steering};
 use persona_monitor::stats::mean;
 use persona_vectors::{TraitDef, Variant, VectorFile};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{EvalError, Result};
-use crate::trait_eval::{Sampled, sample_and_judge};
+use crate::trait_eval::sample_and_judge;
 
-/// `settings/vector-select.toml`.
+/// `settings/vector-select.toml`; read with [`persona_model::settings`]
+/// (unknown keys are errors).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SelectSettings {
     pub judge: PathBuf,
     pub coherence_file: PathBuf,
@@ -32,12 +33,10 @@ pub struct SelectSettings {
     /// Coefficients of the sweep at the chosen row (include 0 and both signs).
     pub coefs: Vec<f32>,
     pub coherence_threshold: f64,
-    pub samples: usize,
-    pub temperature: f32,
-    pub top_p: f32,
-    pub max_new_tokens: usize,
-    pub seed: u64,
-    pub batch_size: usize,
+    /// Answers per question, temperature, top_p, max_new_tokens, seed,
+    /// batch_size.
+    #[serde(flatten)]
+    pub sampling: SamplingSettings,
 }
 
 impl SelectSettings {
@@ -45,15 +44,7 @@ impl SelectSettings {
     /// coefficients, a coherence threshold in 0..=100, at least one row.
     pub fn check(&self) -> persona_model::Result<()> {
         let bad = |m: String| persona_model::ModelError::Input(m);
-        persona_model::SamplingSettings {
-            samples: self.samples,
-            temperature: self.temperature,
-            top_p: self.top_p,
-            max_new_tokens: self.max_new_tokens,
-            seed: self.seed,
-            batch_size: self.batch_size,
-        }
-        .sampling()?;
+        self.sampling.sampling()?;
         if self.rows.is_empty() {
             return Err(bad("rows: name at least one candidate row".into()));
         }
@@ -122,14 +113,6 @@ pub fn select(
     file.check_model(&loaded.model.config, &loaded.identity)?;
     let coherence_rubric = persona_vectors::traits::load_coherence_rubric(&s.coherence_file)?;
     let (trait_c, coh_c) = def.criteria(&coherence_rubric);
-    let sampled = Sampled {
-        samples: s.samples,
-        temperature: s.temperature,
-        top_p: s.top_p,
-        max_new_tokens: s.max_new_tokens,
-        seed: s.seed,
-        batch_size: s.batch_size,
-    };
     let device = loaded.model.device().clone();
     let mut score = |row: usize, coef: f32, questions: &[String]| -> Result<SteeredScore> {
         let steering = if coef == 0.0 {
@@ -148,7 +131,7 @@ pub fn select(
             loaded,
             steering,
             questions,
-            &sampled,
+            &s.sampling,
             judge,
             (&trait_c, &coh_c),
             cache,

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use persona_judge::{Criterion, Judge, JudgmentCache};
-use persona_model::{GenerateOptions, LoadedModel, Message, Sampling, SamplingSettings, Sequence};
+use persona_model::{LoadedModel, Message, SamplingSettings, Sequence};
 use persona_monitor::Projector;
 use persona_monitor::stats::{BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, MeanCi, bootstrap_mean};
 use persona_vectors::{TraitDef, Variant, VectorFile};
@@ -17,40 +17,48 @@ use sha2::{Digest, Sha256};
 use crate::arm::{Arm, LazyArm};
 use crate::error::{EvalError, Result};
 
-/// How answers are sampled and where the shift is measured.
+/// How answers are sampled and where the shift is measured. Read with
+/// [`persona_model::settings`], which refuses unknown keys (serde's
+/// `deny_unknown_fields` does not work through `flatten`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct EvalSettings {
     /// The trait file: its evaluation questions and rubric.
     pub trait_file: PathBuf,
     /// The coherence rubric file (`datasets/traits/coherence.toml`).
     pub coherence_file: PathBuf,
-    /// Answers per question (paper: 10).
-    pub samples: usize,
-    /// Sampling temperature (paper: 1.0); 0 = greedy.
-    pub temperature: f32,
-    pub top_p: f32,
-    pub max_new_tokens: usize,
-    pub seed: u64,
-    pub batch_size: usize,
+    /// Answers per question (paper: 10), temperature (paper: 1.0; 0 =
+    /// greedy), top_p, max_new_tokens, seed, batch_size.
+    #[serde(flatten)]
+    pub sampling: SamplingSettings,
     /// Vector and row of the finetuning shift.
     pub shift_vector: PathBuf,
     pub shift_row: usize,
 }
 
+/// A settings file of `persona eval` (`settings/eval.toml`): the same
+/// `[eval]` and `[capability]` tables as a recipe's `[experiment]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalFile {
+    pub eval: EvalSettings,
+    pub capability: crate::capability::CapabilitySettings,
+}
+
+impl EvalFile {
+    /// Reads and checks a settings file (unknown keys are errors).
+    pub fn load(path: &Path) -> Result<Self> {
+        let f: Self = persona_model::settings::load(path)?;
+        f.eval
+            .check()
+            .map_err(|e| EvalError::file(path, format!("[eval]: {e}")))?;
+        Ok(f)
+    }
+}
+
 impl EvalSettings {
     /// The generation numbers, checked (a NaN temperature is an error here,
     /// not after a whole evaluation).
-    pub fn sampling(&self) -> persona_model::Result<Sampling> {
-        SamplingSettings {
-            samples: self.samples,
-            temperature: self.temperature,
-            top_p: self.top_p,
-            max_new_tokens: self.max_new_tokens,
-            seed: self.seed,
-            batch_size: self.batch_size,
-        }
-        .sampling()
+    pub fn check(&self) -> persona_model::Result<()> {
+        self.sampling.sampling().map(drop)
     }
 }
 
@@ -126,31 +134,6 @@ fn fingerprint(arm: &Arm, settings: &EvalSettings, judge_ids: &[String]) -> Resu
     Ok(format!("{:x}", h.finalize()))
 }
 
-/// How answers are sampled (the part of [`EvalSettings`] that layer
-/// selection and coefficient sweeps share).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Sampled {
-    pub samples: usize,
-    pub temperature: f32,
-    pub top_p: f32,
-    pub max_new_tokens: usize,
-    pub seed: u64,
-    pub batch_size: usize,
-}
-
-impl From<&EvalSettings> for Sampled {
-    fn from(s: &EvalSettings) -> Self {
-        Self {
-            samples: s.samples,
-            temperature: s.temperature,
-            top_p: s.top_p,
-            max_new_tokens: s.max_new_tokens,
-            seed: s.seed,
-            batch_size: s.batch_size,
-        }
-    }
-}
-
 /// Samples `s.samples` answers per question from `loaded` with `steering`
 /// (the judge sees the bare question and the answer) and judges them for
 /// the trait and coherence criteria. `progress(stage, done)`.
@@ -159,35 +142,24 @@ pub fn sample_and_judge(
     loaded: &LoadedModel,
     steering: Vec<persona_model::Steering>,
     questions: &[String],
-    s: &Sampled,
+    s: &SamplingSettings,
     judge: &Judge,
     (trait_c, coh_c): (&Criterion<'_>, &Criterion<'_>),
     cache: &mut JudgmentCache,
     progress: &mut impl FnMut(&str, usize),
 ) -> Result<Vec<AnswerRecord>> {
-    if s.samples == 0 || s.batch_size == 0 {
-        return Err(EvalError::Input(
-            "samples and batch_size must be at least 1".into(),
-        ));
-    }
+    let options = s.options(steering)?;
     let prompts: Vec<Vec<u32>> = questions
         .iter()
         .flat_map(|q| std::iter::repeat_n(q, s.samples))
         .map(|q| loaded.codec.prompt_ids(&[Message::user(q.as_str())]))
         .collect::<persona_model::Result<_>>()?;
-    let sampling = Sampling::from_settings(s.temperature, s.top_p)?;
     let gens = persona_model::generate(
         &loaded.model,
         &prompts,
         &loaded.codec.stop_ids,
         loaded.codec.pad_id,
-        &GenerateOptions {
-            max_new_tokens: s.max_new_tokens,
-            sampling,
-            seed: s.seed,
-            batch_size: s.batch_size,
-            steering,
-        },
+        &options,
         |d| progress("generating", d),
     )?;
     let mut items = Vec::with_capacity(gens.len());
@@ -239,11 +211,7 @@ pub fn evaluate_trait(
     {
         return Ok(saved);
     }
-    if settings.samples == 0 || settings.batch_size == 0 {
-        return Err(EvalError::Input(
-            "samples and batch_size must be at least 1".into(),
-        ));
-    }
+    settings.check()?;
 
     let (loaded, steering) = model.get()?;
     let vectors = VectorFile::load(&settings.shift_vector)?;
@@ -254,7 +222,7 @@ pub fn evaluate_trait(
         loaded,
         steering.clone(),
         questions,
-        &Sampled::from(settings),
+        &settings.sampling,
         judge,
         (&trait_c, &coh_c),
         cache,
@@ -268,7 +236,7 @@ pub fn evaluate_trait(
         questions,
         unit.clone(),
         settings.shift_row,
-        settings.batch_size,
+        settings.sampling.batch_size,
     )?;
     let base_projection = if arm.adapter.is_none() {
         projection
@@ -279,7 +247,7 @@ pub fn evaluate_trait(
             questions,
             unit,
             settings.shift_row,
-            settings.batch_size,
+            settings.sampling.batch_size,
         )?
     };
 

@@ -22,12 +22,14 @@ fn save_arm(dir: &Path, arm: Arm, trait_score: f64, shift: f64, nll: f64) {
     let settings = EvalSettings {
         trait_file: "t.toml".into(),
         coherence_file: "c.toml".into(),
-        samples: 2,
-        temperature: 1.0,
-        top_p: 1.0,
-        max_new_tokens: 8,
-        seed: 0,
-        batch_size: 4,
+        sampling: persona_model::SamplingSettings {
+            samples: 2,
+            temperature: 1.0,
+            top_p: 1.0,
+            max_new_tokens: 8,
+            seed: 0,
+            batch_size: 4,
+        },
         shift_vector: "v.safetensors".into(),
         shift_row: 15,
     };
@@ -190,4 +192,20 @@ fn shipped_settings_files_parse() {
     bad.insert("sampels".into(), toml::Value::Integer(3));
     let e = persona_eval::experiment::ExperimentConfig::from_table(&bad).unwrap_err();
     assert!(e.to_string().contains("sampels"), "{e}");
+    // Also among the sampling keys flattened into [experiment.eval], where
+    // serde's deny_unknown_fields cannot look.
+    let mut bad = exp.clone();
+    bad["eval"]
+        .as_table_mut()
+        .unwrap()
+        .insert("temprature".into(), toml::Value::Float(1.0));
+    let e = persona_eval::experiment::ExperimentConfig::from_table(&bad).unwrap_err();
+    assert!(e.to_string().contains("eval.temprature"), "{e}");
+    // The strict loaders read every shipped settings file.
+    let _: persona_eval::select::SelectSettings =
+        persona_model::settings::load(Path::new("settings/vector-select.toml")).unwrap();
+    let _: persona_vectors::generated::GeneratedSettings =
+        persona_model::settings::load(Path::new("settings/extract-generated.toml")).unwrap();
+    persona_eval::trait_eval::EvalFile::load(Path::new("settings/eval.toml")).unwrap();
+    persona_eval::gate::GateConfig::load(Path::new("ci/gate.toml")).unwrap();
 }

@@ -64,8 +64,10 @@ impl Sampling {
 }
 
 /// The generation numbers that settings files (evaluation, layer
-/// selection, generated extraction) each carry, checked in one place.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// selection, generated extraction) each carry, checked in one place;
+/// flattened into those files' tables (`samples = 10` beside their own
+/// keys). Temperature 0 means greedy ([`Sampling::from_settings`]).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SamplingSettings {
     /// Answers per prompt (>= 1).
     pub samples: usize,
@@ -99,6 +101,17 @@ impl SamplingSettings {
             }
         }
         Sampling::from_settings(self.temperature, self.top_p)
+    }
+
+    /// The options of one [`generate`] call with these settings.
+    pub fn options(&self, steering: Vec<Steering>) -> Result<GenerateOptions> {
+        Ok(GenerateOptions {
+            max_new_tokens: self.max_new_tokens,
+            sampling: self.sampling()?,
+            seed: self.seed,
+            batch_size: self.batch_size,
+            steering,
+        })
     }
 }
 

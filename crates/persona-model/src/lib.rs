@@ -24,6 +24,7 @@ pub mod lora;
 pub mod model;
 mod packed;
 pub mod quant;
+pub mod settings;
 pub mod sites;
 pub mod testing;
 pub mod tokenizer;

@@ -198,6 +198,38 @@ pub enum Positions {
     Generating,
 }
 
+impl Positions {
+    pub const ALL: [Positions; 4] = [Self::Generating, Self::All, Self::Prompt, Self::Response];
+
+    /// The word in flags and settings: `generating`, `all`, `prompt`, `response`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::All => "all",
+            Self::Prompt => "prompt",
+            Self::Response => "response",
+            Self::Generating => "generating",
+        }
+    }
+}
+
+impl std::fmt::Display for Positions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Positions {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| {
+                format!("unknown positions `{s}`; use generating, all, prompt or response")
+            })
+    }
+}
+
 /// How a vector changes the residual stream.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum SteerOp {

@@ -19,4 +19,4 @@ pub mod trainer;
 pub use error::{Result, TrainError};
 pub use recipe::Recipe;
 pub use run_dir::{RunDir, RunState};
-pub use trainer::{StepMetrics, TrainEvent, TrainOutcome, train};
+pub use trainer::{StepMetrics, TrainEvent, TrainOutcome, ensure_trained, train, train_recipe};

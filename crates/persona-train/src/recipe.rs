@@ -131,31 +131,54 @@ pub struct OptimSection {
     pub max_steps: usize,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SteerMode {
-    /// Add `coef * v_l` at every non-padding position (the vaccine).
-    Steer,
-    /// Remove the component along v̂_l (CAFT-like).
-    Ablate,
-    /// Plain fine-tuning.
+/// The steering of the training forward (and nowhere else), by `mode`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SteeringSection {
+    /// Plain fine-tuning: no other key.
     None,
+    /// The vaccine: add `coef * v_l` at every non-padding position.
+    Steer {
+        /// Persona-vector file.
+        vector: PathBuf,
+        /// Vector variant: response_avg (recommended), prompt_avg, prompt_last.
+        variant: Variant,
+        /// Residual rows to steer (row l = output of block l-1).
+        layers: Vec<usize>,
+        /// Coefficient c of `h += c * v`. Paper: 3-5 for one layer.
+        coef: f32,
+        /// Multi-layer steering with `v_l - v_(l-1)` at every row.
+        incremental: bool,
+    },
+    /// Remove the component along v̂_l (CAFT-like).
+    Ablate {
+        vector: PathBuf,
+        variant: Variant,
+        layers: Vec<usize>,
+        incremental: bool,
+    },
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SteeringSection {
-    pub mode: SteerMode,
-    /// Persona-vector file (required unless mode = "none").
-    pub vector: Option<PathBuf>,
-    /// Vector variant: response_avg (recommended), prompt_avg, prompt_last.
-    pub variant: Variant,
-    /// Residual rows to steer (row l = output of block l-1).
-    pub layers: Vec<usize>,
-    /// Coefficient c of `h += c * v` (mode steer). Paper: 3-5 for one layer.
-    pub coef: f32,
-    /// Multi-layer steering with `v_l - v_(l-1)`.
-    pub incremental: bool,
+impl SteeringSection {
+    /// The vector, variant, rows and incremental flag; none for `mode = "none"`.
+    pub fn target(&self) -> Option<(&Path, Variant, &[usize], bool)> {
+        match self {
+            Self::None => None,
+            Self::Steer {
+                vector,
+                variant,
+                layers,
+                incremental,
+                ..
+            }
+            | Self::Ablate {
+                vector,
+                variant,
+                layers,
+                incremental,
+            } => Some((vector, *variant, layers, *incremental)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -182,14 +205,37 @@ pub struct MonitoredTrait {
 impl Recipe {
     /// Parses a recipe file (unknown keys and missing keys are errors).
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| TrainError::Recipe {
+        Self::load_with(path, &[])
+    }
+
+    /// Parses a recipe file with `key=value` overrides (`run.seed=3`,
+    /// `steering.coef=-1.5`; the value is TOML, or a string when it does
+    /// not parse as TOML), applied after `extends` is resolved. The
+    /// resolved recipe a run writes records their values.
+    ///
+    /// `extends = "base.toml"` (relative to this file) starts from another
+    /// recipe: tables are merged key by key, this file's values winning;
+    /// a table whose `mode` differs from the base's (a `[steering]` that
+    /// turns the vaccine off) replaces the base's table; the base's
+    /// `[experiment]` is not inherited (an experiment belongs to the recipe
+    /// that names it).
+    pub fn load_with(path: &Path, overrides: &[String]) -> Result<Self> {
+        let bad = |reason: String| TrainError::Recipe {
             path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-        toml::from_str(&text).map_err(|e| TrainError::Recipe {
-            path: path.to_path_buf(),
-            reason: e.to_string().trim().replace('\n', " "),
-        })
+            reason,
+        };
+        let mut table = resolve_extends(path, 0)?;
+        for o in overrides {
+            set_key(&mut table, o).map_err(|e| bad(format!("--set {o}: {e}")))?;
+        }
+        // Serde's own message first (it names the expected keys), then the
+        // check that also sees inside the tagged `[steering]`.
+        let recipe: Self = table
+            .clone()
+            .try_into()
+            .map_err(|e| bad(persona_model::settings::one_line(&e)))?;
+        persona_model::settings::from_table::<Self>(table).map_err(bad)?;
+        Ok(recipe)
     }
 
     /// Checks everything that does not need the weights: numbers in range,
@@ -308,18 +354,14 @@ impl Recipe {
                 "must be a finite number >= 0 (0 = no clipping)".into(),
             ));
         }
-        match self.steering.mode {
-            SteerMode::None => {}
-            _ => {
-                let v = self.steering.vector.as_ref().ok_or_else(|| {
-                    key("steering.vector", "required unless mode = \"none\"".into())
-                })?;
-                vector_ok("steering.vector", v)?;
-                rows_ok("steering.layers", &self.steering.layers)?;
-                if !self.steering.coef.is_finite() {
-                    return Err(key("steering.coef", "must be a finite number".into()));
-                }
-            }
+        if let Some((v, _, layers, _)) = self.steering.target() {
+            vector_ok("steering.vector", v)?;
+            rows_ok("steering.layers", layers)?;
+        }
+        if let SteeringSection::Steer { coef, .. } = self.steering
+            && !coef.is_finite()
+        {
+            return Err(key("steering.coef", "must be a finite number".into()));
         }
         if self.monitor.every == 0 {
             return Err(key("monitor.every", "must be at least 1".into()));
@@ -351,7 +393,8 @@ impl Recipe {
                 None => Ok(()),
             }
         };
-        in_range("steering.layers", &self.steering.layers)?;
+        let target = self.steering.target();
+        in_range("steering.layers", target.map_or(&[], |t| t.2))?;
         in_range("monitor.layers", &self.monitor.layers)?;
         // A rank above a projection's narrower side adds parameters and no
         // expressiveness (PEFT allows it; it is always a mistake here).
@@ -370,18 +413,18 @@ impl Recipe {
                 ));
             }
         }
-        if self.steering.incremental && self.steering.layers.contains(&0) {
-            return Err(key(
-                "steering.layers",
-                "incremental steering needs rows >= 1 (it uses v_l - v_(l-1))".into(),
-            ));
-        }
-        if let (Some(v), true) = (&self.steering.vector, self.steering.mode != SteerMode::None)
-            && v.exists()
-        {
-            let f = VectorFile::load(v)?;
-            f.check_model(cfg, id)?;
-            f.row(self.steering.variant, 0)?;
+        if let Some((v, variant, layers, incremental)) = target {
+            if incremental && layers.contains(&0) {
+                return Err(key(
+                    "steering.layers",
+                    "incremental steering needs rows >= 1 (it uses v_l - v_(l-1))".into(),
+                ));
+            }
+            if v.exists() {
+                let f = VectorFile::load(v)?;
+                f.check_model(cfg, id)?;
+                f.row(variant, 0)?;
+            }
         }
         for t in self.monitor.traits.iter().filter(|t| t.vector.exists()) {
             VectorFile::load(&t.vector)?.check_model(cfg, id)?;
@@ -393,5 +436,140 @@ impl Recipe {
     /// when it is missing.
     pub fn extracts(&self, path: &Path) -> bool {
         self.trait_.as_ref().is_some_and(|t| t.vector == path)
+    }
+}
+
+/// Recipes a chain of `extends` may hold (a cycle is an error, not a hang).
+const MAX_EXTENDS: usize = 8;
+
+/// The table of the recipe at `path` with its `extends` chain merged in.
+fn resolve_extends(path: &Path, depth: usize) -> Result<toml::Table> {
+    let bad = |reason: String| TrainError::Recipe {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let mut table: toml::Table =
+        toml::from_str(&text).map_err(|e| bad(persona_model::settings::one_line(&e)))?;
+    let Some(base) = table.remove("extends") else {
+        return Ok(table);
+    };
+    let base = base
+        .as_str()
+        .ok_or_else(|| bad("`extends` must be a file name".into()))?;
+    if depth >= MAX_EXTENDS {
+        return Err(bad(format!(
+            "`extends` goes more than {MAX_EXTENDS} recipes deep (a cycle?)"
+        )));
+    }
+    let base_path = path.parent().unwrap_or(Path::new(".")).join(base);
+    let mut merged = resolve_extends(&base_path, depth + 1)?;
+    merged.remove("experiment");
+    merge(&mut merged, table);
+    Ok(merged)
+}
+
+/// `over` merged into `base`: tables key by key, anything else replaced; a
+/// table whose `mode` differs from the base's replaces it whole.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o))
+                if b.get("mode").is_none()
+                    || b.get("mode") == o.get("mode")
+                    || o.get("mode").is_none() =>
+            {
+                merge(b, o)
+            }
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+/// Applies one `a.b.c=value` override to `table`.
+fn set_key(table: &mut toml::Table, assignment: &str) -> std::result::Result<(), String> {
+    let (key, value) = assignment
+        .split_once('=')
+        .ok_or("expected KEY=VALUE, e.g. run.seed=3")?;
+    let parsed = toml::from_str::<toml::Table>(&format!("v = {}", value.trim()));
+    let value = match parsed.ok().and_then(|mut t| t.remove("v")) {
+        Some(v) => v,
+        None => toml::Value::String(value.trim().to_string()),
+    };
+    let parts: Vec<&str> = key.trim().split('.').collect();
+    let (last, path) = parts.split_last().ok_or("empty key")?;
+    let mut node = table;
+    for p in path {
+        node = node
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .ok_or_else(|| format!("`{p}` is not a table"))?;
+    }
+    node.insert(last.to_string(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    }
+
+    /// The shipped baselines are their vaccine recipes with another name,
+    /// no steering and no experiment.
+    #[test]
+    fn baseline_recipes_are_their_vaccine_without_steering() {
+        for (vaccine, baseline) in [
+            ("sycophancy-vaccine", "sycophancy-baseline"),
+            ("evil-vaccine", "evil-baseline"),
+        ] {
+            let path = |n: &str| repo().join(format!("recipes/{n}.toml"));
+            let mut v = Recipe::load(&path(vaccine)).unwrap();
+            let b = Recipe::load(&path(baseline)).unwrap();
+            assert_eq!(b.run.name, baseline);
+            assert_eq!(b.steering, SteeringSection::None);
+            assert!(b.experiment.is_none());
+            v.run.name = baseline.into();
+            v.steering = SteeringSection::None;
+            v.experiment = None;
+            assert_eq!(toml::to_string(&v).unwrap(), toml::to_string(&b).unwrap());
+        }
+    }
+
+    #[test]
+    fn set_overrides_and_extends_resolve_strictly() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = repo().join("recipes/smoke.toml");
+        let child = dir.path().join("child.toml");
+        std::fs::write(
+            &child,
+            format!(
+                "extends = \"{}\"\n[run]\nname = \"child\"\n[steering]\nmode = \"none\"\n",
+                base.display()
+            ),
+        )
+        .unwrap();
+        let sets = ["optim.lr=2e-3".to_string(), "run.seed=7".into()];
+        let r = Recipe::load_with(&child, &sets).unwrap();
+        assert_eq!(
+            (r.run.name.as_str(), r.run.seed, r.optim.lr),
+            ("child", 7, 2e-3)
+        );
+        assert_eq!(r.steering, SteeringSection::None);
+        assert_eq!(r.lora.rank, 4, "inherited from smoke.toml");
+        // Unknown keys stay errors, also through --set and in [steering].
+        let e = Recipe::load_with(&child, &["optim.learning_rate=1".into()]).unwrap_err();
+        assert!(e.to_string().contains("learning_rate"), "{e}");
+        let e = Recipe::load_with(&child, &["steering.coef=1".into()]).unwrap_err();
+        assert!(e.to_string().contains("coef"), "{e}");
+        // A cycle is an error, not a hang.
+        std::fs::write(&child, "extends = \"child.toml\"\n").unwrap();
+        let e = Recipe::load(&child).unwrap_err();
+        assert!(e.to_string().contains("deep"), "{e}");
     }
 }

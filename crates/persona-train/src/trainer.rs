@@ -22,7 +22,7 @@ use crate::data::{Dataset, epoch_batches, load_dataset};
 use crate::error::{Result, TrainError};
 use crate::monitor::TraitMonitor;
 use crate::optim::{AdamW, Moments, global_norm, lr_at};
-use crate::recipe::{Recipe, SteerMode};
+use crate::recipe::{Recipe, SteeringSection};
 use crate::run_dir::{RunDir, RunState};
 
 /// One line of `metrics.jsonl`.
@@ -48,25 +48,24 @@ pub struct TrainOutcome {
 
 /// The steering of the training forward, from the recipe.
 pub fn training_steering(recipe: &Recipe, device: &Device) -> Result<Vec<Steering>> {
-    let s = &recipe.steering;
-    if s.mode == SteerMode::None {
+    let Some((path, variant, layers, incremental)) = recipe.steering.target() else {
         return Ok(vec![]);
-    }
-    let path = s.vector.as_ref().expect("checked by check_static");
+    };
     let file = VectorFile::load(path)?;
     let mut out = Vec::new();
-    for &row in &s.layers {
-        let v = file.row(s.variant, row)?;
-        let v: Vec<f32> = if s.incremental {
-            let prev = file.row(s.variant, row - 1)?;
+    for &row in layers {
+        let v = file.row(variant, row)?;
+        let v: Vec<f32> = if incremental {
+            let prev = file.row(variant, row - 1)?;
             v.iter().zip(prev).map(|(a, b)| a - b).collect()
         } else {
             v.to_vec()
         };
-        out.push(match s.mode {
-            SteerMode::Steer => Steering::add(row, &v, s.coef, Positions::All, device)?,
-            SteerMode::Ablate => Steering::ablate(row, &v, Positions::All, device)?,
-            SteerMode::None => unreachable!(),
+        out.push(match recipe.steering {
+            SteeringSection::Steer { coef, .. } => {
+                Steering::add(row, &v, coef, Positions::All, device)?
+            }
+            _ => Steering::ablate(row, &v, Positions::All, device)?,
         });
     }
     Ok(out)
@@ -264,8 +263,13 @@ pub enum TrainEvent<'a> {
     /// The run folder holds a start that stopped before its first
     /// checkpoint; the run starts again from step 0.
     Restarting { run: &'a Path },
-    /// Training runs from `step` (0 unless resumed) to `total_steps`.
-    Started { step: usize, total_steps: usize },
+    /// Training of the run in `run` goes from `step` (0 unless resumed)
+    /// to `total_steps`.
+    Started {
+        run: &'a Path,
+        step: usize,
+        total_steps: usize,
+    },
     /// One optimizer step is done and logged.
     Step(&'a StepMetrics),
 }
@@ -281,9 +285,18 @@ pub fn train(
     resume: bool,
     on_event: &mut dyn FnMut(TrainEvent<'_>),
 ) -> Result<TrainOutcome> {
-    let recipe = Recipe::load(recipe_path)?;
+    train_recipe(Recipe::load(recipe_path)?, resume, on_event)
+}
+
+/// [`train`] of a recipe already read.
+pub fn train_recipe(
+    recipe: Recipe,
+    resume: bool,
+    on_event: &mut dyn FnMut(TrainEvent<'_>),
+) -> Result<TrainOutcome> {
     let mut training = Training::setup(recipe, resume, on_event)?;
     on_event(TrainEvent::Started {
+        run: training.run.root(),
         step: training.state.step,
         total_steps: training.total_steps,
     });
@@ -626,6 +639,17 @@ impl Training {
     }
 }
 
+/// The run folder of a recipe, trained first when it is not finished: a
+/// run with a checkpoint is resumed, any other started again.
+pub fn ensure_trained(recipe: &Recipe, on_event: &mut dyn FnMut(TrainEvent<'_>)) -> Result<RunDir> {
+    let run = RunDir::named(&recipe.run.name);
+    if !run.is_finished() {
+        let resume = run.has_checkpoint();
+        train_recipe(recipe.clone(), resume, on_event)?;
+    }
+    Ok(run)
+}
+
 /// Extracts the `[trait]` section's vector from its trait file's authored
 /// responses when the vector file does not exist yet (so a recipe works on
 /// a fresh machine).
@@ -680,7 +704,7 @@ fn write_provenance(
     data: &Dataset,
 ) -> Result<()> {
     let mut vectors = serde_json::Map::new();
-    if let Some(v) = &recipe.steering.vector {
+    if let Some((v, ..)) = recipe.steering.target() {
         vectors.insert(v.display().to_string(), sha256_file(v)?.into());
     }
     for t in &recipe.monitor.traits {

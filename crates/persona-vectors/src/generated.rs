@@ -18,28 +18,26 @@
 use std::path::Path;
 
 use persona_judge::{Criterion, Judge, JudgmentCache};
-use persona_model::{GenerateOptions, LoadedModel, Message, Sampling, SamplingSettings};
+use persona_model::{LoadedModel, Message, SamplingSettings};
 use serde::{Deserialize, Serialize};
 
 use crate::extract::{contrast_file, teacher_forced};
 use crate::file::VectorFile;
 use crate::traits::TraitDef;
 
-/// How answers are sampled and filtered (`settings/extract-generated.toml`).
+/// How answers are sampled and filtered (`settings/extract-generated.toml`;
+/// read with [`persona_model::settings`], which refuses unknown keys).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct GeneratedSettings {
     /// Judge config for trait and coherence.
     pub judge: std::path::PathBuf,
     /// The coherence rubric file.
     pub coherence_file: std::path::PathBuf,
-    /// Answers per (question, instruction, side) (paper: 10).
-    pub samples: usize,
-    pub temperature: f32,
-    pub top_p: f32,
-    pub max_new_tokens: usize,
-    pub seed: u64,
-    pub batch_size: usize,
+    /// Answers per (question, instruction, side) (paper: 10), temperature,
+    /// top_p, max_new_tokens, seed (per question: `seed + question index`),
+    /// batch_size.
+    #[serde(flatten)]
+    pub sampling: SamplingSettings,
     /// Positive answers need trait >= this, negative answers trait < this.
     pub trait_threshold: f32,
     /// Both answers need coherence >= this.
@@ -50,7 +48,7 @@ impl GeneratedSettings {
     /// Checks every number: sampling ([`SamplingSettings`]) and thresholds
     /// in 0..=100.
     pub fn check(&self) -> persona_model::Result<()> {
-        self.sampling()?;
+        self.sampling.sampling()?;
         for (name, t) in [
             ("trait_threshold", self.trait_threshold),
             ("coherence_threshold", self.coherence_threshold),
@@ -62,18 +60,6 @@ impl GeneratedSettings {
             }
         }
         Ok(())
-    }
-
-    fn sampling(&self) -> persona_model::Result<Sampling> {
-        SamplingSettings {
-            samples: self.samples,
-            temperature: self.temperature,
-            top_p: self.top_p,
-            max_new_tokens: self.max_new_tokens,
-            seed: self.seed,
-            batch_size: self.batch_size,
-        }
-        .sampling()
     }
 }
 
@@ -173,7 +159,7 @@ fn answer_question(
         for k in 0..def.instructions.len() {
             let system = def.system_prompt(k, positive);
             let ids = codec.prompt_ids(&[Message::system(system), Message::user(q.as_str())])?;
-            for j in 0..s.samples {
+            for j in 0..s.sampling.samples {
                 slots.push((positive, k, j));
                 prompts.push(ids.clone());
             }
@@ -184,13 +170,11 @@ fn answer_question(
         &prompts,
         &codec.stop_ids,
         codec.pad_id,
-        &GenerateOptions {
-            max_new_tokens: s.max_new_tokens,
-            sampling: s.sampling()?,
-            seed: s.seed + qi as u64,
-            batch_size: s.batch_size,
-            steering: Vec::new(),
-        },
+        &SamplingSettings {
+            seed: s.sampling.seed + qi as u64,
+            ..s.sampling
+        }
+        .options(Vec::new())?,
         |_| {},
     )?;
     let answers: Vec<String> = gens
@@ -239,14 +223,10 @@ pub fn extract_generated(
     work: &Path,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<(VectorFile, KeepCounts), GeneratedError> {
-    if s.samples == 0 || s.batch_size == 0 {
-        return Err(GeneratedError::Input(
-            "samples and batch_size must be at least 1".into(),
-        ));
-    }
+    s.check()?;
     let log = work.join("generated.jsonl");
     check_work_settings(work, def, s, judge)?;
-    let per_question = 2 * def.instructions.len() * s.samples;
+    let per_question = 2 * def.instructions.len() * s.sampling.samples;
     let n = def.extraction.len();
     // Only whole questions count (a question's answers are appended at once,
     // but a killed writer can leave part of one): drop partial questions
@@ -292,7 +272,7 @@ pub fn extract_generated(
     let codec = &loaded.codec;
     for qi in 0..n {
         for k in 0..def.instructions.len() {
-            for j in 0..s.samples {
+            for j in 0..s.sampling.samples {
                 counts.pairs += 1;
                 let (Some(p), Some(m)) = (find(qi, k, j, true), find(qi, k, j, false)) else {
                     counts.dropped += 1;
@@ -334,7 +314,7 @@ pub fn extract_generated(
         &loaded.identity,
         (&pos, &neg),
         codec.pad_id,
-        s.batch_size,
+        s.sampling.batch_size,
         serde_json::json!({
             "trait": def.name,
             "trait_file": def.path,
@@ -373,12 +353,14 @@ mod tests {
         let s = GeneratedSettings {
             judge: "j.toml".into(),
             coherence_file: "c.toml".into(),
-            samples: 1,
-            temperature: 1.0,
-            top_p: 1.0,
-            max_new_tokens: 8,
-            seed: 0,
-            batch_size: 1,
+            sampling: SamplingSettings {
+                samples: 1,
+                temperature: 1.0,
+                top_p: 1.0,
+                max_new_tokens: 8,
+                seed: 0,
+                batch_size: 1,
+            },
             trait_threshold: 50.0,
             coherence_threshold: 50.0,
         };

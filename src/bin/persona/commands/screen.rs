@@ -3,15 +3,17 @@
 
 use std::path::PathBuf;
 
-use crate::vector_args::VectorAtRow;
 use anyhow::{Result, bail};
-use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use persona_model::PersonaHome;
-use persona_monitor::screen::{FilterRule, ScreenOptions, filter, screen};
+use persona_monitor::screen::{
+    FilterRule, SampleScore, ScreenOptions, ScreenSummary, filter, screen,
+};
 
-#[derive(Args)]
-pub struct ScreenArgs {
+use crate::args::VectorAtRow;
+
+#[derive(clap::Args)]
+pub struct Args {
     /// Chat JSONL: one {"messages": [...]} per line (optional "label": true|false).
     #[arg(long)]
     dataset: PathBuf,
@@ -43,7 +45,7 @@ fn stem(p: &std::path::Path) -> String {
         .unwrap_or_else(|| "data".into())
 }
 
-pub fn run(a: ScreenArgs) -> Result<()> {
+pub fn exec(a: Args) -> Result<()> {
     if a.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
@@ -93,6 +95,29 @@ pub fn run(a: ScreenArgs) -> Result<()> {
         },
     )?;
     bar.finish_and_clear();
+    print_summary(&a, &summary, &scores);
+    let rule = match (a.drop_top, a.threshold) {
+        (Some(p), _) => Some(FilterRule::DropTop { percent: p }),
+        (_, Some(t)) => Some(FilterRule::Threshold { threshold: t }),
+        _ => None,
+    };
+    if let Some(rule) = rule {
+        let m = filter(&out, &summary, &scores, rule)?;
+        println!(
+            "filter ({}): kept {}, removed {}; wrote {} and {}",
+            m.rule,
+            m.kept,
+            m.removed.len(),
+            out.join("filtered.jsonl").display(),
+            out.join("filter-manifest.json").display()
+        );
+    }
+    println!("results in {}", out.display());
+    Ok(())
+}
+
+/// The dataset's means, AUROCs and highest-scoring samples.
+fn print_summary(a: &Args, summary: &ScreenSummary, scores: &[SampleScore]) {
     let fmt = |c: &Option<persona_monitor::stats::MeanCi>| match c {
         Some(c) => format!("{:+.3} [{:+.3}, {:+.3}] (n {})", c.mean, c.lo, c.hi, c.n),
         None => "-".into(),
@@ -127,22 +152,4 @@ pub fn run(a: ScreenArgs) -> Result<()> {
         let v = s.rank_score(!a.cheap).unwrap_or(f64::NAN);
         println!("  line {:>5}  {v:+.3}  {}", s.line, s.prompt);
     }
-    let rule = match (a.drop_top, a.threshold) {
-        (Some(p), _) => Some(FilterRule::DropTop { percent: p }),
-        (_, Some(t)) => Some(FilterRule::Threshold { threshold: t }),
-        _ => None,
-    };
-    if let Some(rule) = rule {
-        let m = filter(&out, &summary, &scores, rule)?;
-        println!(
-            "filter ({}): kept {}, removed {}; wrote {} and {}",
-            m.rule,
-            m.kept,
-            m.removed.len(),
-            out.join("filtered.jsonl").display(),
-            out.join("filter-manifest.json").display()
-        );
-    }
-    println!("results in {}", out.display());
-    Ok(())
 }

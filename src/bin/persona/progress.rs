@@ -33,7 +33,15 @@ impl TrainProgress {
                 "{} holds a start that stopped before its first checkpoint; starting the run again",
                 run.display()
             ),
-            TrainEvent::Started { step, total_steps } => {
+            TrainEvent::Started {
+                run,
+                step,
+                total_steps,
+            } => {
+                match step {
+                    0 => eprintln!("training {}", run.display()),
+                    s => eprintln!("resuming {} at step {s}", run.display()),
+                }
                 let b = ProgressBar::new(total_steps as u64);
                 b.set_style(
                     ProgressStyle::with_template(
@@ -64,8 +72,9 @@ impl TrainProgress {
     }
 }
 
-impl Drop for TrainProgress {
-    fn drop(&mut self) {
+impl TrainProgress {
+    /// Leaves the last bar on screen, finished.
+    pub fn finish(&mut self) {
         if let Some(b) = self.bar.take() {
             b.finish();
         }

@@ -7,7 +7,7 @@ use clap::Subcommand;
 use persona_judge::JudgeConfig;
 
 #[derive(Subcommand)]
-pub enum JudgeCommand {
+pub enum Command {
     /// Train the classifier judge's probe for a trait on labelled responses
     /// and report its held-out AUROC and calibration.
     Train {
@@ -24,9 +24,9 @@ pub enum JudgeCommand {
     },
 }
 
-pub fn run(cmd: JudgeCommand) -> Result<()> {
+pub fn exec(cmd: Command) -> Result<()> {
     match cmd {
-        JudgeCommand::Train {
+        Command::Train {
             trait_file,
             config,
             labelled,
