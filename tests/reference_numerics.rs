@@ -1,5 +1,6 @@
 //! The embedded model against PyTorch/transformers reference numbers
-//! (`../shared/reference/smollm2-135m-instruct.json`).
+//! (`tests/data/smollm2-135m-instruct.reference.json`, computed with PyTorch
+//! and transformers; see its `notes`).
 
 mod common;
 

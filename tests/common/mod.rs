@@ -20,10 +20,13 @@ pub fn smollm() -> &'static LoadedModel {
     })
 }
 
-/// `../shared/reference/smollm2-135m-instruct.json`.
+/// `tests/data/smollm2-135m-instruct.reference.json`: PyTorch/transformers
+/// numerics of the embedded model (token ids, logits, hidden-state norms per
+/// row, greedy continuation, in f32 and f64), with how they were computed
+/// in its `notes`.
 pub fn reference() -> serde_json::Value {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/reference/smollm2-135m-instruct.json");
+        .join("tests/data/smollm2-135m-instruct.reference.json");
     let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     serde_json::from_str(&text).expect("reference JSON parses")
 }

@@ -38,13 +38,12 @@ pub fn is_cpu(device: &Device) -> bool {
 /// product has few rows (up to 8 x its 6-column kernel width on one thread,
 /// 16 x on several). Our weights are `[d_in, d_out]`, so reading them in
 /// place walks down columns one row (a 2-12 KB stride) at a time, which the
-/// hardware prefetcher cannot follow: small-batch decoding ran at 5-8 GB/s.
-/// Repacking as soon as a product has more than one kernel width of rows
-/// (threshold 1) streams the weights instead. Measured on the 2-core
-/// machine, 30 layers' projections, weights not in cache: 16 rows 90 -> 50
-/// ms, 64 rows 180 -> 96 ms; 1024 rows unchanged (repacked already). Only
-/// how the weights are fetched changes, not the kernel (the reference
-/// numerics tests pass unchanged).
+/// hardware prefetcher cannot follow, so small-batch decoding read memory
+/// at a fraction of the machine's bandwidth. Repacking as soon as a product
+/// has more than one kernel width of rows (threshold 1) streams the weights
+/// instead (16- and 64-row products about twice as fast:
+/// benches/RESULTS.md). Only how the weights are fetched changes, not the
+/// kernel (the reference numerics tests pass unchanged).
 pub fn tune_cpu_matmul() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {

@@ -3,10 +3,8 @@
 //! runs on the CPU without autodiff (inference: generation, scoring,
 //! capture). With burn's ops each is several ops on strided views (narrow,
 //! cat, a copy to contiguous, two or three element-wise ops, each
-//! allocating its output). Per-phase timing of SmolLM2 decoding (throwaway
-//! instrumentation, per step): SiLU*up 1.2 -> 0.6 ms at batch 16 and
-//! 0.09 -> 0.05 ms at batch 1; RoPE 0.29 -> 0.17 ms at batch 1 (unchanged
-//! at batch 16 within the noise: there the views' copies dominate).
+//! allocating its output); one pass halves their share of a decoding step
+//! (benches/RESULTS.md).
 //!
 //! The values are bit-identical to the burn ops they replace, so a pass
 //! gives the same numbers whichever path it takes: every element goes

@@ -3,9 +3,9 @@
 //! base weights are never changed).
 //!
 //! Written as a visible branch over the frozen base rather than burn's
-//! `apply_lora` reparameterisation: BURN-NOTES measured the built-in one
-//! 40% slower (it rebuilds the full weight every forward and computes a full
-//! weight gradient), and it scales by alpha/r only, without rsLoRA.
+//! `apply_lora` reparameterisation, which rebuilds the full weight every
+//! forward and computes a full weight gradient (slower: benches/RESULTS.md),
+//! and scales by alpha/r only, without rsLoRA.
 
 use std::collections::{BTreeMap, BTreeSet};
 

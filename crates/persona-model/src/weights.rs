@@ -6,9 +6,9 @@
 //! strictly: a missing or unexpected key is an error that lists them.
 //!
 //! Safetensors are read with the `safetensors` crate over a memory map, with
-//! the f32 conversion done in parallel (rayon). burn-store's loader was ~4x
-//! slower on this model (1.3 s vs 0.3 s, see BURN-NOTES) and its key remaps are
-//! regexes; here the keys already match.
+//! the f32 conversion done in parallel (rayon): burn-store's loader was
+//! several times slower on this model (benches/RESULTS.md) and its key
+//! remaps are regexes; here the keys already match.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;

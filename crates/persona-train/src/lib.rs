@@ -9,11 +9,11 @@
 pub mod checkpoint;
 pub mod data;
 pub mod error;
-pub mod monitor;
 pub mod optim;
 pub mod peft;
 pub mod recipe;
 pub mod run_dir;
+pub mod shift;
 pub mod trainer;
 
 pub use error::{Result, TrainError};

@@ -20,10 +20,10 @@ use sha2::{Digest, Sha256};
 use crate::checkpoint::{self, TrainerState};
 use crate::data::{Dataset, epoch_batches, load_dataset};
 use crate::error::{Result, TrainError};
-use crate::monitor::TraitMonitor;
 use crate::optim::{AdamW, Moments, global_norm, lr_at};
 use crate::recipe::{Recipe, SteeringSection};
 use crate::run_dir::{RunDir, RunState};
+use crate::shift::ShiftMonitor;
 
 /// One line of `metrics.jsonl`.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
@@ -318,7 +318,7 @@ struct Training {
     data: Dataset,
     /// The training forward's steering (the vaccine); nowhere else.
     steering: Vec<Steering>,
-    monitors: Vec<TraitMonitor>,
+    monitors: Vec<ShiftMonitor>,
     schedule: Schedule,
     total_steps: usize,
     lora: Lora,
@@ -385,7 +385,7 @@ impl Training {
             .traits
             .iter()
             .map(|t| {
-                TraitMonitor::new(
+                ShiftMonitor::new(
                     &t.name,
                     &VectorFile::load(&t.vector)?,
                     &t.questions,

@@ -7,9 +7,8 @@
 //! transparent huge pages, 2 MiB at a time): `clear_page_erms` was 17% of a
 //! LoRA training step in `perf`. Keeping freed memory for reuse removes
 //! that; the process's resident memory stays at its peak instead (which is
-//! what it is sized for anyway). Measured with `just bench` on the 2-core
-//! machine: training 115 -> ~145 tokens/s, prefill ~+9%.
-//! (Shared by `src/main.rs` and `benches/runtime.rs`.)
+//! what it is sized for anyway). Training ~25% faster (benches/RESULTS.md).
+//! (Shared by the `persona` binary and `benches/runtime.rs`.)
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

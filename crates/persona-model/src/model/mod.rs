@@ -42,8 +42,8 @@ pub struct Model {
     norm: Tensor<1>,
     /// `[d_model, vocab]`. When tied to `embed_tokens` this is a transposed
     /// copy (113 MB for SmolLM2): gemm streams a contiguous `[d, vocab]`
-    /// matrix faster than a transposed view of `[vocab, d]` (measured with 16
-    /// rows: 10.1 vs 14.9 ms; 64 rows: 25 vs 34 ms).
+    /// matrix markedly faster than a transposed view of `[vocab, d]`
+    /// (benches/RESULTS.md).
     lm_head: Weight,
     rope: Rope,
     device: Device,

@@ -61,8 +61,8 @@ impl Model {
     /// Burn's CPU backend runs element-wise ops (norms, SiLU, RoPE, softmax)
     /// on one thread; only matmuls use both cores. Splitting an inference
     /// pass into row groups, one per thread, keeps every core busy through
-    /// the whole block: prefill 8 x 128 measured 460-570 -> 660-760
-    /// tokens/s on the 2-core machine. Each row's values are computed the
+    /// the whole block (prefill ~40% faster on 2 cores: benches/RESULTS.md).
+    /// Each row's values are computed the
     /// same way (rows never interact), up to the summation order gemm
     /// chooses for a product's size (~1e-6). Not split: passes on a GPU,
     /// passes that continue
@@ -94,9 +94,9 @@ impl Model {
 /// to do for ~30 µs (a norm, RoPE, attention at batch 1) falls asleep and
 /// takes ~10-20 µs to wake for the next product. On a worker, the pass
 /// forks with `join`, starts on its own half at once, and a spinning
-/// partner steals the other: a batch-16 decoding step made ~570 context
-/// switches before, ~70 after, and decoding ran ~8% (batch 16) to ~40%
-/// (batch 1) faster. The partner spins only while this pass runs and does
+/// partner steals the other: a decoding step then makes far fewer context
+/// switches and runs markedly faster (benches/RESULTS.md). The partner
+/// spins only while this pass runs and does
 /// any of the pool's work meanwhile; passes started on a worker (the
 /// trainer's row groups) do not get one, as their partner has its own
 /// work. Values do not change.

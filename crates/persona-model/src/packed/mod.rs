@@ -49,7 +49,7 @@ use kernel::PanelRange;
 /// Products with at most this many rows use the packed weights; larger
 /// ones (prefill, training) are faster in gemm, which then reuses each
 /// packed panel for many rows. Measured (gemm's kernel on pre-packed
-/// panels): 32 rows 66 -> 46 ms, 64 rows even.
+/// panels): ours wins up to 32 rows and ties at 64 (benches/RESULTS.md).
 pub(crate) const PACKED_MAX_ROWS: usize = 32;
 
 /// Panel ranges per rayon thread in one product (see

@@ -16,8 +16,8 @@ use super::PanelRange;
 use crate::packed::format::{BLOCK, Format, LINE_BYTES, PANEL, Q4_1_LINES, Q8_0_LINES};
 
 /// How far ahead of its loads the f32 kernel prefetches a panel, in
-/// lines (64 lines = 4 KiB). Measured, 16 rows: none 39 ms, 16
-/// lines 28-32, 32-128 lines 23-28; 1 row: no difference.
+/// lines (64 lines = 4 KiB): far enough that memory keeps up at 16 rows,
+/// within the range that measured best (benches/RESULTS.md).
 const PREFETCH_LINES: usize = 64;
 
 pub(super) fn available() -> bool {
@@ -208,10 +208,8 @@ unsafe fn block_kernel<const Q4: bool, const ROWS: usize, const GROUP: usize>(ra
     // Block panels are short (SmolLM2: 90-240 lines), so the prefetch
     // goes to the same block of the panel one group further on (the
     // panels read next), not a fixed distance ahead, which would mostly
-    // land in the group's own next panel. Measured against 64 lines
-    // ahead, the 121 products of one SmolLM2 step, best of 5, 3 rounds:
-    // 1 row 7.8-9.5 -> 6.7-8.8 ms, 4 rows 12.0-12.5 -> 11.2-12.0,
-    // 16 rows 32.5-37.9 -> 31.5-33.3.
+    // land in the group's own next panel (a few percent faster:
+    // benches/RESULTS.md).
     let ahead = GROUP * range.panel_lines;
     let low_nibble = _mm512_set1_epi32(0x0f);
     let mut acc = [[_mm512_setzero_ps(); GROUP]; ROWS];

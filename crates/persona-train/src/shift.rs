@@ -14,7 +14,7 @@ use persona_vectors::{Variant, VectorFile};
 use crate::error::Result;
 
 /// One monitored trait: its prompts, unit vectors and the base model's means.
-pub struct TraitMonitor {
+pub struct ShiftMonitor {
     pub name: String,
     /// Rows monitored.
     pub rows: Vec<usize>,
@@ -25,7 +25,7 @@ pub struct TraitMonitor {
     base: Vec<Vec<f32>>,
 }
 
-impl TraitMonitor {
+impl ShiftMonitor {
     /// Builds the monitor and measures the base model (no adapters, no steering).
     pub fn new(
         name: &str,
