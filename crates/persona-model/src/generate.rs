@@ -129,7 +129,7 @@ pub struct GenerateOptions {
 }
 
 /// One generated continuation.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Generation {
     /// New tokens, ending with the stop token when `stopped`.
     pub tokens: Vec<u32>,
@@ -214,93 +214,22 @@ pub fn generate(
     }
     model.check_steering(&opts.steering)?;
     opts.sampling.check()?;
-    let context = model.config.max_positions;
     let mut order: Vec<usize> = (0..prompts.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(prompts[i].len()));
     let mut results: Vec<Option<Generation>> = vec![None; prompts.len()];
     let mut done = 0;
+    let mut finished = || {
+        done += 1;
+        progress(done);
+    };
     for chunk in order.chunks(opts.batch_size) {
-        let rows: Vec<Sequence> = chunk
-            .iter()
-            .map(|&i| Sequence {
-                prompt: prompts[i].clone(),
-                response: vec![],
-            })
-            .collect();
-        let mut rngs: Vec<ChaCha8Rng> = chunk
-            .iter()
-            .map(|&i| {
-                let mut r = ChaCha8Rng::seed_from_u64(opts.seed);
-                r.set_stream(i as u64);
-                r
-            })
-            .collect();
-        let mut outs: Vec<Generation> = vec![
-            Generation {
-                tokens: vec![],
-                stopped: false
-            };
-            chunk.len()
-        ];
-        // Generation stops at the model's context: the batch's rows are
-        // padded to the longest prompt, so that prompt sets the room left.
-        let longest = chunk.iter().map(|&i| prompts[i].len()).max().unwrap_or(0);
-        if longest >= context {
-            return Err(ModelError::Input(format!(
-                "a prompt of {longest} tokens leaves no room in the model's context of {context} tokens"
-            )));
-        }
-        let max_new_tokens = opts.max_new_tokens.min(context - longest);
-        // Room for the longest prompt and every new token: decoding never
-        // copies the cache into a longer tensor.
-        let mut cache = KvCache::with_capacity(longest + max_new_tokens);
-        let mut batch = Batch::new(&rows, PadSide::Left, pad_id)?;
-        // Positions in `chunk` of the rows still generating, in cache order.
-        let mut active: Vec<usize> = (0..chunk.len()).collect();
-        while !active.is_empty() && max_new_tokens > 0 {
-            let out = model.forward(&batch, ForwardArgs::decode(&mut cache, &opts.steering))?;
-            let logits = host_vec(
-                out.logits
-                    .ok_or_else(|| ModelError::Data("forward returned no logits".into()))?,
-            )?;
-            let vocab = model.config.vocab_size;
-            let mut keep = Vec::new();
-            let mut next = Vec::new();
-            for (slot, &r) in active.iter().enumerate() {
-                let tok = sample(
-                    &logits[slot * vocab..(slot + 1) * vocab],
-                    opts.sampling,
-                    &mut rngs[r],
-                );
-                let g = &mut outs[r];
-                g.tokens.push(tok);
-                g.stopped = stop_ids.contains(&tok);
-                if g.stopped || g.tokens.len() >= max_new_tokens {
-                    done += 1;
-                    progress(done);
-                } else {
-                    keep.push(slot);
-                    next.push(tok);
-                }
-            }
-            if keep.is_empty() {
-                break;
-            }
-            if keep.len() < active.len() {
-                cache.retain_rows(&keep);
-                active = keep.iter().map(|&s| active[s]).collect();
-            }
-            batch = Batch {
-                n_rows: next.len(),
-                seq_len: 1,
-                roles: vec![Role::Response; next.len()],
-                ids: next,
-            };
-        }
-        if max_new_tokens == 0 {
-            done += chunk.len();
-            progress(done);
-        }
+        let batch = Prompts {
+            prompts,
+            chunk,
+            stop_ids,
+            pad_id,
+        };
+        let outs = generate_batch(model, &batch, opts, &mut finished)?;
         for (g, &i) in outs.into_iter().zip(chunk) {
             results[i] = Some(g);
         }
@@ -309,6 +238,99 @@ pub fn generate(
         .into_iter()
         .map(|g| g.expect("every prompt belongs to one chunk"))
         .collect())
+}
+
+/// The sampling stream of prompt `index`.
+fn prompt_rng(seed: u64, index: usize) -> ChaCha8Rng {
+    let mut r = ChaCha8Rng::seed_from_u64(seed);
+    r.set_stream(index as u64);
+    r
+}
+
+/// The prompts of one generation batch: `prompts[chunk[..]]`.
+struct Prompts<'a> {
+    prompts: &'a [Vec<u32>],
+    chunk: &'a [usize],
+    stop_ids: &'a [u32],
+    pad_id: u32,
+}
+
+/// One left-padded batch, decoded until every row stops (a stop token,
+/// `max_new_tokens`, or the model's context); a finished row leaves the
+/// batch and its cache rows are dropped. `finished` is called per row.
+fn generate_batch(
+    model: &Model,
+    p: &Prompts<'_>,
+    opts: &GenerateOptions,
+    finished: &mut dyn FnMut(),
+) -> Result<Vec<Generation>> {
+    let rows: Vec<Sequence> = p
+        .chunk
+        .iter()
+        .map(|&i| Sequence {
+            prompt: p.prompts[i].clone(),
+            response: vec![],
+        })
+        .collect();
+    // One stream per prompt: a text does not depend on its batch.
+    let mut rngs: Vec<ChaCha8Rng> = p.chunk.iter().map(|&i| prompt_rng(opts.seed, i)).collect();
+    let mut outs = vec![Generation::default(); p.chunk.len()];
+    // Generation stops at the model's context: the batch's rows are padded
+    // to the longest prompt, so that prompt sets the room left.
+    let context = model.config.max_positions;
+    let longest = rows.iter().map(|r| r.prompt.len()).max().unwrap_or(0);
+    if longest >= context {
+        return Err(ModelError::Input(format!(
+            "a prompt of {longest} tokens leaves no room in the model's context of {context} tokens"
+        )));
+    }
+    let max_new_tokens = opts.max_new_tokens.min(context - longest);
+    if max_new_tokens == 0 {
+        p.chunk.iter().for_each(|_| finished());
+        return Ok(outs);
+    }
+    // Room for the longest prompt and every new token: decoding never
+    // copies the cache into a longer tensor.
+    let mut cache = KvCache::with_capacity(longest + max_new_tokens);
+    let mut batch = Batch::new(&rows, PadSide::Left, p.pad_id)?;
+    // Positions in `chunk` of the rows still generating, in cache order.
+    let mut active: Vec<usize> = (0..p.chunk.len()).collect();
+    while !active.is_empty() {
+        let out = model.forward(&batch, ForwardArgs::decode(&mut cache, &opts.steering))?;
+        let logits = host_vec(
+            out.logits
+                .ok_or_else(|| ModelError::Data("forward returned no logits".into()))?,
+        )?;
+        let vocab = model.config.vocab_size;
+        let (mut keep, mut next) = (Vec::new(), Vec::new());
+        for (slot, &r) in active.iter().enumerate() {
+            let row = &logits[slot * vocab..(slot + 1) * vocab];
+            let tok = sample(row, opts.sampling, &mut rngs[r]);
+            let g = &mut outs[r];
+            g.tokens.push(tok);
+            g.stopped = p.stop_ids.contains(&tok);
+            if g.stopped || g.tokens.len() >= max_new_tokens {
+                finished();
+            } else {
+                keep.push(slot);
+                next.push(tok);
+            }
+        }
+        if keep.is_empty() {
+            break;
+        }
+        if keep.len() < active.len() {
+            cache.retain_rows(&keep);
+            active = keep.iter().map(|&s| active[s]).collect();
+        }
+        batch = Batch {
+            n_rows: next.len(),
+            seq_len: 1,
+            roles: vec![Role::Response; next.len()],
+            ids: next,
+        };
+    }
+    Ok(outs)
 }
 
 #[cfg(test)]

@@ -170,6 +170,73 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// One entry of the tensor table as stored: name, dims (GGUF order), type
+/// id, offset from the data start.
+type RawTensor = (String, Vec<usize>, u32, u64);
+
+impl Cursor<'_> {
+    /// The tensor table's `n` entries.
+    fn tensor_table(&mut self, n: usize) -> Result<Vec<RawTensor>> {
+        // Capacity hint only: the count comes from the file.
+        let mut raw = Vec::with_capacity(n.min(1 << 12));
+        for _ in 0..n {
+            let name = self.string()?;
+            let n_dims = self.u32()? as usize;
+            if n_dims > 4 {
+                return Err(self.err(format!("tensor {name} has {n_dims} dimensions")));
+            }
+            let dims = (0..n_dims)
+                .map(|_| self.len())
+                .collect::<Result<Vec<_>>>()?;
+            let type_id = self.u32()?;
+            let offset = self.u64()?;
+            raw.push((name, dims, type_id, offset));
+        }
+        Ok(raw)
+    }
+
+    /// Where a table entry's data lies, checked to be inside the file.
+    fn locate(
+        &self,
+        (name, mut dims, type_id, offset): RawTensor,
+        data_start: u64,
+    ) -> Result<TensorInfo> {
+        let ggml_type =
+            GgmlType::from_id(type_id).ok_or_else(|| ModelError::UnsupportedQuantization {
+                ggml_type: format!("ggml type id {type_id}"),
+                tensor: name.clone(),
+            })?;
+        let n_elems = dims
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .ok_or_else(|| self.err(format!("tensor {name}: shape {dims:?} overflows")))?;
+        let n_bytes = ggml_type.n_bytes(n_elems).ok_or_else(|| {
+            self.err(format!(
+                "tensor {name}: {n_elems} elements is not a whole number of {ggml_type:?} blocks"
+            ))
+        })?;
+        let past_end = || self.err(format!("tensor {name} runs past the end of the file"));
+        let start = data_start
+            .checked_add(offset)
+            .and_then(|s| usize::try_from(s).ok())
+            .ok_or_else(past_end)?;
+        if start
+            .checked_add(n_bytes)
+            .is_none_or(|e| e > self.bytes.len())
+        {
+            return Err(past_end());
+        }
+        dims.reverse();
+        Ok(TensorInfo {
+            name,
+            shape: dims,
+            ggml_type,
+            offset: start,
+            n_bytes,
+        })
+    }
+}
+
 impl GgufFile {
     /// Opens and parses the header, metadata and tensor table of a GGUF file.
     pub fn open(path: &Path) -> Result<Self> {
@@ -199,22 +266,7 @@ impl GgufFile {
                 let v = c.value(t, 0)?;
                 metadata.insert(key, v);
             }
-            // Capacity hints only: the counts come from the file.
-            let mut raw = Vec::with_capacity(n_tensors.min(1 << 12));
-            for _ in 0..n_tensors {
-                let name = c.string()?;
-                let n_dims = c.u32()? as usize;
-                if n_dims > 4 {
-                    return Err(c.err(format!("tensor {name} has {n_dims} dimensions")));
-                }
-                let mut dims = Vec::with_capacity(n_dims);
-                for _ in 0..n_dims {
-                    dims.push(c.len()?);
-                }
-                let type_id = c.u32()?;
-                let offset = c.u64()?;
-                raw.push((name, dims, type_id, offset));
-            }
+            let raw = c.tensor_table(n_tensors)?;
             let alignment = metadata
                 .get("general.alignment")
                 .and_then(Value::as_u64)
@@ -224,40 +276,10 @@ impl GgufFile {
                 .div_ceil(alignment)
                 .checked_mul(alignment)
                 .ok_or_else(|| c.err(format!("implausible alignment {alignment}")))?;
-            let mut tensors = Vec::with_capacity(raw.len());
-            for (name, mut dims, type_id, offset) in raw {
-                let ggml_type = GgmlType::from_id(type_id).ok_or_else(|| {
-                    ModelError::UnsupportedQuantization {
-                        ggml_type: format!("ggml type id {type_id}"),
-                        tensor: name.clone(),
-                    }
-                })?;
-                let n_elems = dims
-                    .iter()
-                    .try_fold(1usize, |n, &d| n.checked_mul(d))
-                    .ok_or_else(|| c.err(format!("tensor {name}: shape {dims:?} overflows")))?;
-                let n_bytes = ggml_type.n_bytes(n_elems).ok_or_else(|| {
-                    c.err(format!(
-                        "tensor {name}: {n_elems} elements is not a whole number of {ggml_type:?} blocks"
-                    ))
-                })?;
-                let past_end = || c.err(format!("tensor {name} runs past the end of the file"));
-                let start = data_start
-                    .checked_add(offset)
-                    .and_then(|s| usize::try_from(s).ok())
-                    .ok_or_else(past_end)?;
-                if start.checked_add(n_bytes).is_none_or(|e| e > mmap.len()) {
-                    return Err(past_end());
-                }
-                dims.reverse();
-                tensors.push(TensorInfo {
-                    name,
-                    shape: dims,
-                    ggml_type,
-                    offset: start,
-                    n_bytes,
-                });
-            }
+            let tensors = raw
+                .into_iter()
+                .map(|r| c.locate(r, data_start))
+                .collect::<Result<Vec<_>>>()?;
             (metadata, tensors)
         };
         Ok(Self {

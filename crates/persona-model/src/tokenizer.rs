@@ -110,6 +110,47 @@ impl std::fmt::Debug for TextCodec {
     }
 }
 
+/// The HF `tokenizer.json` text of a GGUF byte-level BPE vocabulary:
+/// `tokens` by id, their ggml `types` (3 = control, i.e. special; 4 =
+/// user-defined, added but not special), `merges`, and the pre-tokenizer
+/// named by `tokenizer.ggml.pre`.
+fn hf_tokenizer_json(tokens: &[&str], types: &[u64], merges: &[&str], pre: &str) -> Result<String> {
+    let vocab: serde_json::Map<String, serde_json::Value> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.to_string(), serde_json::Value::from(i)))
+        .collect();
+    let added: Vec<serde_json::Value> = tokens
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| matches!(types.get(*i), Some(3) | Some(4)))
+        .map(|(i, t)| {
+            serde_json::json!({
+                "id": i, "content": t, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": types[i] == 3
+            })
+        })
+        .collect();
+    let json = serde_json::json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": null,
+        "pre_tokenizer": pre_tokenizer(pre)?,
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {
+            "type": "BPE", "dropout": null, "unk_token": null,
+            "continuing_subword_prefix": null, "end_of_word_suffix": null,
+            "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+            "vocab": vocab, "merges": merges,
+        }
+    });
+    serde_json::to_string(&json)
+        .map_err(|e| ModelError::Tokenizer(format!("cannot serialise: {e}")))
+}
+
 /// The Digits + ByteLevel pre-tokenizer of the `smollm` family (llama.cpp's
 /// `\p{N}` split before the GPT-2 regex) or plain GPT-2.
 fn pre_tokenizer(pre: &str) -> Result<serde_json::Value> {
@@ -179,41 +220,7 @@ impl TextCodec {
             Ok(_) => token_id("tokenizer.ggml.padding_token_id")?,
             Err(_) => eos_id,
         };
-        let vocab: serde_json::Map<String, serde_json::Value> = tokens
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.to_string(), serde_json::Value::from(i)))
-            .collect();
-        // ggml token types: 3 = control (special), 4 = user-defined (added, not special).
-        let added: Vec<serde_json::Value> = tokens
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| matches!(types.get(*i), Some(3) | Some(4)))
-            .map(|(i, t)| {
-                serde_json::json!({
-                    "id": i, "content": t, "single_word": false, "lstrip": false,
-                    "rstrip": false, "normalized": false, "special": types[i] == 3
-                })
-            })
-            .collect();
-        let json = serde_json::json!({
-            "version": "1.0",
-            "truncation": null,
-            "padding": null,
-            "added_tokens": added,
-            "normalizer": null,
-            "pre_tokenizer": pre_tokenizer(pre)?,
-            "post_processor": null,
-            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-            "model": {
-                "type": "BPE", "dropout": null, "unk_token": null,
-                "continuing_subword_prefix": null, "end_of_word_suffix": null,
-                "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
-                "vocab": vocab, "merges": merges,
-            }
-        });
-        let tokenizer_json = serde_json::to_string(&json)
-            .map_err(|e| ModelError::Tokenizer(format!("cannot serialise: {e}")))?;
+        let tokenizer_json = hf_tokenizer_json(&tokens, &types, &merges, pre)?;
         let template = g.get_str("tokenizer.chat_template")?.to_string();
         let name = |id: u32| {
             tokens

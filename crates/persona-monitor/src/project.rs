@@ -64,6 +64,11 @@ impl<'a> Projector<'a> {
         self.row
     }
 
+    /// The model it projects with.
+    pub fn model(&self) -> &'a Model {
+        self.model
+    }
+
     fn dot(&self, h: &[f32]) -> f64 {
         h.iter()
             .zip(&self.unit)

@@ -232,36 +232,7 @@ pub fn screen(
     progress(total - pending.len(), total);
     let chunk_size = opts.batch_size.max(1) * 4;
     for chunk in pending.chunks(chunk_size) {
-        let seqs: Vec<Sequence> = chunk
-            .iter()
-            .map(|r| tokenize_chat(codec, &r.messages))
-            .collect::<std::result::Result<_, _>>()?;
-        let mut base_texts: Vec<Option<String>> = vec![None; chunk.len()];
-        if opts.generate_base {
-            let keys: Vec<String> = seqs
-                .iter()
-                .map(|s| response_key(&s.prompt, opts.max_new_tokens))
-                .collect();
-            generate_missing(model, codec, &seqs, &keys, opts, &mut cache)?;
-            for (t, k) in base_texts.iter_mut().zip(&keys) {
-                *t = cache.get(k).cloned();
-            }
-        }
-        // Dataset sequences first, then the non-empty base responses, in one pass.
-        let mut all = seqs.clone();
-        let mut base_at = vec![None; chunk.len()];
-        for (i, (rec, text)) in chunk.iter().zip(&base_texts).enumerate() {
-            if let Some(t) = text.as_deref().filter(|t| !t.trim().is_empty()) {
-                base_at[i] = Some(all.len());
-                all.push(with_response(codec, rec, t)?);
-            }
-        }
-        let proj = projector.project(&all, |_| {})?;
-        let new: Vec<SampleScore> = chunk
-            .iter()
-            .enumerate()
-            .map(|(i, rec)| score(rec, proj[i], base_at[i].map(|j| proj[j])))
-            .collect();
+        let new = score_chunk(&projector, codec, chunk, opts, &mut cache)?;
         append_records(&progress_path, &new)?;
         for s in new {
             scored.insert(s.line, s);
@@ -276,6 +247,80 @@ pub fn screen(
     let summary = summarize(settings, &scores);
     write_results(out_dir, &summary, &scores, &[])?;
     Ok((summary, scores))
+}
+
+/// The score above which a rule drops samples, and the rule in words.
+fn cutoff(rule: FilterRule, mut values: Vec<f64>, score_name: &str) -> Result<(f64, String)> {
+    match rule {
+        FilterRule::DropTop { percent } => {
+            if !(0.0..=100.0).contains(&percent) {
+                return Err(MonitorError::Input(format!(
+                    "--drop-top must be a percentage in 0..=100, got {percent}"
+                )));
+            }
+            // Drop exactly round(n * P / 100) samples: the cutoff is the
+            // score of the highest one kept.
+            let n_drop = (values.len() as f64 * percent / 100.0).round() as usize;
+            values.sort_by(|a, b| b.total_cmp(a));
+            let cutoff = if n_drop == 0 {
+                f64::INFINITY
+            } else if n_drop >= values.len() {
+                f64::NEG_INFINITY
+            } else {
+                values[n_drop]
+            };
+            Ok((cutoff, format!("drop the top {percent}% by {score_name}")))
+        }
+        FilterRule::Threshold { threshold } => {
+            if !threshold.is_finite() {
+                return Err(MonitorError::Input(format!(
+                    "--threshold must be a finite number, got {threshold}"
+                )));
+            }
+            Ok((threshold, format!("drop {score_name} > {threshold}")))
+        }
+    }
+}
+
+/// The scores of one chunk of samples: the base model's greedy answers
+/// (from `cache`, generated when missing), then the dataset's sequences and
+/// the non-empty base answers projected in one pass.
+fn score_chunk(
+    projector: &Projector<'_>,
+    codec: &TextCodec,
+    chunk: &[&ChatRecord],
+    opts: &ScreenOptions,
+    cache: &mut HashMap<String, String>,
+) -> Result<Vec<SampleScore>> {
+    let seqs: Vec<Sequence> = chunk
+        .iter()
+        .map(|r| tokenize_chat(codec, &r.messages))
+        .collect::<std::result::Result<_, _>>()?;
+    let mut base_texts: Vec<Option<String>> = vec![None; chunk.len()];
+    if opts.generate_base {
+        let keys: Vec<String> = seqs
+            .iter()
+            .map(|s| response_key(&s.prompt, opts.max_new_tokens))
+            .collect();
+        generate_missing(projector.model(), codec, &seqs, &keys, opts, cache)?;
+        for (t, k) in base_texts.iter_mut().zip(&keys) {
+            *t = cache.get(k).cloned();
+        }
+    }
+    let mut all = seqs;
+    let mut base_at = vec![None; chunk.len()];
+    for (i, (rec, text)) in chunk.iter().zip(&base_texts).enumerate() {
+        if let Some(t) = text.as_deref().filter(|t| !t.trim().is_empty()) {
+            base_at[i] = Some(all.len());
+            all.push(with_response(codec, rec, t)?);
+        }
+    }
+    let proj = projector.project(&all, |_| {})?;
+    Ok(chunk
+        .iter()
+        .enumerate()
+        .map(|(i, rec)| score(rec, proj[i], base_at[i].map(|j| proj[j])))
+        .collect())
 }
 
 /// Writes `screen.json` in a new folder, or checks that an existing one
@@ -498,36 +543,7 @@ pub fn filter(
     let gb = summary.settings.generate_base;
     let score_name = if gb { "ΔP" } else { "cheap" };
     let values: Vec<f64> = scores.iter().filter_map(|s| s.rank_score(gb)).collect();
-    let (cutoff, rule_text) = match rule {
-        FilterRule::DropTop { percent } => {
-            if !(0.0..=100.0).contains(&percent) {
-                return Err(MonitorError::Input(format!(
-                    "--drop-top must be a percentage in 0..=100, got {percent}"
-                )));
-            }
-            // Drop exactly round(n * P / 100) samples: the cutoff is the
-            // score of the highest one kept.
-            let n_drop = (values.len() as f64 * percent / 100.0).round() as usize;
-            let mut sorted = values.clone();
-            sorted.sort_by(|a, b| b.total_cmp(a));
-            let cutoff = if n_drop == 0 {
-                f64::INFINITY
-            } else if n_drop >= sorted.len() {
-                f64::NEG_INFINITY
-            } else {
-                sorted[n_drop]
-            };
-            (cutoff, format!("drop the top {percent}% by {score_name}"))
-        }
-        FilterRule::Threshold { threshold } => {
-            if !threshold.is_finite() {
-                return Err(MonitorError::Input(format!(
-                    "--threshold must be a finite number, got {threshold}"
-                )));
-            }
-            (threshold, format!("drop {score_name} > {threshold}"))
-        }
-    };
+    let (cutoff, rule_text) = cutoff(rule, values, score_name)?;
     let records = read_chat_records(&summary.settings.dataset)?;
     let by_line: HashMap<usize, &SampleScore> = scores.iter().map(|s| (s.line, s)).collect();
     let mut kept_lines = String::new();

@@ -37,6 +37,16 @@ pub struct Moments {
 }
 
 impl AdamW {
+    /// The hyper-parameters of a recipe's `[optim]`.
+    pub fn of(o: &crate::recipe::OptimSection) -> Self {
+        Self {
+            beta1: o.beta1,
+            beta2: o.beta2,
+            eps: o.eps,
+            weight_decay: o.weight_decay,
+        }
+    }
+
     /// One update of `param` (detached) with gradient `grad`; `t` is the
     /// 1-based step count used for bias correction.
     pub fn update(

@@ -241,132 +241,71 @@ impl Recipe {
     /// Checks everything that does not need the weights: numbers in range,
     /// files present. Paths are relative to the working directory.
     pub fn check_static(&self) -> Result<()> {
-        let key = |k: &str, reason: String| TrainError::RecipeKey {
-            key: k.into(),
-            reason,
-        };
+        self.check_files()?;
+        let r = &self.run;
+        let plain_name =
+            !r.name.is_empty() && !r.name.contains(['/', '\\']) && !r.name.starts_with('.');
+        ensure(
+            plain_name,
+            "run.name",
+            &format!("`{}` is not a plain folder name", r.name),
+        )?;
+        ensure(r.save_every > 0, "run.save_every", "must be at least 1")?;
+        let d = &self.data;
+        ensure(
+            (0.0..1.0).contains(&d.heldout_fraction),
+            "data.heldout_fraction",
+            "must be in [0, 1)",
+        )?;
+        ensure(d.max_seq_len >= 2, "data.max_seq_len", "must be at least 2")?;
+        self.lora.check()?;
+        self.optim.check()?;
+        if let Some((_, _, layers, _)) = self.steering.target() {
+            check_rows("steering.layers", layers)?;
+        }
+        if let SteeringSection::Steer { coef, .. } = self.steering {
+            ensure(coef.is_finite(), "steering.coef", "must be a finite number")?;
+        }
+        ensure(
+            self.monitor.every > 0,
+            "monitor.every",
+            "must be at least 1",
+        )?;
+        check_rows("monitor.layers", &self.monitor.layers)
+    }
+
+    /// Every file the recipe names exists; a vector that `[trait]` will
+    /// extract before training may be missing now.
+    fn check_files(&self) -> Result<()> {
         let exists = |k: &str, p: &Path| {
-            if p.is_file() {
-                Ok(())
-            } else {
-                Err(key(k, format!("file {} does not exist", p.display())))
-            }
+            ensure(
+                p.is_file(),
+                k,
+                &format!("file {} does not exist", p.display()),
+            )
         };
-        // Each row once: a repeated row would be steered (or logged) twice.
-        let rows_ok = |k: &str, rows: &[usize]| -> Result<()> {
-            if rows.is_empty() {
-                return Err(key(k, "name at least one row".into()));
-            }
-            let mut seen = std::collections::BTreeSet::new();
-            match rows.iter().find(|r| !seen.insert(**r)) {
-                Some(r) => Err(key(k, format!("row {r} is listed twice"))),
-                None => Ok(()),
-            }
+        let vector_ok = |k: &str, p: &Path| {
+            ensure(
+                p.is_file() || self.extracts(p),
+                k,
+                &format!(
+                    "file {} does not exist (extract it with `persona extract`, or add a [trait] section)",
+                    p.display()
+                ),
+            )
         };
         if let Some(t) = &self.trait_ {
             exists("trait.definition", &t.definition)?;
-            if !(1..=MAX_BATCH).contains(&t.batch_size) {
-                return Err(key(
-                    "trait.batch_size",
-                    format!("must be in 1..={MAX_BATCH}"),
-                ));
-            }
-        }
-        // A vector that `[trait]` will extract before training may be missing now.
-        let vector_ok = |k: &str, p: &Path| -> Result<()> {
-            if p.is_file() || self.extracts(p) {
-                Ok(())
-            } else {
-                Err(key(
-                    k,
-                    format!(
-                        "file {} does not exist (extract it with `persona extract`, or add a [trait] section)",
-                        p.display()
-                    ),
-                ))
-            }
-        };
-        if self.run.name.is_empty()
-            || self.run.name.contains(['/', '\\'])
-            || self.run.name.starts_with('.')
-        {
-            return Err(key(
-                "run.name",
-                format!("`{}` is not a plain folder name", self.run.name),
-            ));
-        }
-        if self.run.save_every == 0 {
-            return Err(key("run.save_every", "must be at least 1".into()));
+            ensure(
+                (1..=MAX_BATCH).contains(&t.batch_size),
+                "trait.batch_size",
+                &format!("must be in 1..={MAX_BATCH}"),
+            )?;
         }
         exists("data.train", &self.data.train)?;
-        if !(0.0..1.0).contains(&self.data.heldout_fraction) {
-            return Err(key("data.heldout_fraction", "must be in [0, 1)".into()));
-        }
-        if self.data.max_seq_len < 2 {
-            return Err(key("data.max_seq_len", "must be at least 2".into()));
-        }
-        if !(1..=MAX_LORA_RANK).contains(&self.lora.rank) {
-            return Err(key(
-                "lora.rank",
-                format!("must be in 1..={MAX_LORA_RANK} (paper: 32)"),
-            ));
-        }
-        if !(self.lora.alpha.is_finite() && self.lora.alpha > 0.0) {
-            return Err(key("lora.alpha", "must be a finite number > 0".into()));
-        }
-        if self.lora.targets.is_empty() {
-            return Err(key("lora.targets", "name at least one projection".into()));
-        }
-        if !(0.0..1.0).contains(&self.lora.dropout) {
-            return Err(key(
-                "lora.dropout",
-                "must be in [0, 1): the probability of dropping a LoRA input (0 = off, the paper's setting)".into(),
-            ));
-        }
-        let o = &self.optim;
-        if !(o.lr > 0.0 && o.lr.is_finite()) {
-            return Err(key("optim.lr", "must be a positive number".into()));
-        }
-        for (k, value, max) in [
-            ("optim.batch_size", o.batch_size, MAX_BATCH),
-            ("optim.grad_accum", o.grad_accum, MAX_BATCH),
-            ("optim.epochs", o.epochs, MAX_EPOCHS),
-        ] {
-            if !(1..=max).contains(&value) {
-                return Err(key(k, format!("must be in 1..={max}")));
-            }
-        }
-        if !(0.0..1.0).contains(&o.beta1) || !(0.0..1.0).contains(&o.beta2) {
-            return Err(key("optim.beta1/beta2", "must be in [0, 1)".into()));
-        }
-        if !(o.eps.is_finite() && o.eps > 0.0) {
-            return Err(key("optim.eps", "must be a finite number > 0".into()));
-        }
-        if !(o.weight_decay.is_finite() && o.weight_decay >= 0.0) {
-            return Err(key(
-                "optim.weight_decay",
-                "must be a finite number >= 0 (paper: 0.01)".into(),
-            ));
-        }
-        if !(o.max_grad_norm.is_finite() && o.max_grad_norm >= 0.0) {
-            return Err(key(
-                "optim.max_grad_norm",
-                "must be a finite number >= 0 (0 = no clipping)".into(),
-            ));
-        }
-        if let Some((v, _, layers, _)) = self.steering.target() {
+        if let Some((v, ..)) = self.steering.target() {
             vector_ok("steering.vector", v)?;
-            rows_ok("steering.layers", layers)?;
         }
-        if let SteeringSection::Steer { coef, .. } = self.steering
-            && !coef.is_finite()
-        {
-            return Err(key("steering.coef", "must be a finite number".into()));
-        }
-        if self.monitor.every == 0 {
-            return Err(key("monitor.every", "must be at least 1".into()));
-        }
-        rows_ok("monitor.layers", &self.monitor.layers)?;
         for (i, t) in self.monitor.traits.iter().enumerate() {
             vector_ok(&format!("monitor.traits[{i}].vector"), &t.vector)?;
             exists(&format!("monitor.traits[{i}].questions"), &t.questions)?;
@@ -436,6 +375,90 @@ impl Recipe {
     /// when it is missing.
     pub fn extracts(&self, path: &Path) -> bool {
         self.trait_.as_ref().is_some_and(|t| t.vector == path)
+    }
+}
+
+/// `Ok` when `ok`, else an error naming the recipe key.
+fn ensure(ok: bool, key: &str, reason: &str) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(TrainError::RecipeKey {
+            key: key.into(),
+            reason: reason.into(),
+        })
+    }
+}
+
+/// At least one row, each once (a repeated row would be steered or logged
+/// twice).
+fn check_rows(key: &str, rows: &[usize]) -> Result<()> {
+    ensure(!rows.is_empty(), key, "name at least one row")?;
+    let mut seen = std::collections::BTreeSet::new();
+    match rows.iter().find(|r| !seen.insert(**r)) {
+        Some(r) => ensure(false, key, &format!("row {r} is listed twice")),
+        None => Ok(()),
+    }
+}
+
+impl LoraSection {
+    fn check(&self) -> Result<()> {
+        ensure(
+            (1..=MAX_LORA_RANK).contains(&self.rank),
+            "lora.rank",
+            &format!("must be in 1..={MAX_LORA_RANK} (paper: 32)"),
+        )?;
+        let alpha_ok = self.alpha.is_finite() && self.alpha > 0.0;
+        ensure(alpha_ok, "lora.alpha", "must be a finite number > 0")?;
+        ensure(
+            !self.targets.is_empty(),
+            "lora.targets",
+            "name at least one projection",
+        )?;
+        ensure(
+            (0.0..1.0).contains(&self.dropout),
+            "lora.dropout",
+            "must be in [0, 1): the probability of dropping a LoRA input (0 = off, the paper's setting)",
+        )
+    }
+}
+
+impl OptimSection {
+    fn check(&self) -> Result<()> {
+        ensure(
+            self.lr > 0.0 && self.lr.is_finite(),
+            "optim.lr",
+            "must be a positive number",
+        )?;
+        for (k, value, max) in [
+            ("optim.batch_size", self.batch_size, MAX_BATCH),
+            ("optim.grad_accum", self.grad_accum, MAX_BATCH),
+            ("optim.epochs", self.epochs, MAX_EPOCHS),
+        ] {
+            ensure(
+                (1..=max).contains(&value),
+                k,
+                &format!("must be in 1..={max}"),
+            )?;
+        }
+        let betas = (0.0..1.0).contains(&self.beta1) && (0.0..1.0).contains(&self.beta2);
+        ensure(betas, "optim.beta1/beta2", "must be in [0, 1)")?;
+        let non_negative = |x: f64| x.is_finite() && x >= 0.0;
+        ensure(
+            self.eps.is_finite() && self.eps > 0.0,
+            "optim.eps",
+            "must be a finite number > 0",
+        )?;
+        ensure(
+            non_negative(self.weight_decay),
+            "optim.weight_decay",
+            "must be a finite number >= 0 (paper: 0.01)",
+        )?;
+        ensure(
+            non_negative(self.max_grad_norm),
+            "optim.max_grad_norm",
+            "must be a finite number >= 0 (0 = no clipping)",
+        )
     }
 }
 

@@ -345,29 +345,7 @@ impl Training {
         let (cfg, identity) = persona_model::inspect(&recipe.model.name)?;
         recipe.check_model(&cfg, &identity)?;
         let run = RunDir::named(&recipe.run.name);
-        let fresh = match (run.state(), resume) {
-            (RunState::Absent, false) => true,
-            (RunState::Absent, true) => {
-                return Err(TrainError::Checkpoint {
-                    path: run.root().to_path_buf(),
-                    reason: "no such run to resume; run without --resume to start it".into(),
-                });
-            }
-            (RunState::Unstarted, _) => true,
-            (RunState::Resumable, true) => false,
-            (RunState::Resumable | RunState::Finished, false) => {
-                return Err(TrainError::RunExists {
-                    path: run.root().to_path_buf(),
-                });
-            }
-            (RunState::Finished, true) => {
-                return Err(TrainError::Checkpoint {
-                    path: run.root().to_path_buf(),
-                    reason: "the run is finished (its adapter/ is written); nothing to resume"
-                        .into(),
-                });
-            }
-        };
+        let fresh = fresh_start(&run, resume)?;
 
         let device = persona_model::parse_device(&recipe.run.device)?.autodiff();
         let loaded = persona_model::load(&recipe.model.name, &device)?;
@@ -380,58 +358,29 @@ impl Training {
             recipe.data.heldout_fraction,
         )?;
         let steering = training_steering(&recipe, &device)?;
-        let monitors = recipe
-            .monitor
-            .traits
-            .iter()
-            .map(|t| {
-                ShiftMonitor::new(
-                    &t.name,
-                    &VectorFile::load(&t.vector)?,
-                    &t.questions,
-                    &recipe.monitor.layers,
-                    &loaded.model,
-                    &loaded.codec,
-                )
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let monitors = shift_monitors(&recipe, &loaded)?;
         let schedule = Schedule::new(&data, &recipe);
         let mut total_steps = schedule.len().div_ceil(recipe.optim.grad_accum);
         if recipe.optim.max_steps > 0 {
             total_steps = total_steps.min(recipe.optim.max_steps);
         }
-        let mut lora = Lora::init(
+        let l = &recipe.lora;
+        let lora = Lora::init(
             &cfg,
-            &recipe.lora.targets,
-            recipe.lora.rank,
-            recipe.lora.alpha,
-            recipe.lora.scaling,
+            &l.targets,
+            l.rank,
+            l.alpha,
+            l.scaling,
             recipe.run.seed,
             &device,
         )?;
-        let moments = lora
-            .named_tensors()
-            .into_iter()
-            .map(|(_, t)| Moments {
-                m: t.clone().zeros_like(),
-                v: t.clone().zeros_like(),
-            })
-            .collect();
-        let state = TrainerState {
-            step: 0,
-            total_steps,
-            tokens_seen: 0,
-        };
-        let (moments, state) = if fresh {
-            if run.state() == RunState::Unstarted {
-                on_event(TrainEvent::Restarting { run: run.root() });
-            }
-            persona_model::files::refuse_symlink(run.root())?;
-            std::fs::create_dir_all(run.root())
-                .map_err(|e| persona_model::ModelError::write(run.root(), e))?;
-            (moments, state)
+        let (lora, moments, state) = if fresh {
+            create_run_folder(&run, on_event)?;
+            zero_state(lora, total_steps)
         } else {
-            checkpoint::load(&run, &mut lora, &device)?
+            let mut lora = lora;
+            let (moments, state) = checkpoint::load(&run, &mut lora, &device)?;
+            (lora, moments, state)
         };
         if state.total_steps != total_steps {
             return Err(TrainError::Checkpoint {
@@ -443,24 +392,19 @@ impl Training {
             });
         }
         let base_model = identity.peft_base_model();
-        let meta = checkpoint::AdapterMeta {
-            base_model: &base_model,
-            lora_dropout: recipe.lora.dropout,
-        };
         if fresh {
             write_provenance(&run, &recipe, &identity, &data)?;
             truncate_metrics(&run.metrics(), 0)?;
+            let meta = checkpoint::AdapterMeta {
+                base_model: &base_model,
+                lora_dropout: recipe.lora.dropout,
+            };
             checkpoint::save(&run, &lora, &moments, &state, meta)?;
         } else {
             truncate_metrics(&run.metrics(), state.step)?;
         }
         Ok(Self {
-            opt: AdamW {
-                beta1: recipe.optim.beta1,
-                beta2: recipe.optim.beta2,
-                eps: recipe.optim.eps,
-                weight_decay: recipe.optim.weight_decay,
-            },
+            opt: AdamW::of(&recipe.optim),
             metrics: persona_model::files::open_append(&run.metrics())?,
             base_model,
             lora: lora.trainable(),
@@ -491,20 +435,8 @@ impl Training {
     fn step(&mut self) -> Result<StepMetrics> {
         let started = Instant::now();
         let step = self.state.step;
-        let (recipe, codec) = (&self.recipe, &self.loaded.codec);
-        let accum = recipe.optim.grad_accum;
-        let end = ((step + 1) * accum).min(self.schedule.len());
-        let batches: Vec<Batch> = (step * accum..end)
-            .map(|k| {
-                let rows: Vec<Sequence> = self
-                    .schedule
-                    .micro_batch(k)
-                    .iter()
-                    .map(|&i| self.data.train[i].clone())
-                    .collect();
-                Batch::new(&rows, PadSide::Right, codec.pad_id)
-            })
-            .collect::<persona_model::Result<_>>()?;
+        let batches = self.micro_batches(step)?;
+        let recipe = &self.recipe;
         let tokens: usize = batches
             .iter()
             .map(|b| b.roles.iter().filter(|r| **r != Role::Pad).count())
@@ -569,6 +501,24 @@ impl Training {
             tokens_per_s: tokens as f64 / started.elapsed().as_secs_f64(),
             shift,
         })
+    }
+
+    /// The `grad_accum` micro-batches of optimizer step `step`, padded.
+    fn micro_batches(&mut self, step: usize) -> Result<Vec<Batch>> {
+        let accum = self.recipe.optim.grad_accum;
+        let end = ((step + 1) * accum).min(self.schedule.len());
+        let pad_id = self.loaded.codec.pad_id;
+        (step * accum..end)
+            .map(|k| {
+                let rows: Vec<Sequence> = self
+                    .schedule
+                    .micro_batch(k)
+                    .iter()
+                    .map(|&i| self.data.train[i].clone())
+                    .collect();
+                Ok(Batch::new(&rows, PadSide::Right, pad_id)?)
+            })
+            .collect()
     }
 
     fn check_finite(&self, what: &'static str, value: f64) -> Result<()> {
@@ -637,6 +587,78 @@ impl Training {
             last_loss: self.last_loss,
         })
     }
+}
+
+/// Whether `run` starts from step 0 (a new folder, or one that holds no
+/// checkpoint) or resumes; an error for the combinations that cannot go on.
+fn fresh_start(run: &RunDir, resume: bool) -> Result<bool> {
+    let path = run.root().to_path_buf();
+    match (run.state(), resume) {
+        (RunState::Absent, false) | (RunState::Unstarted, _) => Ok(true),
+        (RunState::Resumable, true) => Ok(false),
+        (RunState::Absent, true) => Err(TrainError::Checkpoint {
+            path,
+            reason: "no such run to resume; run without --resume to start it".into(),
+        }),
+        (RunState::Resumable | RunState::Finished, false) => Err(TrainError::RunExists { path }),
+        (RunState::Finished, true) => Err(TrainError::Checkpoint {
+            path,
+            reason: "the run is finished (its adapter/ is written); nothing to resume".into(),
+        }),
+    }
+}
+
+/// Creates the run folder (never through a link), saying so when it held
+/// a start that stopped before its first checkpoint.
+fn create_run_folder(run: &RunDir, on_event: &mut dyn FnMut(TrainEvent<'_>)) -> Result<()> {
+    if run.state() == RunState::Unstarted {
+        on_event(TrainEvent::Restarting { run: run.root() });
+    }
+    persona_model::files::refuse_symlink(run.root())?;
+    std::fs::create_dir_all(run.root())
+        .map_err(|e| persona_model::ModelError::write(run.root(), e))?;
+    Ok(())
+}
+
+/// Fresh adapters with zero AdamW moments, at step 0.
+fn zero_state(lora: Lora, total_steps: usize) -> (Lora, Vec<Moments>, TrainerState) {
+    let moments = lora
+        .named_tensors()
+        .into_iter()
+        .map(|(_, t)| Moments {
+            m: t.clone().zeros_like(),
+            v: t.clone().zeros_like(),
+        })
+        .collect();
+    let state = TrainerState {
+        step: 0,
+        total_steps,
+        tokens_seen: 0,
+    };
+    (lora, moments, state)
+}
+
+/// One shift monitor per trait of the recipe's `[monitor]`, measured on
+/// the base model.
+fn shift_monitors(
+    recipe: &Recipe,
+    loaded: &persona_model::LoadedModel,
+) -> Result<Vec<ShiftMonitor>> {
+    recipe
+        .monitor
+        .traits
+        .iter()
+        .map(|t| {
+            ShiftMonitor::new(
+                &t.name,
+                &VectorFile::load(&t.vector)?,
+                &t.questions,
+                &recipe.monitor.layers,
+                &loaded.model,
+                &loaded.codec,
+            )
+        })
+        .collect()
 }
 
 /// The run folder of a recipe, trained first when it is not finished: a

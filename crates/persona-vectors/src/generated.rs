@@ -18,7 +18,7 @@
 use std::path::Path;
 
 use persona_judge::{Criterion, Judge, JudgmentCache};
-use persona_model::{LoadedModel, Message, SamplingSettings};
+use persona_model::{LoadedModel, Message, SamplingSettings, Sequence};
 use serde::{Deserialize, Serialize};
 
 use crate::extract::{contrast_file, teacher_forced};
@@ -228,77 +228,20 @@ pub fn extract_generated(
     check_work_settings(work, def, s, judge)?;
     let per_question = 2 * def.instructions.len() * s.sampling.samples;
     let n = def.extraction.len();
-    // Only whole questions count (a question's answers are appended at once,
-    // but a killed writer can leave part of one): drop partial questions
-    // from the log before going on, so every question appears exactly once.
-    let mut done: Vec<GeneratedAnswer> = persona_model::jsonl::read_records(&log)?;
+    let mut done = whole_questions(&log, n, per_question)?;
     let complete = |qi: usize, done: &[GeneratedAnswer]| {
         done.iter().filter(|a| a.question == qi).count() == per_question
     };
-    let partial: Vec<usize> = (0..n)
-        .filter(|&qi| done.iter().any(|a| a.question == qi) && !complete(qi, &done))
-        .collect();
-    if !partial.is_empty() || done.iter().any(|a| a.question >= n) {
-        done.retain(|a| a.question < n && !partial.contains(&a.question));
-        let mut text = String::new();
-        for a in &done {
-            text.push_str(&serde_json::to_string(a).expect("serialises"));
-            text.push('\n');
-        }
-        persona_model::write_atomic(&log, text.as_bytes())?;
-    }
     let (trait_c, coh_c) = def.criteria(coherence_rubric);
     for qi in 0..n {
-        if complete(qi, &done) {
-            progress(qi + 1, n);
-            continue;
+        if !complete(qi, &done) {
+            let answers = answer_question(loaded, def, qi, s, judge, (&trait_c, &coh_c), cache)?;
+            persona_model::jsonl::append_records(&log, &answers)?;
+            done.extend(answers);
         }
-        let answers = answer_question(loaded, def, qi, s, judge, (&trait_c, &coh_c), cache)?;
-        persona_model::jsonl::append_records(&log, &answers)?;
-        done.extend(answers);
         progress(qi + 1, n);
     }
-    let find = |qi, k, j, positive| {
-        done.iter().find(|a| {
-            a.question == qi && a.instruction == k && a.sample == j && a.positive == positive
-        })
-    };
-    let (mut pos, mut neg) = (Vec::new(), Vec::new());
-    let mut counts = KeepCounts {
-        pairs: 0,
-        kept: 0,
-        dropped: 0,
-    };
-    let codec = &loaded.codec;
-    for qi in 0..n {
-        for k in 0..def.instructions.len() {
-            for j in 0..s.sampling.samples {
-                counts.pairs += 1;
-                let (Some(p), Some(m)) = (find(qi, k, j, true), find(qi, k, j, false)) else {
-                    counts.dropped += 1;
-                    continue;
-                };
-                if !keep_pair(p, m, s) {
-                    counts.dropped += 1;
-                    continue;
-                }
-                counts.kept += 1;
-                let q = &def.extraction[qi];
-                pos.push(teacher_forced(
-                    codec,
-                    &def.system_prompt(k, true),
-                    q,
-                    &p.answer,
-                )?);
-                neg.push(teacher_forced(
-                    codec,
-                    &def.system_prompt(k, false),
-                    q,
-                    &m.answer,
-                )?);
-            }
-        }
-    }
+    let (pos, neg, counts) = kept_pairs(&loaded.codec, def, s, &done)?;
     if counts.kept == 0 {
         return Err(GeneratedError::Input(format!(
             "no pair of {} passed the filter (positive trait >= {}, negative < {}, both coherence >= {}); see {} for the answers and judgments",
@@ -313,7 +256,7 @@ pub fn extract_generated(
         &loaded.model,
         &loaded.identity,
         (&pos, &neg),
-        codec.pad_id,
+        loaded.codec.pad_id,
         s.sampling.batch_size,
         serde_json::json!({
             "trait": def.name,
@@ -330,6 +273,79 @@ pub fn extract_generated(
         |_| {},
     )?;
     Ok((file, counts))
+}
+
+/// The answers in the log, whole questions only: a question's answers are
+/// appended at once, but a killed writer can leave part of one, so partial
+/// questions (and questions beyond `n`) are dropped from the log before
+/// going on, and every question appears exactly once.
+fn whole_questions(
+    log: &Path,
+    n: usize,
+    per_question: usize,
+) -> Result<Vec<GeneratedAnswer>, GeneratedError> {
+    let mut done: Vec<GeneratedAnswer> = persona_model::jsonl::read_records(log)?;
+    let count = |qi: usize| done.iter().filter(|a| a.question == qi).count();
+    let partial: Vec<usize> = (0..n)
+        .filter(|&qi| count(qi) > 0 && count(qi) != per_question)
+        .collect();
+    if !partial.is_empty() || done.iter().any(|a| a.question >= n) {
+        done.retain(|a| a.question < n && !partial.contains(&a.question));
+        let mut text = String::new();
+        for a in &done {
+            text.push_str(&serde_json::to_string(a).expect("serialises"));
+            text.push('\n');
+        }
+        persona_model::write_atomic(log, text.as_bytes())?;
+    }
+    Ok(done)
+}
+
+/// The teacher-forced sequences of every pair that passes [`keep_pair`]
+/// (positive side, negative side), with the counts.
+fn kept_pairs(
+    codec: &persona_model::TextCodec,
+    def: &TraitDef,
+    s: &GeneratedSettings,
+    done: &[GeneratedAnswer],
+) -> Result<(Vec<Sequence>, Vec<Sequence>, KeepCounts), GeneratedError> {
+    let find = |qi, k, j, positive| {
+        done.iter().find(|a| {
+            a.question == qi && a.instruction == k && a.sample == j && a.positive == positive
+        })
+    };
+    let (mut pos, mut neg) = (Vec::new(), Vec::new());
+    let mut counts = KeepCounts {
+        pairs: 0,
+        kept: 0,
+        dropped: 0,
+    };
+    for (qi, q) in def.extraction.iter().enumerate() {
+        for k in 0..def.instructions.len() {
+            for j in 0..s.sampling.samples {
+                counts.pairs += 1;
+                match (find(qi, k, j, true), find(qi, k, j, false)) {
+                    (Some(p), Some(m)) if keep_pair(p, m, s) => {
+                        counts.kept += 1;
+                        pos.push(teacher_forced(
+                            codec,
+                            &def.system_prompt(k, true),
+                            q,
+                            &p.answer,
+                        )?);
+                        neg.push(teacher_forced(
+                            codec,
+                            &def.system_prompt(k, false),
+                            q,
+                            &m.answer,
+                        )?);
+                    }
+                    _ => counts.dropped += 1,
+                }
+            }
+        }
+    }
+    Ok((pos, neg, counts))
 }
 
 #[cfg(test)]
