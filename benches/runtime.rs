@@ -38,20 +38,35 @@ fn main() {
     let t = Instant::now();
     let m = load(DEFAULT_MODEL, &device).expect("run `just fetch-model` first");
     println!("load: {:.2} s", t.elapsed().as_secs_f64());
-    let gflop_per_token = {
-        let c = &m.model.config;
-        let per_layer = c.d_model * (c.n_heads * c.head_dim) * 2
-            + c.d_model * (c.n_kv_heads * c.head_dim) * 2
-            + 3 * c.d_model * c.d_ff;
-        2.0 * (per_layer * c.n_layers + c.d_model * c.vocab_size) as f64 / 1e9
-    };
-
     // `BENCH_ONLY=prefill|decode1|decode16|train` runs one part, or a comma
     // list of them (for profiling).
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let want = |part: &str| only.is_empty() || only.split(',').any(|p| p == part);
+    if want("prefill") {
+        prefill_bench(&m);
+    }
+    for batch_size in [1usize, 16] {
+        if want(&format!("decode{batch_size}")) {
+            decode_bench(&m, batch_size);
+        }
+    }
+    if want("train") {
+        train_bench();
+    }
+    println!("peak RSS: {:.0} MB", peak_rss_mb());
+}
 
-    // Prefill: batch 8 x 128, logits at the last position (as generation uses it).
+/// Multiply-adds per token in the decoder blocks (projections and MLP,
+/// attention scores left out), in GFLOP.
+fn block_gflop_per_token(c: &persona_model::ModelConfig) -> f64 {
+    let per_layer = c.d_model * (c.n_heads * c.head_dim) * 2
+        + c.d_model * (c.n_kv_heads * c.head_dim) * 2
+        + 3 * c.d_model * c.d_ff;
+    2.0 * (per_layer * c.n_layers) as f64 / 1e9
+}
+
+/// Prefill: batch 8 x 128, logits at the last position (as generation uses it).
+fn prefill_bench(m: &persona_model::LoadedModel) {
     let rows: Vec<Sequence> = (0..8)
         .map(|s| Sequence {
             prompt: prompt(128, s),
@@ -61,93 +76,79 @@ fn main() {
     let batch = Batch::new(&rows, PadSide::Left, m.codec.pad_id).unwrap();
     let none = CaptureRequest::none();
     let run = || {
-        let out = m
-            .model
-            .forward(
-                &batch,
-                ForwardArgs {
-                    cache: None,
-                    steering: &[],
-                    capture: &none,
-                    logits: Logits::Last,
-                    lora: None,
-                    lora_dropout: None,
-                },
-            )
-            .unwrap();
+        let args = ForwardArgs {
+            cache: None,
+            steering: &[],
+            capture: &none,
+            logits: Logits::Last,
+            lora: None,
+            lora_dropout: None,
+        };
+        let out = m.model.forward(&batch, args).unwrap();
         out.logits.unwrap().into_data();
     };
-    if want("prefill") {
+    run();
+    let reps = 3;
+    let t = Instant::now();
+    for _ in 0..reps {
         run();
-        let reps = 3;
-        let t = Instant::now();
-        for _ in 0..reps {
-            run();
-        }
-        let secs = t.elapsed().as_secs_f64() / reps as f64;
-        let tps = 8.0 * 128.0 / secs;
-        let body_gflop = gflop_per_token
-            - 2.0 * (m.model.config.d_model * m.model.config.vocab_size) as f64 / 1e9;
-        println!(
-            "prefill 8x128: {tps:.0} tokens/s ({:.0} GFLOP/s in the blocks)",
-            tps * body_gflop
-        );
     }
-    for batch_size in [1usize, 16] {
-        if !want(&format!("decode{batch_size}")) {
-            continue;
+    let secs = t.elapsed().as_secs_f64() / reps as f64;
+    let tps = 8.0 * 128.0 / secs;
+    println!(
+        "prefill 8x128: {tps:.0} tokens/s ({:.0} GFLOP/s in the blocks)",
+        tps * block_gflop_per_token(&m.model.config)
+    );
+}
+
+/// Greedy decoding of 128 new tokens for `batch_size` 16-token prompts.
+fn decode_bench(m: &persona_model::LoadedModel, batch_size: usize) {
+    let prompts: Vec<Vec<u32>> = (0..batch_size).map(|s| prompt(16, s)).collect();
+    let opts = GenerateOptions {
+        max_new_tokens: 128,
+        sampling: Sampling::Greedy,
+        seed: 0,
+        batch_size,
+        steering: vec![],
+    };
+    // Warm-up: a CPU model packs its weights for few-row products on the
+    // first decoding step (once per process; see persona-model's
+    // `packed` module). Reported, but not part of the decoding speed.
+    let warm_up = GenerateOptions {
+        max_new_tokens: 2,
+        ..opts.clone()
+    };
+    let packed_before = m.model.packed_weights();
+    let t = Instant::now();
+    generate(&m.model, &prompts, &[], m.codec.pad_id, &warm_up, |_| {}).unwrap();
+    println!(
+        "decode batch {batch_size} warm-up (2 tokens): {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
+    let packed = m.model.packed_weights();
+    if packed != packed_before {
+        for (format, (n, bytes)) in packed {
+            println!(
+                "  packed {format}: {n} weights, {:.1} MB",
+                bytes as f64 / 1e6
+            );
         }
-        let prompts: Vec<Vec<u32>> = (0..batch_size).map(|s| prompt(16, s)).collect();
-        let opts = GenerateOptions {
-            max_new_tokens: 128,
-            sampling: Sampling::Greedy,
-            seed: 0,
-            batch_size,
-            steering: vec![],
-        };
-        // Warm-up: a CPU model packs its weights for few-row products on the
-        // first decoding step (once per process; see persona-model's
-        // `packed` module). Reported, but not part of the decoding speed.
-        let warm_up = GenerateOptions {
-            max_new_tokens: 2,
-            ..opts.clone()
-        };
-        let packed_before = m.model.packed_weights();
-        let t = Instant::now();
-        generate(&m.model, &prompts, &[], m.codec.pad_id, &warm_up, |_| {}).unwrap();
-        println!(
-            "decode batch {batch_size} warm-up (2 tokens): {:.2} s",
-            t.elapsed().as_secs_f64()
-        );
-        let packed = m.model.packed_weights();
-        if packed != packed_before {
-            for (format, (n, bytes)) in packed {
-                println!(
-                    "  packed {format}: {n} weights, {:.1} MB",
-                    bytes as f64 / 1e6
-                );
-            }
-        }
-        // No stop ids: every row generates exactly 128 tokens.
-        let t = Instant::now();
-        let out = generate(&m.model, &prompts, &[], m.codec.pad_id, &opts, |_| {}).unwrap();
-        let secs = t.elapsed().as_secs_f64();
-        let n: usize = out.iter().map(|g| g.tokens.len()).sum();
-        // `generate`'s first forward reads the prompts into the cache (and
-        // gives the first new token); timed on its own, the same way, and
-        // taken out for the decoding rate proper.
-        let prefill = prompt_prefill_secs(&m.model, &prompts, m.codec.pad_id, opts.max_new_tokens);
-        println!(
-            "decode batch {batch_size}: {:.1} tokens/s ({n} tokens in {secs:.2} s, prefill included); \
-             {:.1} tokens/s without the prompts' prefill ({prefill:.3} s, timed apart)",
-            n as f64 / secs,
-            (n - batch_size) as f64 / (secs - prefill),
-        );
     }
-    if want("train") {
-        train_bench();
-    }
-    println!("peak RSS: {:.0} MB", peak_rss_mb());
+    // No stop ids: every row generates exactly 128 tokens.
+    let t = Instant::now();
+    let out = generate(&m.model, &prompts, &[], m.codec.pad_id, &opts, |_| {}).unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    let n: usize = out.iter().map(|g| g.tokens.len()).sum();
+    // `generate`'s first forward reads the prompts into the cache (and
+    // gives the first new token); timed on its own, the same way, and
+    // taken out for the decoding rate proper.
+    let prefill = prompt_prefill_secs(&m.model, &prompts, m.codec.pad_id, opts.max_new_tokens);
+    println!(
+        "decode batch {batch_size}: {:.1} tokens/s ({n} tokens in {secs:.2} s, prefill included); \
+         {:.1} tokens/s without the prompts' prefill ({prefill:.3} s, timed apart)",
+        n as f64 / secs,
+        (n - batch_size) as f64 / (secs - prefill),
+    );
 }
 
 /// Seconds of `generate`'s first step for `prompts`: the prompts through

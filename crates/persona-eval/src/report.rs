@@ -105,42 +105,63 @@ pub fn table(arms: &[ArmData]) -> String {
     t
 }
 
-/// The plots of a comparison: `(file name, title, svg)`.
-pub fn plots(
-    arms: &[ArmData],
-    manifest: &ComparisonManifest,
-) -> Result<Vec<(String, String, String)>> {
-    let mut out = Vec::new();
+/// One plot of a report: its file name, title and SVG text.
+pub struct Plot {
+    pub file: &'static str,
+    pub title: String,
+    pub svg: String,
+}
+
+/// The plots of a comparison: shift per step (when the manifest names
+/// runs), trait score against capability cost, and trait score against
+/// shift.
+pub fn plots(arms: &[ArmData], manifest: &ComparisonManifest) -> Result<Vec<Plot>> {
     let Some(first) = arms.first() else {
-        return Ok(out);
+        return Ok(Vec::new());
     };
-    let (trait_name, row) = (&first.result.trait_name, first.result.settings.shift_row);
-    // 1. Shift per training step.
-    let mut series = Vec::new();
-    for (label, run) in &manifest.runs {
-        series.push(Series {
-            name: label.clone(),
-            points: shift_per_step(run, trait_name, row)?,
-            ..Default::default()
-        });
+    let trait_name = &first.result.trait_name;
+    let mut out = Vec::new();
+    if let Some(p) = shift_plot(manifest, trait_name, first.result.settings.shift_row)? {
+        out.push(p);
     }
-    if !series.is_empty() {
-        let title = format!("projection shift per training step ({trait_name}, row {row})");
-        out.push((
-            "shift-per-step.svg".into(),
-            title.clone(),
-            line_chart(
-                Labels {
-                    title: &title,
-                    x: "optimizer step",
-                    y: "shift (last prompt token, on unit vector)",
-                },
-                &series,
-            )?,
-        ));
+    out.push(cost_plot(arms, trait_name)?);
+    out.push(correlation_plot(arms, trait_name)?);
+    Ok(out)
+}
+
+/// Shift per optimizer step, one line per training run.
+fn shift_plot(manifest: &ComparisonManifest, trait_name: &str, row: usize) -> Result<Option<Plot>> {
+    let series = manifest
+        .runs
+        .iter()
+        .map(|(label, run)| {
+            Ok(Series {
+                name: label.clone(),
+                points: shift_per_step(run, trait_name, row)?,
+                ..Default::default()
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if series.is_empty() {
+        return Ok(None);
     }
-    // 2. Trait score vs capability cost: the post-hoc sweep as one series,
-    // every other arm as its own point.
+    let title = format!("projection shift per training step ({trait_name}, row {row})");
+    let labels = Labels {
+        title: &title,
+        x: "optimizer step",
+        y: "shift (last prompt token, on unit vector)",
+    };
+    let svg = line_chart(labels, &series)?;
+    Ok(Some(Plot {
+        file: "shift-per-step.svg",
+        title,
+        svg,
+    }))
+}
+
+/// Trait score against capability cost: the post-hoc sweep as one series,
+/// every other final arm as its own point.
+fn cost_plot(arms: &[ArmData], trait_name: &str) -> Result<Plot> {
     let point = |a: &ArmData| -> Option<(f64, f64)> {
         Some((
             a.capability.normal_nll.as_ref()?.mean,
@@ -162,10 +183,10 @@ pub fn plots(
             point_labels: coefs,
         });
     }
-    for a in arms
+    let others = arms
         .iter()
-        .filter(|a| a.result.arm.steer.is_none() && a.result.arm.step.is_none())
-    {
+        .filter(|a| a.result.arm.steer.is_none() && a.result.arm.step.is_none());
+    for a in others {
         if let Some(p) = point(a) {
             series.push(Series {
                 name: a.result.arm.label.clone(),
@@ -175,56 +196,59 @@ pub fn plots(
         }
     }
     let title = format!("{trait_name} score vs capability cost");
-    out.push((
-        "trait-vs-capability.svg".into(),
-        title.clone(),
-        scatter(
-            Labels {
-                title: &title,
-                x: "held-out NLL on normal data (nats/token)",
-                y: "trait score",
-            },
-            &series,
-        )?,
-    ));
-    // 3. Trait score vs shift over every unsteered checkpoint.
-    let pts: Vec<(f64, f64)> = arms
-        .iter()
-        .filter(|a| a.result.arm.steer.is_none())
-        .filter_map(|a| Some((a.result.shift, a.result.trait_score.as_ref()?.mean)))
-        .collect();
-    let (xs, ys): (Vec<f64>, Vec<f64>) = pts.iter().copied().unzip();
-    let r = pearson(&xs, &ys);
+    let labels = Labels {
+        title: &title,
+        x: "held-out NLL on normal data (nats/token)",
+        y: "trait score",
+    };
+    let svg = scatter(labels, &series)?;
+    Ok(Plot {
+        file: "trait-vs-capability.svg",
+        title,
+        svg,
+    })
+}
+
+/// Trait score against shift over every unsteered checkpoint.
+fn correlation_plot(arms: &[ArmData], trait_name: &str) -> Result<Plot> {
+    let points = shift_trait_points(arms);
     let title = format!(
         "{trait_name} score vs finetuning shift (Pearson r = {})",
-        r.map_or("n/a".into(), |r| format!("{r:.2}"))
+        fmt_r(shift_trait_r(arms))
     );
-    out.push((
-        "trait-vs-shift.svg".into(),
-        title.clone(),
-        scatter(
-            Labels {
-                title: &title,
-                x: "finetuning shift",
-                y: "trait score",
-            },
-            &[Series {
-                name: "checkpoints".into(),
-                points: pts,
-                ..Default::default()
-            }],
-        )?,
-    ));
-    Ok(out)
+    let labels = Labels {
+        title: &title,
+        x: "finetuning shift",
+        y: "trait score",
+    };
+    let series = [Series {
+        name: "checkpoints".into(),
+        points,
+        ..Default::default()
+    }];
+    let svg = scatter(labels, &series)?;
+    Ok(Plot {
+        file: "trait-vs-shift.svg",
+        title,
+        svg,
+    })
+}
+
+/// `(shift, trait score)` of every unsteered arm that has a trait score.
+fn shift_trait_points(arms: &[ArmData]) -> Vec<(f64, f64)> {
+    arms.iter()
+        .filter(|a| a.result.arm.steer.is_none())
+        .filter_map(|a| Some((a.result.shift, a.result.trait_score.as_ref()?.mean)))
+        .collect()
+}
+
+fn fmt_r(r: Option<f64>) -> String {
+    r.map_or("n/a".into(), |r| format!("{r:.2}"))
 }
 
 /// Pearson r between shift and trait score over the unsteered arms.
 pub fn shift_trait_r(arms: &[ArmData]) -> Option<f64> {
-    let (xs, ys): (Vec<f64>, Vec<f64>) = arms
-        .iter()
-        .filter(|a| a.result.arm.steer.is_none())
-        .filter_map(|a| Some((a.result.shift, a.result.trait_score.as_ref()?.mean)))
-        .unzip();
+    let (xs, ys): (Vec<f64>, Vec<f64>) = shift_trait_points(arms).into_iter().unzip();
     pearson(&xs, &ys)
 }
 
@@ -252,6 +276,17 @@ fn examples(arms: &[ArmData], n: usize) -> Vec<(String, String, Vec<&AnswerRecor
         .collect()
 }
 
+/// Everything a report shows, gathered once and rendered twice.
+struct Report<'a> {
+    title: &'a str,
+    judge: String,
+    settings: String,
+    table: String,
+    r: String,
+    plots: Vec<Plot>,
+    examples: Vec<(String, String, Vec<&'a AnswerRecord>)>,
+}
+
 /// Writes `report.md`, `report.html` and the SVGs into `dir` from the saved
 /// results the manifest names (and writes the manifest as `comparison.json`).
 pub fn write_report(dir: &Path, manifest: &ComparisonManifest) -> Result<PathBuf> {
@@ -261,76 +296,107 @@ pub fn write_report(dir: &Path, manifest: &ComparisonManifest) -> Result<PathBuf
         .map(|d| load_arm(d))
         .collect::<Result<_>>()?;
     std::fs::create_dir_all(dir).map_err(|e| EvalError::file(dir, e))?;
-    let plots = plots(&arms, manifest)?;
-    let table = table(&arms);
-    let judge = arms
-        .first()
-        .map(|a| a.result.judge.clone())
-        .unwrap_or_default();
-    let settings = arms
-        .first()
-        .map(|a| serde_json::to_string(&a.result.settings).unwrap_or_default())
-        .unwrap_or_default();
-    let r = shift_trait_r(&arms).map_or("n/a".into(), |r| format!("{r:.2}"));
+    let first = arms.first();
+    let report = Report {
+        title: &manifest.title,
+        judge: first.map(|a| a.result.judge.clone()).unwrap_or_default(),
+        settings: first
+            .map(|a| serde_json::to_string(&a.result.settings).unwrap_or_default())
+            .unwrap_or_default(),
+        table: table(&arms),
+        r: fmt_r(shift_trait_r(&arms)),
+        plots: plots(&arms, manifest)?,
+        examples: examples(&arms, 2),
+    };
+    for plot in &report.plots {
+        persona_model::write_atomic(&dir.join(plot.file), plot.svg.as_bytes())?;
+    }
+    persona_model::write_atomic(
+        &dir.join("comparison.json"),
+        &serde_json::to_vec_pretty(manifest).expect("serialises"),
+    )?;
+    persona_model::write_atomic(&dir.join("report.md"), markdown(&report).as_bytes())?;
+    persona_model::write_atomic(&dir.join("report.html"), html(&report).as_bytes())?;
+    Ok(dir.join("report.html"))
+}
 
-    let mut md = format!("# {}\n\n", manifest.title);
-    let _ = writeln!(md, "Judge: {judge}\n\nSettings: `{settings}`\n");
-    md.push_str(&table);
+fn fmt_score(score: Option<f32>) -> String {
+    score.map_or("n/a".into(), |s| format!("{s:.0}"))
+}
+
+fn markdown(report: &Report) -> String {
+    let mut md = format!("# {}\n\n", report.title);
     let _ = writeln!(
         md,
-        "\nTrait score: mean of non-missing judgments with a 95% bootstrap interval. Shift: mean last-prompt-token activation minus the base model's, on the unit vector. NLL: nats/token (lower is better). Pearson r (shift vs trait score, unsteered checkpoints): {r}.\n"
+        "Judge: {}\n\nSettings: `{}`\n",
+        report.judge, report.settings
     );
-    for (file, title, svg) in &plots {
-        persona_model::write_atomic(&dir.join(file), svg.as_bytes())?;
-        let _ = writeln!(md, "![{title}]({file})\n");
+    md.push_str(&report.table);
+    let _ = writeln!(
+        md,
+        "\nTrait score: mean of non-missing judgments with a 95% bootstrap interval. Shift: mean last-prompt-token activation minus the base model's, on the unit vector. NLL: nats/token (lower is better). Pearson r (shift vs trait score, unsteered checkpoints): {}.\n",
+        report.r
+    );
+    for plot in &report.plots {
+        let _ = writeln!(md, "![{}]({})\n", plot.title, plot.file);
     }
     md.push_str("## Example answers\n\n");
-    let ex = examples(&arms, 2);
-    for (label, q, answers) in &ex {
+    for (label, q, answers) in &report.examples {
         let _ = writeln!(md, "**{label}**, to \"{q}\":\n");
         for a in answers {
             let _ = writeln!(
                 md,
                 "> {} *(trait {}, coherence {})*\n",
                 a.answer.replace('\n', " "),
-                a.trait_score.map_or("n/a".into(), |s| format!("{s:.0}")),
-                a.coherence.map_or("n/a".into(), |s| format!("{s:.0}"))
+                fmt_score(a.trait_score),
+                fmt_score(a.coherence)
             );
         }
     }
+    md
+}
 
-    let mut html = format!(
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title>\n<style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto;padding:0 1em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}code{{white-space:pre-wrap;overflow-wrap:anywhere}}blockquote{{color:#333;border-left:3px solid #ccc;margin:0.5em 0;padding-left:1em}}.plot{{margin:1em 0}}</style></head><body>\n<h1>{t}</h1>\n<p>Judge: {j}</p>\n<p>Settings: <code>{s}</code></p>\n",
-        t = html_escape(&manifest.title),
-        j = html_escape(&judge),
-        s = html_escape(&settings)
-    );
-    html.push_str("<table>\n");
+/// The markdown table as HTML rows (the `|---|` separator line skipped).
+fn html_table(table: &str) -> String {
+    let mut html = String::from("<table>\n");
     for (i, line) in table.lines().enumerate() {
         if i == 1 {
             continue;
         }
-        let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
         let tag = if i == 0 { "th" } else { "td" };
         html.push_str("<tr>");
-        for c in cells {
+        for c in line.trim_matches('|').split('|').map(str::trim) {
             let _ = write!(html, "<{tag}>{}</{tag}>", html_escape(c));
         }
         html.push_str("</tr>\n");
     }
+    html.push_str("</table>\n");
+    html
+}
+
+fn html(report: &Report) -> String {
+    let mut html = format!(
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title>\n<style>{STYLE}</style></head><body>\n<h1>{t}</h1>\n<p>Judge: {j}</p>\n<p>Settings: <code>{s}</code></p>\n",
+        t = html_escape(report.title),
+        j = html_escape(&report.judge),
+        s = html_escape(&report.settings)
+    );
+    html.push_str(&html_table(&report.table));
     let _ = writeln!(
         html,
-        "</table>\n<p>Pearson r (shift vs trait score, unsteered checkpoints): {r}</p>"
+        "<p>Pearson r (shift vs trait score, unsteered checkpoints): {}</p>",
+        report.r
     );
-    for (_, title, svg) in &plots {
+    for plot in &report.plots {
         let _ = writeln!(
             html,
-            "<div class=\"plot\"><h3>{}</h3>\n{svg}</div>",
-            html_escape(title)
+            "<div class=\"plot\"><h3>{}</h3>\n{}</div>",
+            html_escape(&plot.title),
+            plot.svg
         );
     }
     html.push_str("<h2>Example answers</h2>\n");
-    for (label, q, answers) in &ex {
+    for (label, q, answers) in &report.examples {
         let _ = writeln!(
             html,
             "<p><b>{}</b>, to &ldquo;{}&rdquo;:</p>",
@@ -342,17 +408,13 @@ pub fn write_report(dir: &Path, manifest: &ComparisonManifest) -> Result<PathBuf
                 html,
                 "<blockquote>{} <i>(trait {}, coherence {})</i></blockquote>",
                 html_escape(&a.answer),
-                a.trait_score.map_or("n/a".into(), |s| format!("{s:.0}")),
-                a.coherence.map_or("n/a".into(), |s| format!("{s:.0}"))
+                fmt_score(a.trait_score),
+                fmt_score(a.coherence)
             );
         }
     }
     html.push_str("</body></html>\n");
-    persona_model::write_atomic(
-        &dir.join("comparison.json"),
-        &serde_json::to_vec_pretty(manifest).expect("serialises"),
-    )?;
-    persona_model::write_atomic(&dir.join("report.md"), md.as_bytes())?;
-    persona_model::write_atomic(&dir.join("report.html"), html.as_bytes())?;
-    Ok(dir.join("report.html"))
+    html
 }
+
+const STYLE: &str = "body{font-family:sans-serif;max-width:1000px;margin:2em auto;padding:0 1em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}code{white-space:pre-wrap;overflow-wrap:anywhere}blockquote{color:#333;border-left:3px solid #ccc;margin:0.5em 0;padding-left:1em}.plot{margin:1em 0}";

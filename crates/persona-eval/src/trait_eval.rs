@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
+use burn::tensor::Device;
 use persona_judge::{Criterion, Judge, JudgmentCache};
 use persona_model::{LoadedModel, Message, SamplingSettings, Sequence};
 use persona_monitor::Projector;
@@ -204,11 +205,7 @@ pub fn evaluate_trait(
         judge.criterion_identity(&coh_c)?,
     ];
     let fp = fingerprint(arm, settings, &judge_ids)?;
-    let result_path = dir.join("result.json");
-    if let Ok(text) = std::fs::read_to_string(&result_path)
-        && let Ok(saved) = serde_json::from_str::<TraitResult>(&text)
-        && saved.fingerprint == fp
-    {
+    if let Some(saved) = saved_result(dir, &fp) {
         return Ok(saved);
     }
     settings.check()?;
@@ -231,26 +228,7 @@ pub fn evaluate_trait(
     let traits: Vec<Option<f32>> = records.iter().map(|r| r.trait_score).collect();
     let coherence: Vec<Option<f32>> = records.iter().map(|r| r.coherence).collect();
 
-    let projection = mean_projection(
-        loaded,
-        questions,
-        unit.clone(),
-        settings.shift_row,
-        settings.sampling.batch_size,
-    )?;
-    let base_projection = if arm.adapter.is_none() {
-        projection
-    } else {
-        let base = persona_model::load(&arm.model, device)?;
-        mean_projection(
-            &base,
-            questions,
-            unit,
-            settings.shift_row,
-            settings.sampling.batch_size,
-        )?
-    };
-
+    let (projection, shift) = projection_and_shift(loaded, arm, device, settings, unit, questions)?;
     let ok = |v: &[Option<f32>]| -> Vec<f64> { v.iter().flatten().map(|x| *x as f64).collect() };
     let result = TraitResult {
         arm: arm.clone(),
@@ -264,22 +242,55 @@ pub fn evaluate_trait(
             / traits.len().max(1) as f64,
         n_answers: records.len(),
         projection,
-        shift: projection - base_projection,
+        shift,
         bootstrap: (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED),
     };
+    save(dir, &records, &result)?;
+    Ok(result)
+}
+
+/// The result saved in `dir` when its fingerprint still matches.
+fn saved_result(dir: &Path, fingerprint: &str) -> Option<TraitResult> {
+    let text = std::fs::read_to_string(dir.join("result.json")).ok()?;
+    let saved = serde_json::from_str::<TraitResult>(&text).ok()?;
+    (saved.fingerprint == fingerprint).then_some(saved)
+}
+
+/// The arm's mean projection on the unit vector over the questions, and
+/// its shift from the base model's (zero for the base model itself).
+fn projection_and_shift(
+    loaded: &LoadedModel,
+    arm: &Arm,
+    device: &Device,
+    settings: &EvalSettings,
+    unit: Vec<f32>,
+    questions: &[String],
+) -> Result<(f64, f64)> {
+    let (row, batch) = (settings.shift_row, settings.sampling.batch_size);
+    let projection = mean_projection(loaded, questions, unit.clone(), row, batch)?;
+    if arm.adapter.is_none() {
+        return Ok((projection, 0.0));
+    }
+    let base = persona_model::load(&arm.model, device)?;
+    let base_projection = mean_projection(&base, questions, unit, row, batch)?;
+    Ok((projection, projection - base_projection))
+}
+
+/// Writes `answers.jsonl`, then `result.json`: the result's presence means
+/// the answers beside it are complete.
+fn save(dir: &Path, records: &[AnswerRecord], result: &TraitResult) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| EvalError::file(dir, e))?;
     let mut lines = String::new();
-    for r in &records {
+    for r in records {
         lines.push_str(&serde_json::to_string(r).expect("serialises"));
         lines.push('\n');
     }
     persona_model::write_atomic(&dir.join("answers.jsonl"), lines.as_bytes())?;
-    // The result last: its presence means the answers beside it are complete.
     persona_model::write_atomic(
-        &result_path,
-        &serde_json::to_vec_pretty(&result).expect("serialises"),
+        &dir.join("result.json"),
+        &serde_json::to_vec_pretty(result).expect("serialises"),
     )?;
-    Ok(result)
+    Ok(())
 }
 
 /// Reads an arm's saved answers.

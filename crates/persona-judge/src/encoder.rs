@@ -154,6 +154,54 @@ fn read_tensors(path: &Path) -> Result<TensorMap> {
     Ok(out)
 }
 
+/// The subset of BERT sentence-transformers this encoder implements.
+fn check_supported(
+    config: &BertConfig,
+    pooling: &PoolingConfig,
+) -> std::result::Result<(), String> {
+    if !pooling.pooling_mode_mean_tokens
+        || pooling.pooling_mode_cls_token
+        || pooling.pooling_mode_max_tokens
+    {
+        return Err("only mean pooling is supported".into());
+    }
+    if config.hidden_act != "gelu" {
+        return Err(format!(
+            "activation `{}` is not supported (only `gelu`)",
+            config.hidden_act
+        ));
+    }
+    if !config
+        .hidden_size
+        .is_multiple_of(config.num_attention_heads)
+    {
+        return Err("hidden_size is not a multiple of the head count".into());
+    }
+    Ok(())
+}
+
+/// `tokenizer.json`, truncating to `max_length` and padding each batch to
+/// its longest input.
+fn load_tokenizer(dir: &Path, max_length: usize) -> Result<Tokenizer> {
+    let path = dir.join("tokenizer.json");
+    let bad = |reason: String| JudgeError::Encoder {
+        path: path.clone(),
+        reason,
+    };
+    let mut tokenizer = Tokenizer::from_file(&path).map_err(|e| bad(e.to_string()))?;
+    tokenizer
+        .with_truncation(Some(TruncationParams {
+            max_length,
+            ..Default::default()
+        }))
+        .map_err(|e| bad(e.to_string()))?;
+    tokenizer.with_padding(Some(PaddingParams {
+        strategy: PaddingStrategy::BatchLongest,
+        ..Default::default()
+    }));
+    Ok(tokenizer)
+}
+
 impl SentenceEncoder {
     /// Loads an HF BERT sentence-transformers folder (`config.json`,
     /// `model.safetensors`, `tokenizer.json`, `1_Pooling/config.json`).
@@ -166,24 +214,7 @@ impl SentenceEncoder {
             path: dir.to_path_buf(),
             reason,
         };
-        if !pooling.pooling_mode_mean_tokens
-            || pooling.pooling_mode_cls_token
-            || pooling.pooling_mode_max_tokens
-        {
-            return Err(bad("only mean pooling is supported".into()));
-        }
-        if config.hidden_act != "gelu" {
-            return Err(bad(format!(
-                "activation `{}` is not supported (only `gelu`)",
-                config.hidden_act
-            )));
-        }
-        if !config
-            .hidden_size
-            .is_multiple_of(config.num_attention_heads)
-        {
-            return Err(bad("hidden_size is not a multiple of the head count".into()));
-        }
+        check_supported(&config, &pooling).map_err(bad)?;
         let mut w = Tensors {
             map: read_tensors(&weights_path)?,
             path: weights_path.clone(),
@@ -194,19 +225,9 @@ impl SentenceEncoder {
             config.intermediate_size,
             config.layer_norm_eps,
         );
-        let mut layers = Vec::new();
-        for l in 0..config.num_hidden_layers {
-            let p = format!("encoder.layer.{l}");
-            let s = |m: &str| format!("{p}.attention.self.{m}");
-            layers.push(EncoderLayer {
-                qkv: w.dense(&[s("query"), s("key"), s("value")], d, d)?,
-                attention_out: w.dense(&[format!("{p}.attention.output.dense")], d, d)?,
-                attention_norm: w.norm(&format!("{p}.attention.output.LayerNorm"), d, eps)?,
-                intermediate: w.dense(&[format!("{p}.intermediate.dense")], d, ff)?,
-                output: w.dense(&[format!("{p}.output.dense")], ff, d)?,
-                output_norm: w.norm(&format!("{p}.output.LayerNorm"), d, eps)?,
-            });
-        }
+        let layers = (0..config.num_hidden_layers)
+            .map(|l| w.layer(l, d, ff, eps))
+            .collect::<Result<Vec<_>>>()?;
         let e = "embeddings";
         let word_name = format!("{e}.word_embeddings.weight");
         let n_vocab = w.map.get(&word_name).map_or(0, |(s, _)| s[0]);
@@ -223,21 +244,7 @@ impl SentenceEncoder {
             Tensor::<1>::from_data(TensorData::new(data.clone(), [data.len()]), device)
         };
 
-        let tok_path = dir.join("tokenizer.json");
-        let mut tokenizer = Tokenizer::from_file(&tok_path).map_err(|e| JudgeError::Encoder {
-            path: tok_path.clone(),
-            reason: e.to_string(),
-        })?;
-        tokenizer
-            .with_truncation(Some(TruncationParams {
-                max_length: max_tokens.min(n_pos),
-                ..Default::default()
-            }))
-            .map_err(|e| bad(e.to_string()))?;
-        tokenizer.with_padding(Some(PaddingParams {
-            strategy: PaddingStrategy::BatchLongest,
-            ..Default::default()
-        }));
+        let tokenizer = load_tokenizer(dir, max_tokens.min(n_pos))?;
         let sha = persona_model::weights::sha256_files(&[weights_path])?;
         let name = dir
             .file_name()
@@ -417,6 +424,20 @@ impl Tensors {
             weight: self.vector(weight),
             bias: self.vector(bias),
             eps,
+        })
+    }
+
+    /// Encoder layer `l`: `d` wide with an `ff`-wide feed-forward.
+    fn layer(&mut self, l: usize, d: usize, ff: usize, eps: f64) -> Result<EncoderLayer> {
+        let p = format!("encoder.layer.{l}");
+        let s = |m: &str| format!("{p}.attention.self.{m}");
+        Ok(EncoderLayer {
+            qkv: self.dense(&[s("query"), s("key"), s("value")], d, d)?,
+            attention_out: self.dense(&[format!("{p}.attention.output.dense")], d, d)?,
+            attention_norm: self.norm(&format!("{p}.attention.output.LayerNorm"), d, eps)?,
+            intermediate: self.dense(&[format!("{p}.intermediate.dense")], d, ff)?,
+            output: self.dense(&[format!("{p}.output.dense")], ff, d)?,
+            output_norm: self.norm(&format!("{p}.output.LayerNorm"), d, eps)?,
         })
     }
 }

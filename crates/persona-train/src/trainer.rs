@@ -331,6 +331,37 @@ struct Training {
     last_loss: f64,
 }
 
+/// Optimizer steps in the run: one per `grad_accum` micro-batches, capped
+/// by `optim.max_steps` when set.
+fn optimizer_steps(schedule: &Schedule, recipe: &Recipe) -> usize {
+    let steps = schedule.len().div_ceil(recipe.optim.grad_accum);
+    match recipe.optim.max_steps {
+        0 => steps,
+        max => steps.min(max),
+    }
+}
+
+/// The adapter, optimizer moments and state of the run's last checkpoint,
+/// refused when it was made for a different number of steps.
+fn resume_state(
+    run: &RunDir,
+    mut lora: Lora,
+    total_steps: usize,
+    device: &Device,
+) -> Result<(Lora, Vec<Moments>, TrainerState)> {
+    let (moments, state) = checkpoint::load(run, &mut lora, device)?;
+    if state.total_steps != total_steps {
+        return Err(TrainError::Checkpoint {
+            path: run.root().to_path_buf(),
+            reason: format!(
+                "checkpoint was made for {} steps, the recipe gives {total_steps}",
+                state.total_steps
+            ),
+        });
+    }
+    Ok((lora, moments, state))
+}
+
 impl Training {
     /// Checks and loads everything, then opens the run folder: a fresh
     /// start writes provenance and a step-0 checkpoint, a resume restores
@@ -360,10 +391,7 @@ impl Training {
         let steering = training_steering(&recipe, &device)?;
         let monitors = shift_monitors(&recipe, &loaded)?;
         let schedule = Schedule::new(&data, &recipe);
-        let mut total_steps = schedule.len().div_ceil(recipe.optim.grad_accum);
-        if recipe.optim.max_steps > 0 {
-            total_steps = total_steps.min(recipe.optim.max_steps);
-        }
+        let total_steps = optimizer_steps(&schedule, &recipe);
         let l = &recipe.lora;
         let lora = Lora::init(
             &cfg,
@@ -378,19 +406,8 @@ impl Training {
             create_run_folder(&run, on_event)?;
             zero_state(lora, total_steps)
         } else {
-            let mut lora = lora;
-            let (moments, state) = checkpoint::load(&run, &mut lora, &device)?;
-            (lora, moments, state)
+            resume_state(&run, lora, total_steps, &device)?
         };
-        if state.total_steps != total_steps {
-            return Err(TrainError::Checkpoint {
-                path: run.root().to_path_buf(),
-                reason: format!(
-                    "checkpoint was made for {} steps, the recipe gives {total_steps}",
-                    state.total_steps
-                ),
-            });
-        }
         let base_model = identity.peft_base_model();
         if fresh {
             write_provenance(&run, &recipe, &identity, &data)?;
