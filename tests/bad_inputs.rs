@@ -11,7 +11,6 @@ mod common;
 
 use burn::tensor::Device;
 use persona_model::testing::{tiny_config, tiny_gguf};
-use persona_train::Recipe;
 use persona_vectors::file::{FORMAT_VERSION, ROW_CONVENTION};
 use persona_vectors::{VectorFile, VectorMeta};
 
@@ -129,15 +128,21 @@ traits = [{{ name = "t", vector = "{v}", questions = "{q}" }}]
 
     /// `persona ARGS` with this PERSONA_HOME: (exit code, stdout, stderr).
     fn persona(&self, args: &[&str]) -> (i32, String, String) {
-        let out = common::persona(self.home.path())
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        common::output(common::persona(self.home.path()).args(args))
+    }
+
+    /// `persona export --format llama-cpp` of one layer, with `extra` flags.
+    fn export(
+        &self,
+        vector: &str,
+        layer: &str,
+        out: &str,
+        extra: &[&str],
+    ) -> (i32, String, String) {
+        let mut args = vec!["export", "--format", "llama-cpp", "--vector", vector];
+        args.extend(["--layer", layer, "--out", out]);
+        args.extend(extra);
+        self.persona(&args)
     }
 
     fn train(&self, recipe: &Path, resume: bool) -> (i32, String, String) {
@@ -160,13 +165,6 @@ fn one_line_error(code: i32, stderr: &str) -> String {
     lines[0].to_string()
 }
 
-fn check(recipe: &Path) -> Result<(), String> {
-    let r = Recipe::load(recipe).map_err(|e| e.to_string())?;
-    r.check_static().map_err(|e| e.to_string())?;
-    let (cfg, id) = persona_model::inspect(&r.model.name).map_err(|e| e.to_string())?;
-    r.check_model(&cfg, &id).map_err(|e| e.to_string())
-}
-
 /// Regression: `max_grad_norm = nan` turned clipping off silently; negative
 /// `max_grad_norm` / `weight_decay` / `lora.alpha`, a NaN coefficient,
 /// `steering.layers = [15, 15]` and `monitor.layers = []` were accepted;
@@ -175,7 +173,7 @@ fn check(recipe: &Path) -> Result<(), String> {
 #[test]
 fn recipe_numbers_that_are_nan_negative_repeated_or_absurd_are_refused() {
     let t = Tiny::new();
-    check(&t.recipe("ok", |_| {})).unwrap();
+    common::check_recipe(&t.recipe("ok", |_| {})).unwrap();
     type Edit = Box<dyn FnOnce(&mut toml::Table)>;
     let nan = f64::NAN;
     let cases: Vec<(&str, Edit, &str)> = vec![
@@ -241,7 +239,7 @@ fn recipe_numbers_that_are_nan_negative_repeated_or_absurd_are_refused() {
         ),
     ];
     for (name, edit, want) in cases {
-        let e = check(&t.recipe(name, edit)).expect_err(name);
+        let e = common::check_recipe(&t.recipe(name, edit)).expect_err(name);
         assert!(e.contains(want), "{name}: {e}");
     }
 }
@@ -621,19 +619,7 @@ fn non_finite_or_absurd_cli_numbers_are_one_line_errors() {
         );
     }
     let out = t.path("cv.gguf").display().to_string();
-    let (code, _, err) = t.persona(&[
-        "export",
-        "--format",
-        "llama-cpp",
-        "--vector",
-        &v,
-        "--layer",
-        "2",
-        "--coef",
-        "NaN",
-        "--out",
-        &out,
-    ]);
+    let (code, _, err) = t.export(&v, "2", &out, &["--coef", "NaN"]);
     assert!(
         one_line_error(code, &err).contains("not a finite number"),
         "{err}"
@@ -648,17 +634,7 @@ fn export_prints_the_current_llama_cpp_syntax() {
     let t = Tiny::new();
     let out = t.path("cv.gguf").display().to_string();
     let v = t.path("v.safetensors").display().to_string();
-    let (code, stdout, err) = t.persona(&[
-        "export",
-        "--format",
-        "llama-cpp",
-        "--vector",
-        &v,
-        "--layer",
-        "2",
-        "--out",
-        &out,
-    ]);
+    let (code, stdout, err) = t.export(&v, "2", &out, &[]);
     assert_eq!(code, 0, "{err}");
     assert!(
         stdout.contains(&format!("--control-vector-scaled {out}:1.0 ")),
@@ -681,17 +657,7 @@ fn failed_writes_say_write_and_leave_nothing_behind() {
     // A non-empty folder where the file should go: the rename fails.
     let taken = t.path("taken");
     std::fs::create_dir_all(taken.join("x")).unwrap();
-    let (code, _, err) = t.persona(&[
-        "export",
-        "--format",
-        "llama-cpp",
-        "--vector",
-        &v,
-        "--layer",
-        "2",
-        "--out",
-        taken.to_str().unwrap(),
-    ]);
+    let (code, _, err) = t.export(&v, "2", taken.to_str().unwrap(), &[]);
     assert!(one_line_error(code, &err).contains("cannot write"), "{err}");
     let leftovers: Vec<_> = std::fs::read_dir(t.home.path())
         .unwrap()

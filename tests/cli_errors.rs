@@ -1,5 +1,7 @@
 //! Bad input to the CLI: one line naming the problem and the fix, exit code 2.
 
+mod common;
+
 use std::process::Command;
 
 use persona_vectors::{
@@ -8,15 +10,7 @@ use persona_vectors::{
 };
 
 fn persona(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_persona"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    common::output(Command::new(env!("CARGO_BIN_EXE_persona")).args(args))
 }
 
 fn assert_one_line_error(stderr: &str, needle: &str) {

@@ -426,10 +426,7 @@ fn tiny_hf(dir: &Path) -> PathBuf {
     let gguf = dir.join("tiny.gguf");
     std::fs::write(&gguf, tiny_gguf(3)).unwrap();
     let out = dir.join("hf");
-    persona_model::load_host(gguf.to_str().unwrap())
-        .unwrap()
-        .write_hf_dir(&out)
-        .unwrap();
+    persona_model::testing::write_hf_copy(gguf.to_str().unwrap(), &out);
     out
 }
 

@@ -12,10 +12,7 @@ fn gguf_to_hf_directory_round_trip_is_exact() {
     let gguf = common::smollm();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("smollm2-hf");
-    load_host(persona_model::DEFAULT_MODEL)
-        .unwrap()
-        .write_hf_dir(&out)
-        .unwrap();
+    persona_model::testing::write_hf_copy(persona_model::DEFAULT_MODEL, &out);
     for f in [
         "model.safetensors",
         "config.json",
@@ -37,15 +34,7 @@ fn gguf_to_hf_directory_round_trip_is_exact() {
     assert_eq!(hf.codec.encode(&text).unwrap(), ids);
     assert_eq!(hf.codec.stop_ids, gguf.codec.stop_ids);
 
-    let batch = Batch::new(
-        &[Sequence {
-            prompt: ids,
-            response: vec![],
-        }],
-        PadSide::Left,
-        gguf.codec.pad_id,
-    )
-    .unwrap();
+    let batch = common::prompt_batch(ids, gguf.codec.pad_id);
     let a = gguf
         .model
         .forward(&batch, ForwardArgs::plain())
@@ -187,10 +176,7 @@ fn rope_theta_from_transformers_5_configs() {
     let gguf = common::smollm();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("smollm2-hf5");
-    load_host(persona_model::DEFAULT_MODEL)
-        .unwrap()
-        .write_hf_dir(&out)
-        .unwrap();
+    persona_model::testing::write_hf_copy(persona_model::DEFAULT_MODEL, &out);
     let p = out.join("config.json");
     let mut cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
@@ -208,15 +194,7 @@ fn rope_theta_from_transformers_5_configs() {
         .codec
         .prompt_ids(&[Message::user("What is the capital of France?")])
         .unwrap();
-    let batch = Batch::new(
-        &[Sequence {
-            prompt: ids,
-            response: vec![],
-        }],
-        PadSide::Left,
-        gguf.codec.pad_id,
-    )
-    .unwrap();
+    let batch = common::prompt_batch(ids, gguf.codec.pad_id);
     let logits = |m: &persona_model::Model| {
         m.forward(&batch, ForwardArgs::plain())
             .unwrap()

@@ -7,8 +7,7 @@ mod common;
 use burn::tensor::Tensor;
 use common::{floats, reference, smollm};
 use persona_model::{
-    Batch, CaptureRequest, ForwardArgs, GenerateOptions, Logits, Message, PadSide, Reduction,
-    Sampling, Sequence, generate,
+    CaptureRequest, ForwardArgs, GenerateOptions, Logits, Message, Reduction, Sampling, generate,
 };
 
 fn reference_ids() -> Vec<u32> {
@@ -66,15 +65,7 @@ fn reference_forward() -> (Vec<f32>, Vec<Vec<f32>>, Vec<f32>) {
     let m = smollm();
     let ids = reference_ids();
     let n = ids.len();
-    let batch = Batch::new(
-        &[Sequence {
-            prompt: ids,
-            response: vec![],
-        }],
-        PadSide::Left,
-        m.codec.pad_id,
-    )
-    .unwrap();
+    let batch = common::prompt_batch(ids, m.codec.pad_id);
     let rows: Vec<usize> = (0..=m.model.config.n_layers).collect();
     let req = CaptureRequest::new(rows.iter().copied(), &[Reduction::Full]);
     let out = m
@@ -249,15 +240,7 @@ fn greedy_continuation_without_cache() {
     let mut ids = reference_ids();
     let mut new = Vec::new();
     for _ in 0..PARIS.len() {
-        let batch = Batch::new(
-            &[Sequence {
-                prompt: ids.clone(),
-                response: vec![],
-            }],
-            PadSide::Left,
-            m.codec.pad_id,
-        )
-        .unwrap();
+        let batch = common::prompt_batch(ids.clone(), m.codec.pad_id);
         let args = ForwardArgs {
             cache: None,
             steering: &[],

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::{persona, repo, temp_home};
-use persona_train::Recipe;
 use persona_train::trainer::StepMetrics;
 
 /// The smoke recipe with its run name, vector path and a few keys changed.
@@ -154,13 +153,6 @@ fn smoke_recipe_trains_logs_shift_and_resumes_bit_identically_after_a_kill() {
     }
 }
 
-fn check(recipe: &Path) -> Result<(), String> {
-    let r = Recipe::load(recipe).map_err(|e| e.to_string())?;
-    r.check_static().map_err(|e| e.to_string())?;
-    let (cfg, id) = persona_model::inspect(&r.model.name).map_err(|e| e.to_string())?;
-    r.check_model(&cfg, &id).map_err(|e| e.to_string())
-}
-
 #[test]
 fn every_shipped_recipe_resolves() {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -178,7 +170,7 @@ fn every_shipped_recipe_resolves() {
     assert!(!recipes.is_empty());
     std::env::set_current_dir(repo()).unwrap();
     for r in recipes {
-        check(&r).unwrap_or_else(|e| panic!("{}: {e}", r.display()));
+        common::check_recipe(&r).unwrap_or_else(|e| panic!("{}: {e}", r.display()));
     }
 }
 
@@ -230,7 +222,7 @@ fn bad_recipes_fail_with_errors_naming_the_key() {
     ];
     for (name, edit, want) in cases {
         let p = smoke_recipe(home.path(), name, edit);
-        let e = check(&p).expect_err(name);
+        let e = common::check_recipe(&p).expect_err(name);
         assert!(e.contains(want), "{name}: {e}");
     }
     // A vector of the wrong width (made for another model) is refused before training.
@@ -253,14 +245,14 @@ fn bad_recipes_fail_with_errors_naming_the_key() {
     let p = smoke_recipe(home.path(), "wrong-width", |t| {
         t["steering"]["layers"] = toml::Value::Array(vec![2.into()])
     });
-    let e = check(&p).unwrap_err();
+    let e = common::check_recipe(&p).unwrap_err();
     assert!(e.contains("another model"), "{e}");
 }
 
 #[test]
 fn merge_folds_adapters_into_weights() {
     use burn::tensor::{Device, Tensor, TensorData};
-    use persona_model::{Batch, ForwardArgs, Logits, PadSide, Scaling, Sequence, Target};
+    use persona_model::{ForwardArgs, Logits, Scaling, Target};
     let m = persona_model::load(persona_model::DEFAULT_MODEL, &Device::flex()).unwrap();
     let mut lora = persona_model::Lora::init(
         &m.model.config,
@@ -316,15 +308,7 @@ fn merge_folds_adapters_into_weights() {
                 .unwrap(),
         )
         .unwrap();
-    let batch = Batch::new(
-        &[Sequence {
-            prompt: ids,
-            response: vec![],
-        }],
-        PadSide::Left,
-        m.codec.pad_id,
-    )
-    .unwrap();
+    let batch = common::prompt_batch(ids, m.codec.pad_id);
     let none = persona_model::CaptureRequest::none();
     let a = m
         .model

@@ -60,3 +60,30 @@ pub fn persona(home: &Path) -> Command {
     c.env("PERSONA_HOME", home).current_dir(repo());
     c
 }
+
+/// Runs a command to completion: (exit code, stdout, stderr).
+pub fn output(c: &mut Command) -> (i32, String, String) {
+    let out = c.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Every check `persona train` makes before loading weights, as one message.
+pub fn check_recipe(recipe: &Path) -> Result<(), String> {
+    let r = persona_train::Recipe::load(recipe).map_err(|e| e.to_string())?;
+    r.check_static().map_err(|e| e.to_string())?;
+    let (cfg, id) = persona_model::inspect(&r.model.name).map_err(|e| e.to_string())?;
+    r.check_model(&cfg, &id).map_err(|e| e.to_string())
+}
+
+/// One unpadded prompt as a batch.
+pub fn prompt_batch(ids: Vec<u32>, pad_id: u32) -> persona_model::Batch {
+    let row = persona_model::Sequence {
+        prompt: ids,
+        response: vec![],
+    };
+    persona_model::Batch::new(&[row], persona_model::PadSide::Left, pad_id).unwrap()
+}

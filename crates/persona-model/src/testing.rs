@@ -180,8 +180,9 @@ pub fn gguf_tensors(cfg: &ModelConfig, weights: &WeightMap) -> GgufTensors {
 }
 
 /// llama.cpp's q/k row permutation (HF rotate-half -> interleaved pairs),
-/// the inverse of [`crate::weights::unpermute_rows`].
-fn permute_rows(hf: &[f32], n_heads: usize, row_len: usize) -> Vec<f32> {
+/// the inverse of [`crate::weights::unpermute_rows`]: its converter's
+/// `reshape(n_head, 2, half, row).swapaxes(1, 2)`, so out[h, i, t] = in[h, t, i].
+pub(crate) fn permute_rows(hf: &[f32], n_heads: usize, row_len: usize) -> Vec<f32> {
     let hd = hf.len() / row_len / n_heads;
     let half = hd / 2;
     let mut out = vec![0f32; hf.len()];
@@ -297,4 +298,13 @@ mod tests {
             "<|im_start|>user\nHi there!<|im_end|>\n<|im_start|>assistant\n"
         );
     }
+}
+
+/// Converts the model at `source` (a GGUF file or model name) into an HF
+/// folder at `out`, the way `persona convert` does. Panics on failure.
+pub fn write_hf_copy(source: &str, out: &std::path::Path) {
+    crate::load_host(source)
+        .unwrap_or_else(|e| panic!("{source}: {e}"))
+        .write_hf_dir(out)
+        .unwrap_or_else(|e| panic!("{}: {e}", out.display()));
 }

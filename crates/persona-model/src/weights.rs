@@ -440,31 +440,11 @@ pub fn hex(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
 
-    /// llama.cpp's `permute` from its HF converter, written out for the test.
-    fn permute(hf: &[f32], n_heads: usize, row_len: usize) -> Vec<f32> {
-        let n_rows = hf.len() / row_len;
-        let hd = n_rows / n_heads;
-        let half = hd / 2;
-        let mut out = vec![0f32; hf.len()];
-        // reshape(n_head, 2, half, row).swapaxes(1, 2): out[h, i, t] = in[h, t, i]
-        for h in 0..n_heads {
-            for i in 0..half {
-                for t in 0..2 {
-                    let src = h * hd + t * half + i;
-                    let dst = h * hd + i * 2 + t;
-                    out[dst * row_len..(dst + 1) * row_len]
-                        .copy_from_slice(&hf[src * row_len..(src + 1) * row_len]);
-                }
-            }
-        }
-        out
-    }
-
     #[test]
     fn unpermute_inverts_llama_cpp_permute() {
         let (heads, hd, row) = (3, 8, 5);
         let hf: Vec<f32> = (0..heads * hd * row).map(|x| x as f32).collect();
-        let g = permute(&hf, heads, row);
+        let g = crate::testing::permute_rows(&hf, heads, row);
         assert_ne!(g, hf);
         assert_eq!(unpermute_rows(&g, heads, row), hf);
     }
