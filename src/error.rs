@@ -25,17 +25,8 @@ pub enum Error {
     Input(String),
 }
 
-macro_rules! boxed_from {
-    ($($variant:ident: $t:ty),* $(,)?) => {$(
-        impl From<$t> for Error {
-            fn from(e: $t) -> Self {
-                Self::$variant(Box::new(e))
-            }
-        }
-    )*};
-}
-
-boxed_from!(
+persona_model::boxed_from!(
+    Error;
     Model: persona_model::ModelError,
     Vector: persona_vectors::VectorError,
     Trait: persona_vectors::TraitError,

@@ -25,17 +25,8 @@ pub enum EvalError {
     Input(String),
 }
 
-macro_rules! boxed_from {
-    ($($variant:ident: $t:ty),* $(,)?) => {$(
-        impl From<$t> for EvalError {
-            fn from(e: $t) -> Self {
-                Self::$variant(Box::new(e))
-            }
-        }
-    )*};
-}
-
-boxed_from!(
+persona_model::boxed_from!(
+    EvalError;
     Model: persona_model::ModelError,
     Judge: persona_judge::JudgeError,
     Train: persona_train::TrainError,

@@ -109,3 +109,17 @@ impl ModelError {
         }
     }
 }
+
+/// `From` for an error enum whose variants box the errors of earlier
+/// stages (boxed to keep `Result` small):
+/// `boxed_from!(MyError; Model: ModelError, Judge: JudgeError)`.
+#[macro_export]
+macro_rules! boxed_from {
+    ($target:ty; $($variant:ident: $t:ty),* $(,)?) => {$(
+        impl From<$t> for $target {
+            fn from(e: $t) -> Self {
+                Self::$variant(Box::new(e))
+            }
+        }
+    )*};
+}
