@@ -274,6 +274,15 @@ pub fn tiny_gguf(seed: u64) -> Vec<u8> {
     )
 }
 
+/// Converts the model at `source` (a GGUF file or model name) into an HF
+/// folder at `out`, the way `persona convert` does. Panics on failure.
+pub fn write_hf_copy(source: &str, out: &std::path::Path) {
+    crate::load_host(source)
+        .unwrap_or_else(|e| panic!("{source}: {e}"))
+        .write_hf_dir(out)
+        .unwrap_or_else(|e| panic!("{}: {e}", out.display()));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,13 +307,4 @@ mod tests {
             "<|im_start|>user\nHi there!<|im_end|>\n<|im_start|>assistant\n"
         );
     }
-}
-
-/// Converts the model at `source` (a GGUF file or model name) into an HF
-/// folder at `out`, the way `persona convert` does. Panics on failure.
-pub fn write_hf_copy(source: &str, out: &std::path::Path) {
-    crate::load_host(source)
-        .unwrap_or_else(|e| panic!("{source}: {e}"))
-        .write_hf_dir(out)
-        .unwrap_or_else(|e| panic!("{}: {e}", out.display()));
 }

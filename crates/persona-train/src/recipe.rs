@@ -2,8 +2,8 @@
 //!
 //! Every struct rejects unknown keys, and no numeric field has a default: a
 //! recipe that omits one fails to parse with a message naming the key.
-//! [`Recipe::resolve`] then checks everything that can be checked before any
-//! weight is loaded (files exist, layers in range, vectors match the model).
+//! [`Recipe::check_static`] and [`Recipe::check_model`] then check everything
+//! that can be checked before any weight is loaded (files exist, layers in range, vectors match the model).
 
 use std::path::{Path, PathBuf};
 

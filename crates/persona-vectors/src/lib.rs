@@ -1,7 +1,7 @@
 //! Persona vectors: the second stage of the pipeline (runtime -> **persona
 //! vectors** -> training -> evaluation -> CLI).
 //!
-//! Trait definitions ([`traits`]), the vector file format ([`file`]),
+//! Trait definitions ([`traits`]), the vector file format ([`mod@file`]),
 //! extraction from a trait file's authored responses ([`extract`]) or from
 //! the model's own judged answers ([`generated`]), and the llama.cpp export
 //! ([`export`]). Layer selection and the coefficient sweep steer and judge
