@@ -1,7 +1,8 @@
 //! Runtime speed on the embedded model: prefill tokens/s (batch 8 x 128),
 //! decode tokens/s at batch 1 and batch 16 (128 new tokens; with the
 //! prompts' prefill, and without it), peak memory.
-//! Run with `just bench` (release build). Thread count: RAYON_NUM_THREADS.
+//! Run with `just bench` (release build). Thread count: RAYON_NUM_THREADS;
+//! decoding kernel family: PERSONA_CPU_KERNELS (avx512, avx2, generic).
 
 use std::time::Instant;
 
@@ -25,6 +26,33 @@ fn peak_rss_mb() -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
+/// The CPU model, its vector features and the decoding kernels that run:
+/// every number this bench prints depends on them.
+fn cpu_line() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        cpuinfo
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split(':').nth(1))
+            .map(str::trim)
+            .unwrap_or("?")
+            .to_string()
+    };
+    let flags = field("flags");
+    let vector: Vec<&str> = flags
+        .split_whitespace()
+        .filter(|f| ["avx2", "fma", "f16c", "avx512f", "asimd"].contains(f))
+        .collect();
+    let kernels = persona_model::CpuKernels::selected().map_or("?", |k| k.name());
+    format!(
+        "cpu: {} ({}); threads {}; kernels {kernels}",
+        field("model name"),
+        vector.join(" "),
+        rayon::current_num_threads()
+    )
+}
+
 fn prompt(len: usize, salt: usize) -> Vec<u32> {
     // Ordinary tokens only (ids >= 17 are not special in SmolLM2).
     (0..len)
@@ -36,8 +64,9 @@ fn main() {
     alloc::keep_freed_memory();
     let device = Device::flex();
     let t = Instant::now();
-    let m = load(DEFAULT_MODEL, &device).expect("run `just fetch-model` first");
+    let m = load(DEFAULT_MODEL, &device).unwrap_or_else(|e| panic!("{e}"));
     println!("load: {:.2} s", t.elapsed().as_secs_f64());
+    println!("{}", cpu_line());
     // `BENCH_ONLY=prefill|decode1|decode16|train` runs one part, or a comma
     // list of them (for profiling).
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();

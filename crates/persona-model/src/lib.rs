@@ -44,6 +44,7 @@ pub use likelihood::{ResponseLikelihood, response_likelihoods};
 pub use load::{DEFAULT_MODEL, HostModel, LoadedModel, ModelIdentity, inspect, load, load_host};
 pub use lora::{Lora, LoraDropout, PeftScaling, Scaling, Target};
 pub use model::{ForwardArgs, ForwardOutput, Logits, Model, host_vec};
+pub use packed::{CPU_KERNELS_VAR, CpuKernels};
 pub use sites::{
     Batch, CaptureRequest, PadSide, Positions, Reduction, Role, Sequence, SteerOp, Steering,
 };

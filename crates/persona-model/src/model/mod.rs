@@ -54,6 +54,8 @@ impl Model {
     pub fn from_weights(config: ModelConfig, w: &WeightMap, device: &Device) -> Result<Self> {
         check_strict(&config, w)?;
         if crate::device::is_cpu(device) {
+            // A bad PERSONA_CPU_KERNELS is refused before any work.
+            crate::CpuKernels::selected()?;
             crate::device::tune_cpu_matmul();
         }
         // Several HF projections fused into one linear map.

@@ -1,8 +1,13 @@
-//! The packed products' kernels, chosen by CPU features at run time, and
-//! the panel range a kernel call works on.
+//! The packed products' kernels, one family per CPU feature level, chosen
+//! at run time ([`CpuKernels`]), and the panel range a kernel call works on.
+
+use std::sync::OnceLock;
 
 use super::format::{Format, Line, PANEL};
+use crate::error::{ModelError, Result};
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 
@@ -45,34 +50,136 @@ impl PanelRange {
     }
 }
 
-/// Whether this CPU has a packed kernel.
-pub(super) fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        avx512::available()
+/// The environment variable that forces a kernel family.
+pub const CPU_KERNELS_VAR: &str = "PERSONA_CPU_KERNELS";
+
+/// A family of packed decoding kernels. Every family computes each output
+/// as the same fused multiply-add chain over `k`, so all of them give the
+/// same bits; [`CpuKernels::Generic`] (burn's matmul) can differ from them
+/// in the last bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CpuKernels {
+    /// x86-64 with AVX-512F: 16 lanes, up to 16 rows per pass.
+    Avx512,
+    /// x86-64-v3 (AVX2, FMA, F16C): 8 lanes, up to 8 rows per pass.
+    Avx2,
+    /// No packed kernel: every product goes through burn's matmul.
+    Generic,
+}
+
+impl CpuKernels {
+    /// Every family, fastest first.
+    pub const ALL: [Self; 3] = [Self::Avx512, Self::Avx2, Self::Generic];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Avx512 => "avx512",
+            Self::Avx2 => "avx2",
+            Self::Generic => "generic",
+        }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
+
+    /// Whether this CPU can run the family.
+    pub fn supported(self) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx512 => avx512::available(),
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx2 => avx2::available(),
+            Self::Generic => true,
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+
+    /// The families this CPU can run, fastest first.
+    pub fn supported_here() -> Vec<Self> {
+        Self::ALL.into_iter().filter(|k| k.supported()).collect()
+    }
+
+    /// The family products use: the one [`CPU_KERNELS_VAR`] names, or the
+    /// fastest this CPU supports. Read once per process; an unknown name,
+    /// or a family this CPU lacks, is an error every time it is asked.
+    pub fn selected() -> Result<Self> {
+        static SELECTED: OnceLock<std::result::Result<CpuKernels, String>> = OnceLock::new();
+        SELECTED
+            .get_or_init(|| Self::from_var(std::env::var(CPU_KERNELS_VAR).ok().as_deref()))
+            .clone()
+            .map_err(ModelError::Input)
+    }
+
+    fn from_var(value: Option<&str>) -> std::result::Result<Self, String> {
+        let names = || {
+            Self::supported_here()
+                .iter()
+                .map(|k| k.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let Some(value) = value.filter(|v| !v.is_empty()) else {
+            return Ok(Self::supported_here()[0]);
+        };
+        let Some(kernels) = Self::ALL.into_iter().find(|k| k.name() == value) else {
+            return Err(format!(
+                "{CPU_KERNELS_VAR}={value} is not a kernel family; use one of {}",
+                names()
+            ));
+        };
+        if !kernels.supported() {
+            return Err(format!(
+                "{CPU_KERNELS_VAR}={value}: this CPU cannot run the {value} kernels; use one of {}",
+                names()
+            ));
+        }
+        Ok(kernels)
     }
 }
 
 /// `out[r, c] = sum_l xt[l, r] * w[l, c]` for `r < rows` and the range's
-/// columns, on this CPU's kernel.
+/// columns, on `kernels`.
 ///
 /// # Safety
-/// [`available`] must hold, and the range must be as `avx512::panels`
-/// requires (panels in `format`, `xt` of `k * rows` floats, `1 <= rows <=
-/// 16`, `out` valid for `rows` rows of `cols` floats).
-pub(super) unsafe fn panels(format: Format, range: PanelRange, rows: usize) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: as above.
-    unsafe {
-        avx512::panels(format, range, rows)
+/// `kernels` must be supported and not [`CpuKernels::Generic`], and the
+/// range must be as `avx512::panels` requires (panels in `format`, `xt` of
+/// `k * rows` floats, `1 <= rows <= 16`, `out` valid for `rows` rows of
+/// `cols` floats).
+pub(super) unsafe fn panels(kernels: CpuKernels, format: Format, range: PanelRange, rows: usize) {
+    match kernels {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        CpuKernels::Avx512 => unsafe { avx512::panels(format, range, rows) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        CpuKernels::Avx2 => unsafe { avx2::panels(format, range, rows) },
+        _ => {
+            let _ = (format, range, rows);
+            unreachable!("PackedWeight::new returns None without a kernel")
+        }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (format, range, rows);
-        unreachable!("PackedWeight::new returns None without a kernel")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CpuKernels;
+
+    #[test]
+    fn the_kernel_family_comes_from_the_cpu_or_the_variable() {
+        let fastest = CpuKernels::supported_here()[0];
+        assert_eq!(CpuKernels::from_var(None), Ok(fastest));
+        assert_eq!(CpuKernels::from_var(Some("")), Ok(fastest));
+        assert_eq!(
+            CpuKernels::from_var(Some("generic")),
+            Ok(CpuKernels::Generic)
+        );
+        let unknown = CpuKernels::from_var(Some("avx9")).unwrap_err();
+        assert!(unknown.contains("PERSONA_CPU_KERNELS=avx9 is not a kernel family"));
+        for kernels in CpuKernels::ALL {
+            let chosen = CpuKernels::from_var(Some(kernels.name()));
+            if kernels.supported() {
+                assert_eq!(chosen, Ok(kernels));
+            } else {
+                assert!(chosen.unwrap_err().contains("this CPU cannot run"));
+            }
+        }
     }
 }

@@ -11,14 +11,14 @@
 //! read again every step; and its kernel covers at most 6 rows, so a batch
 //! of 16 passes over each panel three times. [`PackedWeight`] keeps the
 //! weight in panels of 16 columns from the start (built once, on the first
-//! few-row product), and its own AVX-512 kernel multiplies up to 16 rows in
-//! one pass over each panel, prefetching the stream ahead of the loads so
-//! that reading memory overlaps the arithmetic.
+//! few-row product), and its own kernels multiply up to 16 rows (AVX-512)
+//! or 8 rows (AVX2) in one pass over each panel, prefetching the stream
+//! ahead of the loads so that reading memory overlaps the arithmetic.
 //!
 //! Each output value is one fused multiply-add chain over `k` in order
 //! `0..k`, so it does not depend on the number of rows, on which rows are
-//! in the batch or on the thread count. It can differ from burn's matmul in
-//! the last bits (gemm splits `k` differently).
+//! in the batch, on the thread count or on the kernel family. It can differ
+//! from burn's matmul in the last bits (gemm splits `k` differently).
 //!
 //! Each weight is kept in the most compact of three panel formats that
 //! reproduces every one of its f32 values bit for bit (checked value by
@@ -32,7 +32,8 @@
 //! same f32 arithmetic as the dequantiser, so the format changes the bytes
 //! read per decoding step (SmolLM2: 540 -> 98 MB), never a result.
 //!
-//! Only on x86-64 CPUs with AVX-512F (checked at run time); elsewhere
+//! Only on x86-64 CPUs with AVX-512F or AVX2 + FMA + F16C (checked at run
+//! time, or forced with `PERSONA_CPU_KERNELS`: [`CpuKernels`]); elsewhere
 //! [`PackedWeight::new`] returns `None` and callers use burn's matmul.
 
 mod format;
@@ -45,6 +46,7 @@ use burn::tensor::{Tensor, TensorData};
 pub(crate) use format::Format;
 use format::{BLOCK, LINE_BYTES, Line, PANEL, pack_panel};
 use kernel::PanelRange;
+pub use kernel::{CPU_KERNELS_VAR, CpuKernels};
 
 /// Products with at most this many rows use the packed weights; larger
 /// ones (prefill, training) are faster in gemm, which then reuses each
@@ -67,6 +69,7 @@ pub(crate) struct PackedWeight {
     k: usize,
     n: usize,
     format: Format,
+    kernels: CpuKernels,
     panel_lines: usize,
     lines: Vec<Line>,
 }
@@ -78,11 +81,18 @@ impl std::fmt::Debug for PackedWeight {
 }
 
 impl PackedWeight {
-    /// Packs `w` (`[k, n]`, f32) in the first of Q4_1, Q8_0 and f32 that
-    /// holds every value exactly. `None` when this CPU has no AVX-512F or
-    /// `w` is not f32.
+    /// Packs `w` (`[k, n]`, f32) for the selected kernels
+    /// ([`CpuKernels::selected`]). `None` when they are
+    /// [`CpuKernels::Generic`] or `w` is not f32.
     pub(crate) fn new(w: &Tensor<2>) -> Option<Self> {
-        if !kernel::available() {
+        Self::for_kernels(w, CpuKernels::selected().ok()?)
+    }
+
+    /// Packs `w` in the first of Q4_1, Q8_0 and f32 that holds every value
+    /// exactly, for `kernels`. `None` when `kernels` are generic or not
+    /// supported by this CPU, or `w` is not f32.
+    fn for_kernels(w: &Tensor<2>, kernels: CpuKernels) -> Option<Self> {
+        if kernels == CpuKernels::Generic || !kernels.supported() {
             return None;
         }
         let [k, n] = w.dims();
@@ -93,12 +103,14 @@ impl PackedWeight {
         } else {
             &[Format::F32]
         };
-        formats.iter().find_map(|&f| Self::pack(w, k, n, f))
+        formats
+            .iter()
+            .find_map(|&f| Self::pack(w, k, n, f, kernels))
     }
 
     /// `w` (`[k, n]`, row-major) in `format`, or `None` when some value is
     /// not exactly representable in it (never for [`Format::F32`]).
-    fn pack(w: &[f32], k: usize, n: usize, format: Format) -> Option<Self> {
+    fn pack(w: &[f32], k: usize, n: usize, format: Format, kernels: CpuKernels) -> Option<Self> {
         let panel_lines = format.panel_lines(k);
         let n_panels = n.div_ceil(PANEL);
         // A weight that is not in `format` nearly always fails on its first
@@ -142,6 +154,7 @@ impl PackedWeight {
             k,
             n,
             format,
+            kernels,
             panel_lines,
             lines,
         })
@@ -246,11 +259,11 @@ impl PackedWeight {
                     out: unsafe { out.0.add(first * PANEL) },
                     ld_out: n,
                 };
-                // SAFETY: `kernel::available()` held when `self` was built;
+                // SAFETY: `self.kernels` were supported when `self` was built;
                 // the panels are in `self.format`; `xt` holds `k * rows`
                 // floats, `1 <= rows <= 16`, and these columns of the `rows`
                 // rows of `out` are written by this range only.
-                unsafe { kernel::panels(self.format, range, rows) }
+                unsafe { kernel::panels(self.kernels, self.format, range, rows) }
             });
     }
 }
@@ -269,7 +282,7 @@ mod tests {
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 
-    use super::{Format, PackedWeight};
+    use super::{CpuKernels, Format, PackedWeight};
     use crate::quant::{GgmlType, dequantize};
     use crate::testing::test_device;
 
@@ -277,42 +290,76 @@ mod tests {
         crate::host_vec(t).unwrap()
     }
 
-    /// Agrees with burn's matmul, for widths that are and are not a
-    /// multiple of the panel width and for panel counts that do and do not
-    /// fill the kernel's panel groups; each row's result is the same bits
-    /// whatever other rows share the product (1 to 21 rows: one and two
-    /// row groups, every kernel shape) and whatever the thread count.
+    /// The packed kernel families this CPU runs (the generic one packs
+    /// nothing).
+    fn families() -> Vec<CpuKernels> {
+        let families: Vec<_> = CpuKernels::supported_here()
+            .into_iter()
+            .filter(|&k| k != CpuKernels::Generic)
+            .collect();
+        if families.is_empty() {
+            eprintln!("no packed kernels on this CPU: packed products not tested");
+        }
+        families
+    }
+
+    /// `x @ w` in f64 (`x`: `[m, k]`, `w`: `[k, n]`).
+    fn reference(x: &[f32], w: &[f32], k: usize, n: usize) -> Vec<f64> {
+        let m = x.len() / k;
+        let mut out = vec![0f64; m * n];
+        for r in 0..m {
+            for l in 0..k {
+                let xv = f64::from(x[r * k + l]);
+                for c in 0..n {
+                    out[r * n + c] += xv * f64::from(w[l * n + c]);
+                }
+            }
+        }
+        out
+    }
+
+    /// Every family agrees with an f64 product (within f32 rounding of
+    /// `k` terms), for widths that are and are not a multiple of the panel
+    /// width and for panel counts that do and do not fill the kernels'
+    /// groups; each row's result is the same bits whatever other rows
+    /// share the product (1 to 21 rows: one and two row groups, every
+    /// kernel shape), whatever the thread count and whatever the family.
     #[test]
-    fn packed_products_match_matmul_and_do_not_depend_on_the_batch() {
+    fn packed_products_match_f64_and_do_not_depend_on_the_batch_or_the_family() {
         let dev = test_device();
-        for (k, n) in [(96, 128), (70, 200), (33, 7), (17, 16 * 7 + 3)] {
+        for (k, n) in [(96, 128), (70, 200), (33, 7), (17, 16 * 7 + 3), (40, 8)] {
             let w = Tensor::<2>::random([k, n], Distribution::Normal(0.0, 1.0), &dev);
-            let Some(packed) = PackedWeight::new(&w) else {
-                eprintln!("no AVX-512 on this CPU: packed products not tested");
-                return;
-            };
-            assert_eq!(packed.format(), Format::F32, "random weights, k {k}, n {n}");
             let x = Tensor::<2>::random([21, k], Distribution::Normal(0.0, 1.0), &dev);
-            let got = host(packed.matmul(&x).unwrap());
-            let want = host(x.clone().matmul(w.clone()));
-            for (g, w) in got.iter().zip(&want) {
-                assert!((g - w).abs() <= 1e-4 * (1.0 + w.abs()), "{g} vs {w}");
+            let want = reference(&host(x.clone()), &host(w.clone()), k, n);
+            let mut first_family: Option<Vec<f32>> = None;
+            for kernels in families() {
+                let packed = PackedWeight::for_kernels(&w, kernels).unwrap();
+                assert_eq!(packed.format(), Format::F32, "random weights, k {k}, n {n}");
+                let got = host(packed.matmul(&x).unwrap());
+                for (g, w) in got.iter().zip(&want) {
+                    let err = (f64::from(*g) - w).abs();
+                    assert!(
+                        err <= 1e-5 * k as f64 * (1.0 + w.abs()),
+                        "{kernels:?}: {g} vs {w}"
+                    );
+                }
+                for rows in 1..=20 {
+                    let first = 20 - rows;
+                    let part = host(packed.matmul(&x.clone().narrow(0, first, rows)).unwrap());
+                    let rows_of = &got[first * n..21 * n - n];
+                    assert_eq!(part, rows_of, "{kernels:?}, rows {first}..20, k {k}, n {n}");
+                }
+                let one_thread = rayon::ThreadPoolBuilder::new()
+                    .num_threads(1)
+                    .build()
+                    .unwrap()
+                    .install(|| host(packed.matmul(&x).unwrap()));
+                assert_eq!(one_thread, got, "{kernels:?}, 1 thread, k {k}, n {n}");
+                match &first_family {
+                    Some(first) => assert_eq!(&got, first, "{kernels:?}, k {k}, n {n}"),
+                    None => first_family = Some(got),
+                }
             }
-            for rows in 1..=20 {
-                let first = 20 - rows;
-                let part = host(packed.matmul(&x.clone().narrow(0, first, rows)).unwrap());
-                assert_eq!(
-                    part,
-                    got[first * n..21 * n - n],
-                    "rows {first}..20, k {k}, n {n}"
-                );
-            }
-            let one_thread = rayon::ThreadPoolBuilder::new()
-                .num_threads(1)
-                .build()
-                .unwrap()
-                .install(|| host(packed.matmul(&x).unwrap()));
-            assert_eq!(one_thread, got, "1 thread, k {k}, n {n}");
         }
     }
 
@@ -320,7 +367,8 @@ mod tests {
     fn a_mismatched_width_is_refused() {
         let dev = test_device();
         let w = Tensor::<2>::random([8, 64], Distribution::Default, &dev);
-        if let Some(packed) = PackedWeight::new(&w) {
+        for kernels in families() {
+            let packed = PackedWeight::for_kernels(&w, kernels).unwrap();
             assert!(packed.matmul(&Tensor::<2>::zeros([2, 9], &dev)).is_none());
         }
     }
@@ -392,20 +440,19 @@ mod tests {
             for (k, n) in [(64, 48), (96, 16 * 9 + 3), (32, 7)] {
                 let w = dequantised_weight(t, k, n, k as u64 + n as u64);
                 let tensor = Tensor::<2>::from_data(TensorData::new(w.clone(), [k, n]), &dev);
-                let Some(packed) = PackedWeight::new(&tensor) else {
-                    eprintln!("no AVX-512 on this CPU: packed products not tested");
-                    return;
-                };
-                assert_eq!(packed.format(), format, "k {k}, n {n}");
-                let plain = PackedWeight::pack(&w, k, n, Format::F32).unwrap();
-                let x = Tensor::<2>::random([20, k], Distribution::Normal(0.0, 1.0), &dev);
-                for rows in 1..=20 {
-                    let x = x.clone().narrow(0, 0, rows);
-                    assert_eq!(
-                        host(packed.matmul(&x).unwrap()),
-                        host(plain.matmul(&x).unwrap()),
-                        "{format:?}, rows {rows}, k {k}, n {n}"
-                    );
+                for kernels in families() {
+                    let packed = PackedWeight::for_kernels(&tensor, kernels).unwrap();
+                    assert_eq!(packed.format(), format, "k {k}, n {n}");
+                    let plain = PackedWeight::pack(&w, k, n, Format::F32, kernels).unwrap();
+                    let x = Tensor::<2>::random([20, k], Distribution::Normal(0.0, 1.0), &dev);
+                    for rows in 1..=20 {
+                        let x = x.clone().narrow(0, 0, rows);
+                        assert_eq!(
+                            host(packed.matmul(&x).unwrap()),
+                            host(plain.matmul(&x).unwrap()),
+                            "{kernels:?}, {format:?}, rows {rows}, k {k}, n {n}"
+                        );
+                    }
                 }
             }
         }
@@ -422,8 +469,9 @@ mod tests {
             let i = 40 * n + 5;
             w[i] = f32::from_bits(w[i].to_bits() + 1);
             let tensor = Tensor::<2>::from_data(TensorData::new(w, [k, n]), &dev);
-            if let Some(packed) = PackedWeight::new(&tensor) {
-                assert_eq!(packed.format(), Format::F32, "{t:?}");
+            for kernels in families() {
+                let packed = PackedWeight::for_kernels(&tensor, kernels).unwrap();
+                assert_eq!(packed.format(), Format::F32, "{kernels:?}, {t:?}");
             }
         }
     }
