@@ -125,3 +125,28 @@ fn generate_prints_the_greedy_reply() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.trim(), "The capital of France is Paris.");
 }
+
+/// A kernel family that does not exist, or that this CPU cannot run, is
+/// refused when the model loads, before any work.
+#[test]
+fn unknown_or_unsupported_cpu_kernels_are_refused() {
+    let run = |family: &str| {
+        common::output(
+            Command::new(env!("CARGO_BIN_EXE_persona"))
+                .env("PERSONA_CPU_KERNELS", family)
+                .args(["generate", "--prompt", "Hi", "--max-new-tokens", "1"]),
+        )
+    };
+    let (code, _, err) = run("avx9");
+    assert_eq!(code, 2);
+    assert_one_line_error(&err, "PERSONA_CPU_KERNELS=avx9 is not a kernel family");
+    for family in persona_model::CpuKernels::ALL {
+        let (code, _, err) = run(family.name());
+        if family.supported() {
+            assert_eq!(code, 0, "{family:?}: {err}");
+        } else {
+            assert_eq!(code, 2);
+            assert_one_line_error(&err, "this CPU cannot run");
+        }
+    }
+}
