@@ -1088,7 +1088,7 @@ fn naive_attention_head<T: FlashGemm>(
 
 /// persona: the two products of `naive_attention_head` for heads with at
 /// most [`few_query_rows::MAX_ROWS`] query rows (a decoding step has one),
-/// in f32 on x86-64 CPUs with AVX-512F. gemm handles such a product badly:
+/// in f32 on x86-64 CPUs with AVX-512F or AVX2 + FMA. gemm handles such a product badly:
 /// for `Q @ K^T` it first copies all of K (`[seq_kv, head_dim]`) into its
 /// panel layout, for every head and step, which cost more than the product
 /// itself (`pack_lhs` was ~11% of a batch-16 decoding step). Here each
@@ -1114,6 +1114,11 @@ mod few_query_rows {
 
     #[cfg(all(feature = "std", target_arch = "x86_64"))]
     fn available() -> bool {
+        avx512() || (std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma"))
+    }
+
+    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+    fn avx512() -> bool {
         std::is_x86_feature_detected!("avx512f")
     }
 
@@ -1137,14 +1142,19 @@ mod few_query_rows {
             return false;
         }
         // `T` is f32 (checked above), so these casts only rename the type.
-        let (q, k) = (bytemuck::cast_slice::<T, f32>(q), bytemuck::cast_slice(k));
+        let (q, k) = (bytemuck::cast_slice::<T, f32>(q), bytemuck::cast_slice::<T, f32>(k));
         let scores = bytemuck::cast_slice_mut::<T, f32>(scores);
         assert!(q.len() >= seq_q * dim && k.len() >= seq_kv * dim);
         assert!(scores.len() >= seq_q * seq_kv);
         #[cfg(all(feature = "std", target_arch = "x86_64"))]
-        // SAFETY: AVX-512F is available; the lengths were checked above.
+        // SAFETY: AVX-512F, or else AVX2 + FMA, is available (`handled`);
+        // the lengths were checked above.
         unsafe {
-            avx512::scores(q, k, scores, seq_q, seq_kv, dim)
+            if avx512() {
+                avx512::scores(q, k, scores, seq_q, seq_kv, dim)
+            } else {
+                avx2::scores(q, k, scores, seq_q, seq_kv, dim)
+            }
         };
         true
     }
@@ -1163,16 +1173,171 @@ mod few_query_rows {
             return false;
         }
         // `T` is f32 (checked above), so these casts only rename the type.
-        let (p, v) = (bytemuck::cast_slice::<T, f32>(p), bytemuck::cast_slice(v));
+        let (p, v) = (bytemuck::cast_slice::<T, f32>(p), bytemuck::cast_slice::<T, f32>(v));
         let out = bytemuck::cast_slice_mut::<T, f32>(out);
         assert!(p.len() >= seq_q * seq_kv && v.len() >= seq_kv * dim);
         assert!(out.len() >= seq_q * dim);
         #[cfg(all(feature = "std", target_arch = "x86_64"))]
-        // SAFETY: AVX-512F is available; the lengths were checked above.
+        // SAFETY: as in `scores`.
         unsafe {
-            avx512::weighted_values(p, v, out, seq_q, seq_kv, dim)
+            if avx512() {
+                avx512::weighted_values(p, v, out, seq_q, seq_kv, dim)
+            } else {
+                avx2::weighted_values(p, v, out, seq_q, seq_kv, dim)
+            }
         };
         true
+    }
+
+    /// persona: the AVX2 + FMA versions of the `avx512` module's products
+    /// (8 lanes instead of 16; the same loops).
+    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+    mod avx2 {
+        use core::arch::x86_64::{
+            __m256, __m256i, _mm_add_ps, _mm_add_ss, _mm_cvtss_f32, _mm_movehl_ps, _mm_shuffle_ps,
+            _mm256_castps256_ps128, _mm256_cmpgt_epi32, _mm256_extractf128_ps, _mm256_fmadd_ps,
+            _mm256_maskload_ps, _mm256_maskstore_ps, _mm256_mul_ps, _mm256_set1_epi32,
+            _mm256_set1_ps, _mm256_setr_epi32, _mm256_setzero_ps,
+        };
+
+        /// Lanes `0 .. n` of a register (`n <= 8`), as a load/store mask.
+        #[target_feature(enable = "avx2")]
+        fn lanes(n: usize) -> __m256i {
+            _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))
+        }
+
+        /// `row[8 c .. 8 c + 8]` for `c < CHUNKS`, zeros past `dim`.
+        ///
+        /// # Safety
+        /// AVX2; `row` holds `dim` floats and `8 * (CHUNKS - 1) < dim`.
+        #[target_feature(enable = "avx2")]
+        unsafe fn load_row<const CHUNKS: usize>(row: *const f32, dim: usize) -> [__m256; CHUNKS] {
+            let mut out = [_mm256_setzero_ps(); CHUNKS];
+            for (c, out) in out.iter_mut().enumerate() {
+                let mask = lanes((dim - 8 * c).min(8));
+                // SAFETY: the mask keeps the load inside the row.
+                *out = unsafe { _mm256_maskload_ps(row.add(8 * c), mask) };
+            }
+            out
+        }
+
+        /// The sum of the 8 lanes.
+        #[target_feature(enable = "avx2")]
+        fn sum(v: __m256) -> f32 {
+            let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps::<1>(s, s)))
+        }
+
+        /// Runs `$f::<ROWS, CHUNKS>` for `rows` in 1..=4 and
+        /// `chunks = dim / 8` rounded up, in 1..=16.
+        macro_rules! dispatch {
+            ($f:ident, $rows:expr, $dim:expr, ($($arg:expr),*)) => {
+                dispatch!(@rows $f, $rows, $dim.div_ceil(8), ($($arg),*), [1, 2, 3, 4])
+            };
+            (@rows $f:ident, $rows:expr, $chunks:expr, $args:tt, [$($r:literal),*]) => {
+                match $rows {
+                    $($r => dispatch!(@chunks $f, $r, $chunks, $args,
+                        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]),)*
+                    _ => unreachable!("1..=4 query rows"),
+                }
+            };
+            (@chunks $f:ident, $r:literal, $chunks:expr, $args:tt, [$($c:literal),*]) => {
+                match $chunks {
+                    $($c => dispatch!(@call $f, $r, $c, $args),)*
+                    _ => unreachable!("head widths up to 128"),
+                }
+            };
+            (@call $f:ident, $r:literal, $c:literal, ($($arg:expr),*)) => {
+                unsafe { $f::<$r, $c>($($arg),*) }
+            };
+        }
+
+        /// As `avx512::scores`.
+        ///
+        /// # Safety
+        /// AVX2 and FMA; otherwise as `avx512::scores`.
+        #[target_feature(enable = "avx2,fma")]
+        pub(super) unsafe fn scores(
+            q: &[f32],
+            k: &[f32],
+            scores: &mut [f32],
+            seq_q: usize,
+            seq_kv: usize,
+            dim: usize,
+        ) {
+            dispatch!(scores_for, seq_q, dim, (q, k, scores, seq_kv, dim))
+        }
+
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn scores_for<const ROWS: usize, const CHUNKS: usize>(
+            q: &[f32],
+            k: &[f32],
+            scores: &mut [f32],
+            seq_kv: usize,
+            dim: usize,
+        ) {
+            // SAFETY (loads): `q` holds ROWS rows and `k` seq_kv rows of `dim`.
+            let mut q_rows = [[_mm256_setzero_ps(); CHUNKS]; ROWS];
+            for (r, q_row) in q_rows.iter_mut().enumerate() {
+                *q_row = unsafe { load_row::<CHUNKS>(q.as_ptr().add(r * dim), dim) };
+            }
+            for j in 0..seq_kv {
+                let k_row = unsafe { load_row::<CHUNKS>(k.as_ptr().add(j * dim), dim) };
+                for (r, q_row) in q_rows.iter().enumerate() {
+                    let mut acc = _mm256_mul_ps(q_row[0], k_row[0]);
+                    for c in 1..CHUNKS {
+                        acc = _mm256_fmadd_ps(q_row[c], k_row[c], acc);
+                    }
+                    scores[r * seq_kv + j] = sum(acc);
+                }
+            }
+        }
+
+        /// As `avx512::weighted_values`.
+        ///
+        /// # Safety
+        /// As [`scores`], with the slices as long as
+        /// `super::weighted_values` checks.
+        #[target_feature(enable = "avx2,fma")]
+        pub(super) unsafe fn weighted_values(
+            p: &[f32],
+            v: &[f32],
+            out: &mut [f32],
+            seq_q: usize,
+            seq_kv: usize,
+            dim: usize,
+        ) {
+            dispatch!(weighted_values_for, seq_q, dim, (p, v, out, seq_kv, dim))
+        }
+
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn weighted_values_for<const ROWS: usize, const CHUNKS: usize>(
+            p: &[f32],
+            v: &[f32],
+            out: &mut [f32],
+            seq_kv: usize,
+            dim: usize,
+        ) {
+            let mut acc = [[_mm256_setzero_ps(); CHUNKS]; ROWS];
+            for j in 0..seq_kv {
+                // SAFETY: `v` holds seq_kv rows of `dim`.
+                let v_row = unsafe { load_row::<CHUNKS>(v.as_ptr().add(j * dim), dim) };
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let weight = _mm256_set1_ps(p[r * seq_kv + j]);
+                    for (acc, &v) in acc.iter_mut().zip(&v_row) {
+                        *acc = _mm256_fmadd_ps(weight, v, *acc);
+                    }
+                }
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                for (c, &acc) in acc.iter().enumerate() {
+                    let mask = lanes((dim - 8 * c).min(8));
+                    // SAFETY: the mask keeps the store inside row `r` of `out`.
+                    unsafe { _mm256_maskstore_ps(out.as_mut_ptr().add(r * dim + 8 * c), mask, acc) };
+                }
+            }
+        }
     }
 
     #[cfg(all(feature = "std", target_arch = "x86_64"))]
