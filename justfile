@@ -2,13 +2,14 @@
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
 # Run the whole test suite (fetches the embedded models first when missing):
-# unit, integration and doc tests, the library examples, then the
-# trait-score gate on a short vaccine run (ci/gate.toml,
+# unit, integration and doc tests, the library examples, the NEON kernels
+# under AArch64 emulation, then the trait-score gate on a short vaccine run (ci/gate.toml,
 # recipes/ci-vaccine.toml: trained when missing; fails when its sycophancy
 # score rises past ci/trait-baseline.json; summary and JUnit XML in checkpoints/ci/).
 test: fetch-model
     cargo test --workspace --release
     just examples
+    just test-arm
     cargo run --release --quiet -- ci
 
 # Run every program in examples/ on the embedded model, in a scratch
@@ -23,6 +24,11 @@ examples:
         echo "== example $example"
         PERSONA_HOME="$home" cargo run --release --quiet --example "$example"
     done
+
+# The packed-kernel tests built for AArch64 and run under qemu-user (the
+# NEON kernels); installs the target and the cross tools when missing.
+test-arm:
+    scripts/test-arm.sh
 
 # Fetch the embedded SmolLM2-135M-Instruct GGUF into the model cache (checkpoints/models/).
 fetch-model:

@@ -3,13 +3,19 @@
 
 use std::sync::OnceLock;
 
-use super::format::{Format, Line, PANEL};
+#[cfg(target_arch = "x86_64")]
+use super::format::PANEL;
+use super::format::{Format, Line};
 use crate::error::{ModelError, Result};
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "aarch64")]
+mod neon;
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+mod slices;
 
 /// Consecutive panels of one product and where their results go.
 #[derive(Clone, Copy)]
@@ -20,6 +26,7 @@ pub(super) struct PanelRange {
     pub(super) panel_lines: usize,
     /// The first panel's first line.
     pub(super) panels: *const Line,
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(super) n_panels: usize,
     /// Output columns to write (`<= 16 * n_panels`; the last panel of a
     /// weight can be partly padding).
@@ -32,10 +39,12 @@ pub(super) struct PanelRange {
 }
 
 impl PanelRange {
-    /// The same range without its first `p` panels.
+    /// The same range without its first `p` panels (the AVX-512 kernels
+    /// step by panels; the narrower ones by [`slices`]).
     ///
     /// # Safety
     /// `p <= n_panels`.
+    #[cfg(target_arch = "x86_64")]
     unsafe fn skip(self, p: usize) -> Self {
         // SAFETY: panels and output columns up to `n_panels` are in range.
         unsafe {
@@ -63,18 +72,21 @@ pub enum CpuKernels {
     Avx512,
     /// x86-64-v3 (AVX2, FMA, F16C): 8 lanes, up to 8 rows per pass.
     Avx2,
+    /// AArch64 NEON: 4 lanes, up to 8 rows per pass.
+    Neon,
     /// No packed kernel: every product goes through burn's matmul.
     Generic,
 }
 
 impl CpuKernels {
     /// Every family, fastest first.
-    pub const ALL: [Self; 3] = [Self::Avx512, Self::Avx2, Self::Generic];
+    pub const ALL: [Self; 4] = [Self::Avx512, Self::Avx2, Self::Neon, Self::Generic];
 
     pub fn name(self) -> &'static str {
         match self {
             Self::Avx512 => "avx512",
             Self::Avx2 => "avx2",
+            Self::Neon => "neon",
             Self::Generic => "generic",
         }
     }
@@ -86,6 +98,8 @@ impl CpuKernels {
             Self::Avx512 => avx512::available(),
             #[cfg(target_arch = "x86_64")]
             Self::Avx2 => avx2::available(),
+            #[cfg(target_arch = "aarch64")]
+            Self::Neon => neon::available(),
             Self::Generic => true,
             #[allow(unreachable_patterns)]
             _ => false,
@@ -151,6 +165,9 @@ pub(super) unsafe fn panels(kernels: CpuKernels, format: Format, range: PanelRan
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
         CpuKernels::Avx2 => unsafe { avx2::panels(format, range, rows) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: as above.
+        CpuKernels::Neon => unsafe { neon::panels(format, range, rows) },
         _ => {
             let _ = (format, range, rows);
             unreachable!("PackedWeight::new returns None without a kernel")

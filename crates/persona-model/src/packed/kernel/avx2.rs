@@ -19,6 +19,7 @@ use std::arch::x86_64::{
 };
 
 use super::PanelRange;
+use super::slices::{Slices, row_chunks, slices_for};
 use crate::packed::format::{BLOCK, Format, LINE_BYTES, Line, PANEL, Q4_1_LINES, Q8_0_LINES};
 
 /// Columns per half panel: one AVX2 register of f32.
@@ -38,56 +39,7 @@ pub(super) fn available() -> bool {
         && std::is_x86_feature_detected!("f16c")
 }
 
-/// Consecutive half panels of one range and the rows they are multiplied
-/// by.
-#[derive(Clone, Copy)]
-struct Halves {
-    range: PanelRange,
-    /// The first half, counted from the range's first panel.
-    first: usize,
-    /// Halves left in the range from `first` (the range's padding halves
-    /// excluded).
-    count: usize,
-    /// The chunk's first row's value of `l = 0` in `xt`.
-    xt: *const f32,
-    /// Floats per `l` in `xt` (all the group's rows).
-    ld_x: usize,
-    /// The chunk's first row of `out`.
-    out: *mut f32,
-}
-
-impl Halves {
-    /// The start of line `line` of half `h`'s panel (the half's own
-    /// columns lie [`Self::side`] sections into each part of the line).
-    fn at(&self, h: usize, line: usize) -> *const u8 {
-        let h = self.first + h;
-        self.range
-            .panels
-            .wrapping_add((h / 2) * self.range.panel_lines + line)
-            .cast::<u8>()
-    }
-
-    /// Which half of its panel `h` is (0 or 1).
-    fn side(&self, h: usize) -> usize {
-        (self.first + h) % 2
-    }
-
-    /// Output columns of half `h` (8, fewer in the last, none past it).
-    fn cols(&self, h: usize) -> usize {
-        self.range
-            .cols
-            .saturating_sub((self.first + h) * HALF)
-            .min(HALF)
-    }
-
-    fn skip(self, h: usize) -> Self {
-        Self {
-            first: self.first + h,
-            count: self.count - h,
-            ..self
-        }
-    }
-}
+type Halves = Slices<HALF>;
 
 /// `out[r, c] = sum_l xt[l, r] * w[l, c]` for `r < rows` and the range's
 /// columns.
@@ -96,29 +48,15 @@ impl Halves {
 /// AVX2, FMA and F16C must be available; otherwise as
 /// `super::avx512::panels`.
 pub(super) unsafe fn panels(format: Format, range: PanelRange, rows: usize) {
-    let chunks = rows.div_ceil(MAX_ROWS);
-    let mut row = 0;
-    for chunk in 0..chunks {
-        let chunk_rows = (rows - row).div_ceil(chunks - chunk);
-        let halves = Halves {
-            range,
-            first: 0,
-            count: range.cols.div_ceil(HALF),
-            xt: range.xt.wrapping_add(row),
-            ld_x: rows,
-            out: range.out.wrapping_add(row * range.ld_out),
-        };
-        // SAFETY: rows `row .. row + chunk_rows` are rows of `xt` and `out`.
-        unsafe { chunk_rows_of(format, halves, chunk_rows) };
-        row += chunk_rows;
-    }
+    // SAFETY: as above; each chunk keeps to its rows and slices.
+    unsafe { row_chunks(range, rows, MAX_ROWS, |h, rows| chunk(format, h, rows)) }
 }
 
 /// [`panels`] for one chunk of `1 <= rows <= 8` rows.
 ///
 /// # Safety
 /// As [`panels`].
-unsafe fn chunk_rows_of(format: Format, halves: Halves, rows: usize) {
+unsafe fn chunk(format: Format, halves: Halves, rows: usize) {
     macro_rules! dispatch {
         ($kernel:ident, $group:ident) => {
             dispatch!(@rows $kernel, $group; 1 2 3 4 5 6 7 8)
@@ -128,7 +66,7 @@ unsafe fn chunk_rows_of(format: Format, halves: Halves, rows: usize) {
                 $($rows => {
                     const GROUP: usize = $group($rows);
                     unsafe {
-                        halves_for(halves, GROUP, $kernel::<$rows, GROUP>, $kernel::<$rows, 1>)
+                        slices_for(halves, GROUP, $kernel::<$rows, GROUP>, $kernel::<$rows, 1>)
                     }
                 })*
                 _ => unreachable!("row chunks have 1..=8 rows"),
@@ -160,33 +98,6 @@ const fn block_group(rows: usize) -> usize {
     match rows {
         1..=2 => 2,
         _ => 1,
-    }
-}
-
-/// Runs `wide` (a kernel over `group` halves) along the halves, and
-/// `single` (the same over one half) on the last `count mod group`.
-///
-/// # Safety
-/// As [`panels`], with both kernels for its format and row count.
-unsafe fn halves_for(
-    halves: Halves,
-    group: usize,
-    wide: unsafe fn(Halves),
-    single: unsafe fn(Halves),
-) {
-    let mut h = 0;
-    while h < halves.count {
-        // SAFETY: `h < count`; the kernels read and write only the halves
-        // (and their columns) left.
-        unsafe {
-            if halves.count - h >= group {
-                wide(halves.skip(h));
-                h += group;
-            } else {
-                single(halves.skip(h));
-                h += 1;
-            }
-        }
     }
 }
 
@@ -226,9 +137,7 @@ unsafe fn store<const ROWS: usize, const GROUP: usize>(
             let c = halves.cols(q);
             // SAFETY: row `r`, the half's `c` columns are in `out`.
             unsafe {
-                let at = halves
-                    .out
-                    .add(r * halves.range.ld_out + (halves.first + q) * HALF);
+                let at = halves.out(r, q);
                 if c == HALF {
                     _mm256_storeu_ps(at, acc);
                 } else {
@@ -252,7 +161,7 @@ unsafe fn f32_kernel<const ROWS: usize, const GROUP: usize>(halves: Halves) {
     for l in 0..halves.range.k {
         let mut line = [_mm256_setzero_ps(); GROUP];
         for (q, line) in line.iter_mut().enumerate() {
-            let at = halves.at(q, l).wrapping_add(32 * halves.side(q));
+            let at = halves.line(q, l).wrapping_add(32 * halves.side(q));
             // A prefetch never faults (see the AVX-512 kernel).
             _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(PREFETCH_LINES * LINE_BYTES).cast());
             // SAFETY: line `l` of the half is in range, 32-byte aligned.
@@ -300,7 +209,7 @@ unsafe fn block_kernel<const Q4: bool, const ROWS: usize, const GROUP: usize>(ha
         let mut min = [_mm256_setzero_ps(); GROUP];
         let mut data = [std::ptr::null::<u8>(); GROUP];
         for q in 0..GROUP {
-            let block = halves.at(q, b * block_lines);
+            let block = halves.line(q, b * block_lines);
             // The same block of the panel after the group's (read next;
             // see the AVX-512 kernel). Never faults.
             let ahead = block.wrapping_add(halves.range.panel_lines * LINE_BYTES);
