@@ -8,6 +8,40 @@ use super::format::PANEL;
 use super::format::{Format, Line};
 use crate::error::{ModelError, Result};
 
+/// Runs a family's kernels for a `format` and a row count known only at
+/// run time: `$run($target, GROUP, wide, single)` with the kernel made for
+/// those rows over `GROUP` panels or slices (`wide`; `GROUP` from the
+/// family's `$f32_group` or `$block_group` table) and over one (`single`).
+/// `$block::<true, ..>` is the Q4_1 kernel, `$block::<false, ..>` the Q8_0
+/// one.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+macro_rules! dispatch {
+    ($format:expr, $rows:expr, $run:ident($target:expr),
+     $f32:ident / $f32_group:ident, $block:ident / $block_group:ident, [$($r:literal)*]) => {
+        match ($format, $rows) {
+            $(
+                (Format::F32, $r) => {
+                    const GROUP: usize = $f32_group($r);
+                    unsafe { $run($target, GROUP, $f32::<$r, GROUP>, $f32::<$r, 1>) }
+                }
+                (Format::Q4_1, $r) => {
+                    const GROUP: usize = $block_group($r);
+                    unsafe {
+                        $run($target, GROUP, $block::<true, $r, GROUP>, $block::<true, $r, 1>)
+                    }
+                }
+                (Format::Q8_0, $r) => {
+                    const GROUP: usize = $block_group($r);
+                    unsafe {
+                        $run($target, GROUP, $block::<false, $r, GROUP>, $block::<false, $r, 1>)
+                    }
+                }
+            )*
+            _ => unreachable!("row counts are checked by the caller"),
+        }
+    };
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]

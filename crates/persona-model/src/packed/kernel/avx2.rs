@@ -57,27 +57,14 @@ pub(super) unsafe fn panels(format: Format, range: PanelRange, rows: usize) {
 /// # Safety
 /// As [`panels`].
 unsafe fn chunk(format: Format, halves: Halves, rows: usize) {
-    macro_rules! dispatch {
-        ($kernel:ident, $group:ident) => {
-            dispatch!(@rows $kernel, $group; 1 2 3 4 5 6 7 8)
-        };
-        (@rows $kernel:ident, $group:ident; $($rows:literal)*) => {
-            match rows {
-                $($rows => {
-                    const GROUP: usize = $group($rows);
-                    unsafe {
-                        slices_for(halves, GROUP, $kernel::<$rows, GROUP>, $kernel::<$rows, 1>)
-                    }
-                })*
-                _ => unreachable!("row chunks have 1..=8 rows"),
-            }
-        };
-    }
-    match format {
-        Format::F32 => dispatch!(f32_kernel, f32_group),
-        Format::Q4_1 => dispatch!(q4_1_kernel, block_group),
-        Format::Q8_0 => dispatch!(q8_0_kernel, block_group),
-    }
+    dispatch!(
+        format,
+        rows,
+        slices_for(halves),
+        f32_kernel / f32_group,
+        block_kernel / block_group,
+        [1 2 3 4 5 6 7 8]
+    )
 }
 
 /// Halves per [`f32_kernel`] call for `rows` rows: `rows x group`
@@ -172,24 +159,6 @@ unsafe fn f32_kernel<const ROWS: usize, const GROUP: usize>(halves: Halves) {
     }
     // SAFETY: as [`panels`].
     unsafe { store(&acc, &halves) };
-}
-
-/// [`block_kernel`] for Q4_1 halves.
-///
-/// # Safety
-/// As [`block_kernel`].
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4_1_kernel<const ROWS: usize, const GROUP: usize>(halves: Halves) {
-    unsafe { block_kernel::<true, ROWS, GROUP>(halves) }
-}
-
-/// [`block_kernel`] for Q8_0 halves.
-///
-/// # Safety
-/// As [`block_kernel`].
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q8_0_kernel<const ROWS: usize, const GROUP: usize>(halves: Halves) {
-    unsafe { block_kernel::<false, ROWS, GROUP>(halves) }
 }
 
 /// [`f32_kernel`] for Q4_1 (`Q4`) or Q8_0 halves: each block's weights

@@ -33,27 +33,14 @@ pub(super) fn available() -> bool {
 /// must hold `k * rows` floats; `1 <= rows <= 16`; `range.out` must be
 /// valid for `rows` rows of `range.cols` floats at stride `range.ld_out`.
 pub(super) unsafe fn panels(format: Format, range: PanelRange, rows: usize) {
-    macro_rules! dispatch {
-        ($kernel:ident, $group:ident) => {
-            dispatch!(@rows $kernel, $group; 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16)
-        };
-        (@rows $kernel:ident, $group:ident; $($rows:literal)*) => {
-            match rows {
-                $($rows => {
-                    const GROUP: usize = $group($rows);
-                    unsafe {
-                        panels_for(range, GROUP, $kernel::<$rows, GROUP>, $kernel::<$rows, 1>)
-                    }
-                })*
-                _ => unreachable!("row groups have 1..=16 rows"),
-            }
-        };
-    }
-    match format {
-        Format::F32 => dispatch!(f32_kernel, f32_group),
-        Format::Q4_1 => dispatch!(q4_1_kernel, block_group),
-        Format::Q8_0 => dispatch!(q8_0_kernel, block_group),
-    }
+    dispatch!(
+        format,
+        rows,
+        panels_for(range),
+        f32_kernel / f32_group,
+        block_kernel / block_group,
+        [1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16]
+    )
 }
 
 /// Panels per [`f32_kernel`] call for `rows` rows: as many as keep the
@@ -175,24 +162,6 @@ unsafe fn f32_kernel<const ROWS: usize, const GROUP: usize>(range: PanelRange) {
     }
     // SAFETY: as [`panels`].
     unsafe { store(&acc, &range) };
-}
-
-/// [`block_kernel`] for Q4_1 panels.
-///
-/// # Safety
-/// As [`block_kernel`].
-#[target_feature(enable = "avx512f")]
-unsafe fn q4_1_kernel<const ROWS: usize, const GROUP: usize>(range: PanelRange) {
-    unsafe { block_kernel::<true, ROWS, GROUP>(range) }
-}
-
-/// [`block_kernel`] for Q8_0 panels.
-///
-/// # Safety
-/// As [`block_kernel`].
-#[target_feature(enable = "avx512f")]
-unsafe fn q8_0_kernel<const ROWS: usize, const GROUP: usize>(range: PanelRange) {
-    unsafe { block_kernel::<false, ROWS, GROUP>(range) }
 }
 
 /// [`f32_kernel`] for Q4_1 (`Q4`) or Q8_0 panels: each block's weights

@@ -52,27 +52,14 @@ pub(super) unsafe fn panels(format: Format, range: PanelRange, rows: usize) {
 /// # Safety
 /// As [`panels`].
 unsafe fn chunk(format: Format, quarters: Quarters, rows: usize) {
-    macro_rules! dispatch {
-        ($kernel:ident, $group:ident) => {
-            dispatch!(@rows $kernel, $group; 1 2 3 4 5 6 7 8)
-        };
-        (@rows $kernel:ident, $group:ident; $($rows:literal)*) => {
-            match rows {
-                $($rows => {
-                    const GROUP: usize = $group($rows);
-                    unsafe {
-                        slices_for(quarters, GROUP, $kernel::<$rows, GROUP>, $kernel::<$rows, 1>)
-                    }
-                })*
-                _ => unreachable!("row chunks have 1..=8 rows"),
-            }
-        };
-    }
-    match format {
-        Format::F32 => dispatch!(f32_kernel, f32_group),
-        Format::Q4_1 => dispatch!(q4_1_kernel, block_group),
-        Format::Q8_0 => dispatch!(q8_0_kernel, block_group),
-    }
+    dispatch!(
+        format,
+        rows,
+        slices_for(quarters),
+        f32_kernel / f32_group,
+        block_kernel / block_group,
+        [1 2 3 4 5 6 7 8]
+    )
 }
 
 /// Quarters per [`f32_kernel`] call for `rows` rows: `rows x group`
@@ -163,24 +150,6 @@ unsafe fn f32_kernel<const ROWS: usize, const GROUP: usize>(quarters: Quarters) 
     }
     // SAFETY: as [`panels`].
     unsafe { store(&acc, &quarters) };
-}
-
-/// [`block_kernel`] for Q4_1 quarters.
-///
-/// # Safety
-/// As [`block_kernel`].
-#[target_feature(enable = "neon")]
-unsafe fn q4_1_kernel<const ROWS: usize, const GROUP: usize>(quarters: Quarters) {
-    unsafe { block_kernel::<true, ROWS, GROUP>(quarters) }
-}
-
-/// [`block_kernel`] for Q8_0 quarters.
-///
-/// # Safety
-/// As [`block_kernel`].
-#[target_feature(enable = "neon")]
-unsafe fn q8_0_kernel<const ROWS: usize, const GROUP: usize>(quarters: Quarters) {
-    unsafe { block_kernel::<false, ROWS, GROUP>(quarters) }
 }
 
 /// Four f16 values at `at` as f32 lanes (exact).
