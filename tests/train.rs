@@ -71,28 +71,7 @@ fn smoke_recipe_trains_logs_shift_and_resumes_bit_identically_after_a_kill() {
         shift(&m[3]).abs() > 1e-3,
         "training must move the projection"
     );
-    let cfg: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(run.join("adapter/adapter_config.json")).unwrap(),
-    )
-    .unwrap();
-    assert_eq!(cfg["use_rslora"], true);
-    assert_eq!(cfg["r"], 4);
-    assert_eq!(cfg["lora_dropout"], 0.1);
-    for f in [
-        "provenance.json",
-        "recipe.toml",
-        "adapter/adapter_model.safetensors",
-        "checkpoint/resume.safetensors",
-    ] {
-        assert!(run.join(f).is_file(), "{f}");
-    }
-    let prov: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("provenance.json")).unwrap())
-            .unwrap();
-    assert_eq!(
-        prov["model"]["sha256"],
-        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
-    );
+    check_run_files(&run);
 
     // The same run, killed once a checkpoint of step >= 2 exists, then resumed.
     let recipe = smoke_recipe(home.path(), "killed", edit);
@@ -103,23 +82,7 @@ fn smoke_recipe_trains_logs_shift_and_resumes_bit_identically_after_a_kill() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let state = killed.join("checkpoint/trainer_state.json");
-    let start = Instant::now();
-    loop {
-        let step = std::fs::read_to_string(&state)
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|v| v["step"].as_u64())
-            .unwrap_or(0);
-        if step >= 2 {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(600),
-            "no checkpoint appeared"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_checkpoint(&killed, 2);
     child.kill().unwrap();
     child.wait().unwrap();
     let again = persona(home.path())
@@ -150,6 +113,53 @@ fn smoke_recipe_trains_logs_shift_and_resumes_bit_identically_after_a_kill() {
             (x.step, x.loss, x.grad_norm, &x.shift),
             (y.step, y.loss, y.grad_norm, &y.shift)
         );
+    }
+}
+
+/// The smoke run's adapter config, files and provenance.
+fn check_run_files(run: &Path) {
+    let cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.join("adapter/adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(cfg["use_rslora"], true);
+    assert_eq!(cfg["r"], 4);
+    assert_eq!(cfg["lora_dropout"], 0.1);
+    for f in [
+        "provenance.json",
+        "recipe.toml",
+        "adapter/adapter_model.safetensors",
+        "checkpoint/resume.safetensors",
+    ] {
+        assert!(run.join(f).is_file(), "{f}");
+    }
+    let prov: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("provenance.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        prov["model"]["sha256"],
+        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+    );
+}
+
+/// Waits until `run` holds a checkpoint of step `step` or later.
+fn wait_for_checkpoint(run: &Path, step: u64) {
+    let state = run.join("checkpoint/trainer_state.json");
+    let start = Instant::now();
+    loop {
+        let saved = std::fs::read_to_string(&state)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["step"].as_u64())
+            .unwrap_or(0);
+        if saved >= step {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "no checkpoint appeared"
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -228,14 +228,9 @@ impl Recipe {
         for o in overrides {
             set_key(&mut table, o).map_err(|e| bad(format!("--set {o}: {e}")))?;
         }
-        // Serde's own message first (it names the expected keys), then the
+        // Serde's message (it names the expected keys), then the unknown-key
         // check that also sees inside the tagged `[steering]`.
-        let recipe: Self = table
-            .clone()
-            .try_into()
-            .map_err(|e| bad(persona_model::settings::one_line(&e)))?;
-        persona_model::settings::from_table::<Self>(table).map_err(bad)?;
-        Ok(recipe)
+        persona_model::settings::from_table::<Self>(table).map_err(bad)
     }
 
     /// Checks everything that does not need the weights: numbers in range,

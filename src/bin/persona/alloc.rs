@@ -4,10 +4,10 @@
 //! buffers back to the kernel each time, and mimalloc by default also
 //! returns ("purges") freed memory after a delay; either way the next
 //! buffer arrives as fresh pages that the kernel must zero (with
-//! transparent huge pages, 2 MiB at a time): `clear_page_erms` was 17% of a
-//! LoRA training step in `perf`. Keeping freed memory for reuse removes
-//! that; the process's resident memory stays at its peak instead (which is
-//! what it is sized for anyway). Training ~25% faster (benches/RESULTS.md).
+//! transparent huge pages, 2 MiB at a time), a large share of a LoRA
+//! training step in `perf`. Keeping freed memory for reuse removes that;
+//! the process's resident memory stays at its peak instead (which is what
+//! it is sized for anyway). The measurements are in benches/RESULTS.md.
 //! (Shared by the `persona` binary and `benches/runtime.rs`.)
 
 #[global_allocator]
@@ -30,8 +30,8 @@ pub fn keep_freed_memory() {
 mod tests {
     #[test]
     fn purge_delay_option_index_is_right() {
-        // mimalloc v3's default purge delay is 1000 ms (options.c), unless the
-        // environment overrides it.
+        // The documented default of mimalloc v3's purge delay (options.c),
+        // unless the environment overrides it.
         if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
             // SAFETY: reads one option.
             let default = unsafe { libmimalloc_sys::mi_option_get(super::MI_OPTION_PURGE_DELAY) };
