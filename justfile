@@ -1,16 +1,28 @@
 # persona: the two commands are `just train <recipe>` and `just test`.
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
+# The features of the test build: the CPU backend (always) and wgpu.
+test_features := "--features wgpu"
+# Quiet the Vulkan loader (it wants a runtime dir) and keep cubecl's
+# autotuning short: the wgpu tests check values, not speed.
+wgpu_env := "XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-$(mktemp -d)} CUBECL_AUTOTUNE_LEVEL=minimal"
+
 # Run the whole test suite (fetches the embedded models first when missing):
-# unit, integration and doc tests, the library examples, the NEON kernels
-# under AArch64 emulation, then the trait-score gate on a short vaccine run (ci/gate.toml,
+# unit, integration and doc tests, the wgpu backend against the CPU
+# (tests/wgpu.rs, on lavapipe when the machine has no GPU: installed when
+# missing), the library examples, the NEON kernels under AArch64 emulation,
+# then the trait-score gate on a short vaccine run (ci/gate.toml,
 # recipes/ci-vaccine.toml: trained when missing; fails when its sycophancy
 # score rises past ci/trait-baseline.json; summary and JUnit XML in checkpoints/ci/).
-test: fetch-model
-    cargo test --workspace --release
+test: fetch-model vulkan
+    {{wgpu_env}} cargo test --workspace --release {{test_features}}
     just examples
     just test-arm
-    cargo run --release --quiet -- ci
+    cargo run --release --quiet {{test_features}} -- ci
+
+# A Vulkan driver for the wgpu tests (Debian's lavapipe when there is none).
+vulkan:
+    scripts/ensure-vulkan.sh
 
 # Run every program in examples/ on the embedded model, in a scratch
 # PERSONA_HOME that shares the model cache (nothing is left behind).
@@ -22,7 +34,7 @@ examples:
     ln -s "$(realpath "${PERSONA_HOME:-checkpoints}")/models" "$home/models"
     for example in steer monitor_conversation screen_dataset train_recipe; do
         echo "== example $example"
-        PERSONA_HOME="$home" cargo run --release --quiet --example "$example"
+        PERSONA_HOME="$home" cargo run --release --quiet {{test_features}} --example "$example"
     done
 
 # The packed-kernel tests built for AArch64 and run under qemu-user (the

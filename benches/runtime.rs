@@ -1,8 +1,17 @@
-//! Runtime speed on the embedded model: prefill tokens/s (batch 8 x 128),
-//! decode tokens/s at batch 1 and batch 16 (128 new tokens; with the
-//! prompts' prefill, and without it), peak memory.
-//! Run with `just bench` (release build). Thread count: RAYON_NUM_THREADS;
-//! decoding kernel family: PERSONA_CPU_KERNELS (avx512, avx2, generic).
+//! Runtime speed: prefill tokens/s (batch 8 x 128), decode tokens/s at
+//! batch 1 and batch 16 (128 new tokens; with the prompts' prefill, and
+//! without it), a LoRA training step, peak memory.
+//! Run with `just bench` (release build). Settings, from the environment:
+//! - `BENCH_MODEL`: the model spec (default: the embedded model), e.g.
+//!   `synthetic:benches/shapes/qwen2.5-1.5b-instruct.json`;
+//! - `BENCH_TRAIN`: the training batch, `ROWSxTOKENS` (default `8x128`,
+//!   half prompt, half response);
+//! - `BENCH_DEVICE`: `cpu` (default), or `wgpu` / `cuda` in a build with
+//!   that feature (`scripts/gpu-bench.sh`);
+//! - `BENCH_ONLY`: `prefill`, `decode1`, `decode16`, `train` or a comma list;
+//! - `BENCH_ROOF_GFLOPS`: the machine's f32 matmul roof, to print each
+//!   rate as a fraction of it;
+//! - `RAYON_NUM_THREADS`; `PERSONA_CPU_KERNELS` (avx512, avx2, neon, generic).
 
 use std::time::Instant;
 
@@ -54,18 +63,54 @@ fn cpu_line() -> String {
 }
 
 fn prompt(len: usize, salt: usize) -> Vec<u32> {
-    // Ordinary tokens only (ids >= 17 are not special in SmolLM2).
+    // Ordinary tokens only (ids >= 17 are not special in SmolLM2; the
+    // synthetic models' byte-level vocabulary has 3 special tokens).
     (0..len)
         .map(|i| (17 + (i * 7919 + salt * 104_729) % 40_000) as u32)
         .collect()
 }
 
+/// The device the bench runs on (`BENCH_DEVICE`, default the CPU).
+fn bench_device() -> Device {
+    let name = std::env::var("BENCH_DEVICE").unwrap_or_else(|_| "cpu".into());
+    persona_model::parse_device(&name).unwrap_or_else(|e| panic!("BENCH_DEVICE: {e}"))
+}
+
+/// The model the bench runs (`BENCH_MODEL`, default the embedded one).
+fn model_spec() -> String {
+    std::env::var("BENCH_MODEL").unwrap_or_else(|_| DEFAULT_MODEL.to_string())
+}
+
+/// `rate` GFLOP/s, and its fraction of `BENCH_ROOF_GFLOPS` when set.
+fn gflops(rate: f64) -> String {
+    match std::env::var("BENCH_ROOF_GFLOPS")
+        .ok()
+        .and_then(|r| r.parse::<f64>().ok())
+    {
+        Some(roof) => format!(
+            "{rate:.0} GFLOP/s, {:.0}% of {roof:.0}",
+            100.0 * rate / roof
+        ),
+        None => format!("{rate:.0} GFLOP/s"),
+    }
+}
+
 fn main() {
     alloc::keep_freed_memory();
-    let device = Device::flex();
+    let device = bench_device();
     let t = Instant::now();
-    let m = load(DEFAULT_MODEL, &device).unwrap_or_else(|e| panic!("{e}"));
-    println!("load: {:.2} s", t.elapsed().as_secs_f64());
+    let spec = model_spec();
+    let m = load(&spec, &device).unwrap_or_else(|e| panic!("{e}"));
+    let c = &m.model.config;
+    println!(
+        "model: {spec} ({:.2} B parameters: {} blocks, d_model {}, d_ff {}, vocab {}); load: {:.2} s",
+        parameters(c) as f64 / 1e9,
+        c.n_layers,
+        c.d_model,
+        c.d_ff,
+        c.vocab_size,
+        t.elapsed().as_secs_f64()
+    );
     println!("{}", cpu_line());
     // `BENCH_ONLY=prefill|decode1|decode16|train` runs one part, or a comma
     // list of them (for profiling).
@@ -80,18 +125,29 @@ fn main() {
         }
     }
     if want("train") {
-        train_bench();
+        drop(m);
+        train_bench(&spec);
     }
     println!("peak RSS: {:.0} MB", peak_rss_mb());
+}
+
+/// Weights of the projections and MLP of one block.
+fn block_weights(c: &persona_model::ModelConfig) -> usize {
+    c.d_model * (c.n_heads * c.head_dim) * 2
+        + c.d_model * (c.n_kv_heads * c.head_dim) * 2
+        + 3 * c.d_model * c.d_ff
+}
+
+/// Parameters of the model (norms and biases left out).
+fn parameters(c: &persona_model::ModelConfig) -> usize {
+    let embeddings = c.vocab_size * c.d_model * if c.tie_embeddings { 1 } else { 2 };
+    block_weights(c) * c.n_layers + embeddings
 }
 
 /// Multiply-adds per token in the decoder blocks (projections and MLP,
 /// attention scores left out), in GFLOP.
 fn block_gflop_per_token(c: &persona_model::ModelConfig) -> f64 {
-    let per_layer = c.d_model * (c.n_heads * c.head_dim) * 2
-        + c.d_model * (c.n_kv_heads * c.head_dim) * 2
-        + 3 * c.d_model * c.d_ff;
-    2.0 * (per_layer * c.n_layers) as f64 / 1e9
+    2.0 * (block_weights(c) * c.n_layers) as f64 / 1e9
 }
 
 /// Prefill: batch 8 x 128, logits at the last position (as generation uses it).
@@ -125,8 +181,8 @@ fn prefill_bench(m: &persona_model::LoadedModel) {
     let secs = t.elapsed().as_secs_f64() / reps as f64;
     let tps = 8.0 * 128.0 / secs;
     println!(
-        "prefill 8x128: {tps:.0} tokens/s ({:.0} GFLOP/s in the blocks)",
-        tps * block_gflop_per_token(&m.model.config)
+        "prefill 8x128: {tps:.0} tokens/s ({} in the blocks)",
+        gflops(tps * block_gflop_per_token(&m.model.config))
     );
 }
 
@@ -172,12 +228,21 @@ fn decode_bench(m: &persona_model::LoadedModel, batch_size: usize) {
     // gives the first new token); timed on its own, the same way, and
     // taken out for the decoding rate proper.
     let prefill = prompt_prefill_secs(&m.model, &prompts, m.codec.pad_id, opts.max_new_tokens);
+    let decode_rate = (n - batch_size) as f64 / (secs - prefill);
     println!(
         "decode batch {batch_size}: {:.1} tokens/s ({n} tokens in {secs:.2} s, prefill included); \
-         {:.1} tokens/s without the prompts' prefill ({prefill:.3} s, timed apart)",
+         {decode_rate:.1} tokens/s without the prompts' prefill ({prefill:.3} s, timed apart)",
         n as f64 / secs,
-        (n - batch_size) as f64 / (secs - prefill),
     );
+    // Each decoding step reads every weight once: the weight bandwidth a
+    // GPU reaches (the CPU reads packed copies; see `packed` above).
+    if !persona_model::device::is_cpu(m.model.device()) {
+        let bytes = persona_model::plan::weight_bytes(&m.model.config, 4.0) as f64;
+        println!(
+            "  weights read at {:.0} GB/s (f32)",
+            decode_rate / batch_size as f64 * bytes / 1e9
+        );
+    }
 }
 
 /// Seconds of `generate`'s first step for `prompts`: the prompts through
@@ -210,16 +275,27 @@ fn prompt_prefill_secs(
         .fold(f64::INFINITY, f64::min)
 }
 
-/// LoRA r16 on all seven projections, batch 8 x 128 (64 prompt + 64
-/// response tokens per row), preventative steering at row 15, AdamW:
-/// tokens/s of full optimizer steps (forward, backward, update).
-fn train_bench() {
+/// The training batch, `BENCH_TRAIN=ROWSxTOKENS` (default 8x128).
+fn train_shape() -> (usize, usize) {
+    let text = std::env::var("BENCH_TRAIN").unwrap_or_else(|_| "8x128".into());
+    text.split_once('x')
+        .and_then(|(r, t)| Some((r.parse().ok()?, t.parse().ok()?)))
+        .filter(|&(r, t): &(usize, usize)| r > 0 && t >= 2)
+        .unwrap_or_else(|| panic!("BENCH_TRAIN={text}: want ROWSxTOKENS, e.g. 4x256"))
+}
+
+/// LoRA r16 on all seven projections, `BENCH_TRAIN` rows of tokens (half
+/// prompt, half response), preventative steering at row 15 (or the middle
+/// row of a shallower model), AdamW: tokens/s of full optimizer steps
+/// (forward, backward, update).
+fn train_bench(spec: &str) {
     use persona_model::{Lora, Positions, Scaling, Steering, Target};
     use persona_train::optim::{AdamW, Moments};
     use persona_train::trainer::{clip, loss_and_grads};
-    let device = Device::flex().autodiff();
-    let m = load(DEFAULT_MODEL, &device).expect("run `just fetch-model` first");
+    let device = bench_device().autodiff();
+    let m = load(spec, &device).expect("run `just fetch-model` first");
     let cfg = &m.model.config;
+    let (n_rows, tokens) = train_shape();
     let mut lora = Lora::init(cfg, &Target::ALL, 16, 32.0, Scaling::Rslora, 0, &device)
         .unwrap()
         .trainable();
@@ -232,11 +308,12 @@ fn train_bench() {
         })
         .collect();
     let v: Vec<f32> = (0..cfg.d_model).map(|i| (i as f32 * 0.1).sin()).collect();
-    let steering = [Steering::add(15, &v, 4.0, Positions::All, &device).unwrap()];
-    let rows: Vec<Sequence> = (0..8)
+    let row = 15.min(cfg.n_layers / 2);
+    let steering = [Steering::add(row, &v, 4.0, Positions::All, &device).unwrap()];
+    let rows: Vec<Sequence> = (0..n_rows)
         .map(|s| Sequence {
-            prompt: prompt(64, s),
-            response: prompt(64, s + 100),
+            prompt: prompt(tokens / 2, s),
+            response: prompt(tokens - tokens / 2, s + 100),
         })
         .collect();
     let batch = Batch::new(&rows, PadSide::Right, m.codec.pad_id).unwrap();
@@ -275,8 +352,16 @@ fn train_bench() {
         step(i + 2);
     }
     let secs = t.elapsed().as_secs_f64() / reps as f64;
+    let n = (n_rows * tokens) as f64;
+    // Forward and input gradients through the frozen blocks (2 + 2 FLOP
+    // per weight and token) and the LM head on the scored (response)
+    // tokens; attention scores and the rank-16 branches left out.
+    let scored = (n_rows * (tokens - tokens / 2)) as f64;
+    let head = 4.0 * (cfg.vocab_size * cfg.d_model) as f64 * scored / n / 1e9;
+    let per_token = 2.0 * block_gflop_per_token(cfg) + head;
     println!(
-        "train LoRA r16, 8x128, AdamW: {:.0} tokens/s ({secs:.2} s/step)",
-        8.0 * 128.0 / secs
+        "train LoRA r16, {n_rows}x{tokens}, AdamW: {:.0} tokens/s ({secs:.2} s/step; {})",
+        n / secs,
+        gflops(n / secs * per_token)
     );
 }

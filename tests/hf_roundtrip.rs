@@ -72,20 +72,28 @@ fn hf_loading_is_strict_about_keys() {
 }
 
 #[test]
-fn rope_scaling_is_rejected_explicitly() {
+fn unimplemented_rope_scaling_is_rejected_explicitly() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("config.json");
     let cfg = serde_json::json!({
         "architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 128,
         "num_attention_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": 2,
         "vocab_size": 100, "max_position_embeddings": 256, "rms_norm_eps": 1e-5,
-        "rope_scaling": {"rope_type": "llama3", "factor": 8.0}
+        "rope_scaling": {"rope_type": "yarn", "factor": 8.0}
     });
     std::fs::write(&p, cfg.to_string()).unwrap();
     let e = persona_model::ModelConfig::from_hf_json(&p)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("rope_scaling") && e.contains("llama3"), "{e}");
+    assert!(e.contains("rope_scaling") && e.contains("yarn"), "{e}");
+    // Llama 3's scaling is implemented, and needs all four of its numbers.
+    let mut llama3 = cfg.clone();
+    llama3["rope_scaling"] = serde_json::json!({"rope_type": "llama3", "factor": 8.0});
+    std::fs::write(&p, llama3.to_string()).unwrap();
+    let e = persona_model::ModelConfig::from_hf_json(&p)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("rope_scaling.") && e.contains("llama3"), "{e}");
     let mut cfg2 = cfg.clone();
     cfg2["rope_scaling"] = serde_json::Value::Null;
     cfg2["architectures"] = serde_json::json!(["MistralForCausalLM"]);

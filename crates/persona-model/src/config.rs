@@ -46,11 +46,59 @@ pub struct ModelConfig {
     pub vocab_size: usize,
     pub max_positions: usize,
     pub rope_theta: f64,
+    /// Llama 3's long-context frequency scaling, when the config has it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_scaling: Option<Llama3Rope>,
     pub rms_eps: f64,
     /// The LM head reuses the token embedding matrix.
     pub tie_embeddings: bool,
     /// q/k/v projections carry a bias (Qwen2).
     pub qkv_bias: bool,
+}
+
+/// Llama 3's RoPE frequency scaling (`rope_type = "llama3"` in an HF
+/// config): wavelengths longer than `original_max_positions /
+/// low_freq_factor` are stretched by `factor`, those shorter than
+/// `original_max_positions / high_freq_factor` are kept, and the ones in
+/// between are interpolated (transformers' `_compute_llama3_parameters`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Llama3Rope {
+    pub factor: f64,
+    pub low_freq_factor: f64,
+    pub high_freq_factor: f64,
+    pub original_max_positions: usize,
+}
+
+impl Llama3Rope {
+    /// `inv_freq` after the scaling.
+    pub fn scale(&self, inv_freq: f64) -> f64 {
+        let old = self.original_max_positions as f64;
+        let wavelen = 2.0 * std::f64::consts::PI / inv_freq;
+        if wavelen < old / self.high_freq_factor {
+            inv_freq
+        } else if wavelen > old / self.low_freq_factor {
+            inv_freq / self.factor
+        } else {
+            let smooth = (old / wavelen - self.low_freq_factor)
+                / (self.high_freq_factor - self.low_freq_factor);
+            (1.0 - smooth) * inv_freq / self.factor + smooth * inv_freq
+        }
+    }
+
+    fn check(&self) -> std::result::Result<(), String> {
+        let positive = |x: f64| x.is_finite() && x > 0.0;
+        if !(positive(self.factor)
+            && positive(self.low_freq_factor)
+            && self.high_freq_factor.is_finite()
+            && self.high_freq_factor > self.low_freq_factor
+            && self.original_max_positions > 0)
+        {
+            return Err(format!(
+                "llama3 RoPE scaling {self:?} needs finite factor > 0, 0 < low_freq_factor < high_freq_factor and original_max_position_embeddings > 0"
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Largest value each size in a config may take. Real models sit far below
@@ -135,6 +183,9 @@ impl ModelConfig {
             vocab_size,
             max_positions: size("context_length")?,
             rope_theta: g.get_f64(&k("rope.freq_base"))?,
+            // llama.cpp stores Llama 3's scaling as a `rope_freqs` tensor,
+            // which loading refuses by name.
+            rope_scaling: None,
             rms_eps: g.get_f64(&k("attention.layer_norm_rms_epsilon"))?,
             tie_embeddings: !g.tensors.iter().any(|t| t.name == "output.weight"),
             qkv_bias,
@@ -194,6 +245,7 @@ impl ModelConfig {
             Architecture::Qwen2 => true,
             Architecture::Llama => c.bool("attention_bias")?.unwrap_or(false),
         };
+        let (rope_theta, rope_scaling) = c.rope()?;
         let cfg = Self {
             architecture,
             n_layers: c.size("num_hidden_layers")?,
@@ -206,7 +258,8 @@ impl ModelConfig {
             d_ff: c.size("intermediate_size")?,
             vocab_size: c.size("vocab_size")?,
             max_positions: c.size("max_position_embeddings")?,
-            rope_theta: c.rope_theta()?,
+            rope_theta,
+            rope_scaling,
             rms_eps: c
                 .float("rms_norm_eps")?
                 .ok_or_else(|| c.missing("rms_norm_eps"))?,
@@ -254,6 +307,9 @@ impl ModelConfig {
                 self.rope_theta
             )));
         }
+        if let Some(scaling) = &self.rope_scaling {
+            scaling.check().map_err(bad)?;
+        }
         if !(self.rms_eps.is_finite() && self.rms_eps > 0.0 && self.rms_eps < 1.0) {
             return Err(bad(format!(
                 "RMSNorm epsilon {} must be a finite number in (0, 1)",
@@ -280,7 +336,13 @@ impl ModelConfig {
             "rms_norm_eps": self.rms_eps,
             "tie_word_embeddings": self.tie_embeddings,
             "hidden_act": "silu",
-            "rope_scaling": null,
+            "rope_scaling": self.rope_scaling.map(|r| serde_json::json!({
+                "rope_type": "llama3",
+                "factor": r.factor,
+                "low_freq_factor": r.low_freq_factor,
+                "high_freq_factor": r.high_freq_factor,
+                "original_max_position_embeddings": r.original_max_positions,
+            })),
             "bos_token_id": bos,
             "eos_token_id": eos,
             "torch_dtype": "float32",
@@ -362,16 +424,25 @@ impl HfJson<'_> {
             .transpose()
     }
 
-    /// The RoPE base from either layout: transformers 4's top-level
-    /// `rope_theta` (+ `rope_scaling`), or transformers 5's
-    /// `rope_parameters = {rope_theta, rope_type, ...}`. Any scaling is
-    /// refused; both layouts at once must agree.
-    fn rope_theta(&self) -> Result<f64> {
-        let unscaled = |kind: Option<&str>, key: &str| -> Result<()> {
+    /// The RoPE base and scaling from either layout: transformers 4's
+    /// top-level `rope_theta` + `rope_scaling`, or transformers 5's
+    /// `rope_parameters = {rope_theta, rope_type, ...}`. Only Llama 3's
+    /// scaling is implemented; any other is refused, and both layouts at
+    /// once must agree on the base.
+    fn rope(&self) -> Result<(f64, Option<Llama3Rope>)> {
+        let mut scaling = None;
+        let mut scaled = |kind: Option<&str>,
+                          params: &serde_json::Value,
+                          key: &str|
+         -> Result<()> {
             match kind {
                 None | Some("default") => Ok(()),
+                Some("llama3") => {
+                    scaling = Some(self.llama3_rope(params, key)?);
+                    Ok(())
+                }
                 Some(kind) => Err(ModelError::Unsupported(format!(
-                    "{key} of type `{kind}` in {} (only unscaled RoPE is implemented)",
+                    "{key} of type `{kind}` in {} (unscaled RoPE and Llama 3's `llama3` scaling are implemented)",
                     self.path.display()
                 ))),
             }
@@ -381,7 +452,7 @@ impl HfJson<'_> {
                 .as_str()
                 .or(s["type"].as_str())
                 .unwrap_or("unknown");
-            unscaled(Some(kind), "rope_scaling")?;
+            scaled(Some(kind), s, "rope_scaling")?;
         }
         let old = self.float("rope_theta")?;
         let new = match self.present("rope_parameters") {
@@ -404,7 +475,11 @@ impl HfJson<'_> {
                         ))
                     })?),
                 };
-                unscaled(kind, "rope_parameters")?;
+                scaled(
+                    kind,
+                    &serde_json::Value::Object(p.clone()),
+                    "rope_parameters",
+                )?;
                 match p.get("rope_theta") {
                     None | Some(serde_json::Value::Null) => None,
                     Some(t) => Some(t.as_f64().ok_or_else(|| {
@@ -419,11 +494,36 @@ impl HfJson<'_> {
             (Some(a), Some(b)) if a != b => Err(self.bad(format!(
                 "`rope_theta` {a} and `rope_parameters.rope_theta` {b} disagree"
             ))),
-            (Some(t), _) | (None, Some(t)) => Ok(t),
+            (Some(t), _) | (None, Some(t)) => Ok((t, scaling)),
             (None, None) => Err(self.bad(
                 "no RoPE base: neither `rope_theta` nor `rope_parameters.rope_theta`; add the model's value (the transformers default of 10000 is wrong for most models)".into(),
             )),
         }
+    }
+
+    /// The four numbers of a `llama3` scaling object, all required (as in
+    /// transformers).
+    fn llama3_rope(&self, params: &serde_json::Value, key: &str) -> Result<Llama3Rope> {
+        let number = |name: &str| {
+            params[name].as_f64().ok_or_else(|| {
+                self.bad(format!(
+                    "`{key}.{name}` must be a number (llama3 RoPE scaling)"
+                ))
+            })
+        };
+        let original = params["original_max_position_embeddings"]
+            .as_u64()
+            .ok_or_else(|| {
+                self.bad(format!(
+                    "`{key}.original_max_position_embeddings` must be a positive integer (llama3 RoPE scaling)"
+                ))
+            })?;
+        Ok(Llama3Rope {
+            factor: number("factor")?,
+            low_freq_factor: number("low_freq_factor")?,
+            high_freq_factor: number("high_freq_factor")?,
+            original_max_positions: to_size(original, key, self.path)?,
+        })
     }
 }
 
@@ -549,5 +649,66 @@ mod tests {
             let e = err(&v);
             assert!(e.contains(key), "{key}: {e}");
         }
+    }
+
+    /// Llama 3's scaling, from the public Llama-3.2-1B-Instruct config
+    /// (benches/shapes/): parsed, and applied per wavelength band with
+    /// values worked out by hand from transformers' formula.
+    #[test]
+    fn llama3_rope_scaling_is_read_and_applied() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../benches/shapes/llama-3.2-1b-instruct.json");
+        let cfg = ModelConfig::from_hf_json(&path).unwrap();
+        let s = cfg.rope_scaling.expect("llama3 scaling");
+        assert_eq!(
+            s,
+            Llama3Rope {
+                factor: 32.0,
+                low_freq_factor: 1.0,
+                high_freq_factor: 4.0,
+                original_max_positions: 8192
+            }
+        );
+        assert_eq!(cfg.rope_theta, 500_000.0);
+        // Wavelength 2*pi < 8192/4: kept. 2*pi/1e-5 > 8192/1: divided by 32.
+        assert_eq!(s.scale(1.0), 1.0);
+        assert_eq!(s.scale(1e-5), 1e-5 / 32.0);
+        // Wavelength 4096: smooth = (8192/4096 - 1) / (4 - 1) = 1/3, so
+        // (2/3) f/32 + (1/3) f = f * 34/96.
+        let f = 2.0 * std::f64::consts::PI / 4096.0;
+        assert!((s.scale(f) - f * 34.0 / 96.0).abs() < 1e-15);
+        // Written back out, the scaling survives a round trip.
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("config.json");
+        std::fs::write(&out, cfg.to_hf_json(1, 2).to_string()).unwrap();
+        assert_eq!(ModelConfig::from_hf_json(&out).unwrap(), cfg);
+    }
+
+    #[test]
+    fn other_rope_scalings_and_incomplete_llama3_ones_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        let base = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../benches/shapes/llama-3.2-1b-instruct.json"),
+        )
+        .unwrap();
+        let mut v: serde_json::Value = serde_json::from_str(&base).unwrap();
+        v["rope_scaling"]["rope_type"] = "yarn".into();
+        std::fs::write(&path, v.to_string()).unwrap();
+        let err = ModelConfig::from_hf_json(&path).unwrap_err().to_string();
+        assert!(err.contains("`yarn`"), "{err}");
+        v["rope_scaling"]["rope_type"] = "llama3".into();
+        v["rope_scaling"]
+            .as_object_mut()
+            .unwrap()
+            .remove("low_freq_factor");
+        std::fs::write(&path, v.to_string()).unwrap();
+        let err = ModelConfig::from_hf_json(&path).unwrap_err().to_string();
+        assert!(err.contains("low_freq_factor"), "{err}");
+        v["rope_scaling"]["low_freq_factor"] = 8.0.into();
+        std::fs::write(&path, v.to_string()).unwrap();
+        let err = ModelConfig::from_hf_json(&path).unwrap_err().to_string();
+        assert!(err.contains("low_freq_factor < high_freq_factor"), "{err}");
     }
 }

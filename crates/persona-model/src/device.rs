@@ -10,16 +10,47 @@ pub fn parse_device(name: &str) -> Result<Device> {
     match name {
         "cpu" => Ok(Device::flex()),
         #[cfg(feature = "cuda")]
-        "cuda" => Ok(Device::cuda(0)),
+        "cuda" => probe(
+            Device::cuda(0),
+            "cuda",
+            "no usable CUDA GPU (driver, libcuda and nvrtc are needed at run time)",
+        ),
         #[cfg(not(feature = "cuda"))]
         "cuda" => Err(ModelError::DeviceUnavailable("cuda".into())),
         #[cfg(feature = "wgpu")]
-        "wgpu" => Ok(Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)),
+        "wgpu" => probe(
+            Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
+            "wgpu",
+            "no GPU adapter; install a Vulkan driver (on Debian/Ubuntu without a GPU: \
+             mesa-vulkan-drivers, which runs Vulkan on the CPU)",
+        ),
         #[cfg(not(feature = "wgpu"))]
         "wgpu" => Err(ModelError::DeviceUnavailable("wgpu".into())),
         other => Err(ModelError::Input(format!(
             "unknown device `{other}`; use cpu, cuda or wgpu"
         ))),
+    }
+}
+
+/// Runs one tiny op on a GPU `device`: a backend that finds no adapter or
+/// driver panics inside burn on first use, so that first use happens here,
+/// where the panic becomes an error. The panic hook is silenced meanwhile
+/// (the error is the one line the user sees).
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+fn probe(device: Device, name: &str, problem: &str) -> Result<Device> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let works = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        burn::tensor::Tensor::<1>::zeros([1], &device).into_data();
+    }))
+    .is_ok();
+    std::panic::set_hook(hook);
+    if works {
+        Ok(device)
+    } else {
+        Err(ModelError::Input(format!(
+            "device `{name}` does not start: {problem}"
+        )))
     }
 }
 

@@ -10,6 +10,7 @@ use crate::files::write_atomic;
 use crate::gguf::GgufFile;
 use crate::home::PersonaHome;
 use crate::model::Model;
+use crate::synthetic;
 use crate::tokenizer::TextCodec;
 use crate::weights::{self, WeightMap};
 
@@ -87,7 +88,8 @@ pub struct LoadedModel {
 }
 
 /// Resolves a model spec: a path to a `.gguf` file or an HF directory, or a
-/// name in the model cache (`<cache>/<name>/` holding either).
+/// name in the model cache (`<cache>/<name>/` holding either). (A
+/// `synthetic:` spec names no weights; [`load`] and [`inspect`] take it.)
 pub fn resolve(spec: &str) -> Result<PathBuf> {
     let p = Path::new(spec);
     if p.exists() {
@@ -116,6 +118,7 @@ pub fn inspect(spec: &str) -> Result<(ModelConfig, ModelIdentity)> {
     Ok(match open_header(spec)? {
         Header::Gguf(_, config, id) => (config, id),
         Header::Hf(_, config, id, _) => (config, id),
+        Header::Synthetic(config, id) => (config, id),
     })
 }
 
@@ -124,9 +127,23 @@ enum Header {
     Gguf(GgufFile, ModelConfig, ModelIdentity),
     /// The directory, its config, identity and weight files.
     Hf(PathBuf, ModelConfig, ModelIdentity, Vec<PathBuf>),
+    /// A `config.json` with seeded random weights ([`crate::synthetic`]).
+    Synthetic(ModelConfig, ModelIdentity),
 }
 
 fn open_header(spec: &str) -> Result<Header> {
+    if let Some(config_path) = synthetic::config_path(spec) {
+        let config_path = config_path?;
+        let config = ModelConfig::from_hf_json(&config_path)?;
+        let bytes = std::fs::read(&config_path).map_err(|e| ModelError::io(&config_path, e))?;
+        let id = ModelIdentity {
+            name: spec.to_string(),
+            sha256: synthetic::identity_hash(&bytes),
+            path: config_path,
+            hf_id: None,
+        };
+        return Ok(Header::Synthetic(config, id));
+    }
     let path = resolve(spec)?;
     let (gguf, hf_dir) = classify(&path)?;
     if let Some(file) = gguf {
@@ -213,6 +230,13 @@ pub fn load_host(spec: &str) -> Result<HostModel> {
                 identity,
             })
         }
+        Header::Synthetic(config, identity) => Ok(HostModel {
+            source_format: "synthetic (seeded random f32 weights)".into(),
+            weights: synthetic::weights(&config)?,
+            codec: TextCodec::byte_level(config.vocab_size)?,
+            config,
+            identity,
+        }),
     }
 }
 

@@ -21,6 +21,7 @@ pub fn tiny_config() -> ModelConfig {
         vocab_size: 97,
         max_positions: 128,
         rope_theta: 10_000.0,
+        rope_scaling: None,
         rms_eps: 1e-5,
         tie_embeddings: true,
         qkv_bias: false,
@@ -92,15 +93,9 @@ pub type GgufTensors = Vec<(String, Vec<usize>, Vec<f32>)>;
 pub fn tiny_gguf_metadata() -> GgufMetadata {
     use crate::gguf::Value;
     let cfg = tiny_config();
-    let mut tokens: Vec<String> = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "Ġ", "Ċ"]
-        .map(String::from)
-        .to_vec();
-    tokens.extend(('!'..='}').filter(|c| *c != '`').map(String::from));
-    tokens.truncate(cfg.vocab_size);
-    let types: Vec<Value> = (0..tokens.len())
-        .map(|i| Value::U64(if i < 3 { 3 } else { 1 }))
-        .collect();
-    let template = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+    let (tokens, types) = crate::tokenizer::byte_level_tokens(cfg.vocab_size);
+    let types: Vec<Value> = types.into_iter().map(Value::U64).collect();
+    let template = crate::tokenizer::CHATML_TEMPLATE;
     let u = |v: usize| Value::U64(v as u64);
     [
         ("general.architecture", Value::Str("llama".into())),

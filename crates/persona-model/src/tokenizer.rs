@@ -170,6 +170,24 @@ fn pre_tokenizer(pre: &str) -> Result<serde_json::Value> {
     }
 }
 
+/// A ChatML chat template (the one of [`TextCodec::byte_level`]).
+pub(crate) const CHATML_TEMPLATE: &str = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+
+/// `n` tokens and their GGUF types: `<|endoftext|>`, `<|im_start|>`,
+/// `<|im_end|>` (control, type 3), then `Ġ` (space), `Ċ` (newline) and the
+/// printable ASCII characters, then `<|unused_N|>` placeholders (type 1).
+pub(crate) fn byte_level_tokens(n: usize) -> (Vec<String>, Vec<u64>) {
+    let mut tokens: Vec<String> = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "Ġ", "Ċ"]
+        .map(String::from)
+        .to_vec();
+    tokens.extend(('!'..='}').filter(|c| *c != '`').map(String::from));
+    tokens.truncate(n);
+    let named = tokens.len();
+    tokens.extend((named..n).map(|i| format!("<|unused_{i}|>")));
+    let types = (0..n).map(|i| if i < 3 { 3 } else { 1 }).collect();
+    (tokens, types)
+}
+
 impl TextCodec {
     /// Builds the codec from GGUF metadata.
     pub fn from_gguf(g: &GgufFile) -> Result<Self> {
@@ -229,6 +247,23 @@ impl TextCodec {
                 .unwrap_or_default()
         };
         Self::new(tokenizer_json, template, name(bos_id), name(eos_id), pad_id)
+    }
+
+    /// A byte-level codec of `vocab_size` tokens for models without a
+    /// tokenizer of their own (synthetic shapes, the tiny test model):
+    /// [`byte_level_tokens`] and a ChatML template; text encodes one
+    /// character per token.
+    pub fn byte_level(vocab_size: usize) -> Result<Self> {
+        let (tokens, types) = byte_level_tokens(vocab_size);
+        if tokens.len() < 3 {
+            return Err(ModelError::Tokenizer(format!(
+                "a vocabulary of {vocab_size} tokens cannot hold the 3 special tokens"
+            )));
+        }
+        let names: Vec<&str> = tokens.iter().map(String::as_str).collect();
+        let json = hf_tokenizer_json(&names, &types, &[], "gpt2")?;
+        let eos = tokens[2].clone();
+        Self::new(json, CHATML_TEMPLATE.into(), tokens[1].clone(), eos, 0)
     }
 
     /// Reads `tokenizer.json` and `tokenizer_config.json` from an HF directory.

@@ -13,7 +13,8 @@ use crate::config::ModelConfig;
 /// same either way).
 #[derive(Debug, Clone)]
 pub(super) struct Rope {
-    /// `theta^(-2i / head_dim)` for `i < head_dim / 2`.
+    /// `theta^(-2i / head_dim)` for `i < head_dim / 2` (then Llama 3's
+    /// scaling, when the config has it).
     inv_freq: Vec<f64>,
 }
 
@@ -22,6 +23,7 @@ impl Rope {
         let hd = cfg.head_dim;
         let inv_freq = (0..hd / 2)
             .map(|i| 1.0 / cfg.rope_theta.powf((2 * i) as f64 / hd as f64))
+            .map(|f| cfg.rope_scaling.map_or(f, |s| s.scale(f)))
             .collect();
         Self { inv_freq }
     }

@@ -14,6 +14,7 @@ mod info;
 mod judge;
 mod merge;
 mod monitor;
+mod plan;
 mod screen;
 mod train;
 mod vector;
@@ -54,6 +55,9 @@ pub enum Command {
     Judge(judge::Command),
     /// Describe a model: architecture, sizes, dtype, chat template.
     Info(info::Args),
+    /// Memory a training step and a generation call will take (weights,
+    /// adapters, optimizer state, activations, KV cache), and whether it fits.
+    Plan(plan::Args),
 }
 
 pub fn exec(command: Command) -> Result<()> {
@@ -72,6 +76,7 @@ pub fn exec(command: Command) -> Result<()> {
         Command::Ci(a) => ci::exec(a),
         Command::Judge(c) => judge::exec(c),
         Command::Info(a) => info::exec(a),
+        Command::Plan(a) => plan::exec(a),
     }
 }
 

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The GPU benchmark in one run, for GPU machines that have no network and
+# take only a small copied build output.
+#
+#   scripts/gpu-bench.sh --build   # on a CPU machine: builds the bench with
+#                                  # --features wgpu into target/gpu-bench/
+#   scripts/gpu-bench.sh           # on the GPU machine (carry target/gpu-bench)
+#
+# The run: synthetic Llama-3.2-1B and Llama-3.1-8B shapes (benches/shapes/,
+# seeded random weights, nothing downloaded) on the wgpu device: prefill
+# 8 x 128, decode batch 1 and 16, a LoRA r16 step on 4 x 256 tokens. For
+# each it prints the bench's lines (tokens/s and GFLOP/s, with the fraction
+# of GPU_PEAK_TFLOPS when set) and the peak GPU memory nvidia-smi saw.
+# Weights are f32 (bf16 weights are not implemented yet): compare with the
+# card's f32 peak (H100 SXM: 67 TFLOP/s without tensor cores).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=target/gpu-bench
+
+if [ "${1:-}" = "--build" ]; then
+  exe=$(cargo bench --bench runtime --features wgpu --no-run --message-format=json 2>/dev/null \
+    | python3 -c 'import json,sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "runtime" and m.get("executable"):
+        print(m["executable"])')
+  mkdir -p "$out"
+  cp "$exe" "$out/runtime"
+  strip "$out/runtime"
+  ls -l "$out/runtime"
+  exit 0
+fi
+
+[ -x "$out/runtime" ] || { echo "error: no $out/runtime; run 'scripts/gpu-bench.sh --build' on a CPU machine and carry $out" >&2; exit 1; }
+if ! compgen -G "/usr/share/vulkan/icd.d/nvidia*.json" >/dev/null \
+  && ! compgen -G "/etc/vulkan/icd.d/nvidia*.json" >/dev/null; then
+  echo "error: no NVIDIA Vulkan driver (nvidia_icd.json) on this machine; wgpu would not run on the GPU" >&2
+  ls /usr/share/vulkan/icd.d /etc/vulkan/icd.d 2>/dev/null >&2 || true
+  exit 1
+fi
+export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-$(mktemp -d)}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+peak=${GPU_PEAK_TFLOPS:-}
+for shape in llama-3.2-1b-instruct llama-3.1-8b-instruct; do
+  for part in prefill decode1 decode16 train; do
+    log=$(mktemp)
+    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 >"$log" &
+    smi=$!
+    BENCH_DEVICE=wgpu BENCH_MODEL="synthetic:benches/shapes/$shape.json" BENCH_TRAIN=4x256 \
+      BENCH_ONLY=$part ${peak:+BENCH_ROOF_GFLOPS=$((peak * 1000))} "$out/runtime" \
+      | grep -E "^(model|prefill|decode|train)" || echo "$shape $part: failed"
+    kill "$smi" 2>/dev/null || true
+    echo "  $shape $part: peak GPU memory $(sort -n "$log" | tail -1) MiB"
+    rm -f "$log"
+  done
+done

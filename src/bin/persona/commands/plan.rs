@@ -1,0 +1,157 @@
+//! `persona plan`: the memory a training step and a generation call will
+//! take, before anything is loaded.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use persona_model::lora::Target;
+use persona_model::plan::{self, GenerateShape, Item, TrainShape};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A training recipe: its model, device, micro-batch, `max_seq_len`,
+    /// LoRA rank and targets.
+    #[arg(long, conflicts_with_all = ["model", "batch", "seq", "rank", "device"])]
+    recipe: Option<PathBuf>,
+    /// A model spec (cache name, .gguf, HF directory or
+    /// `synthetic:PATH/config.json`), with --batch, --seq and --rank.
+    #[arg(long, requires_all = ["batch", "seq", "rank"])]
+    model: Option<String>,
+    /// Sequences per micro-batch (and decoded together).
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Tokens per sequence (training) and the KV cache's length (generation).
+    #[arg(long)]
+    seq: Option<usize>,
+    /// LoRA rank, on all seven projections.
+    #[arg(long)]
+    rank: Option<usize>,
+    /// cpu, cuda or wgpu.
+    #[arg(long)]
+    device: Option<String>,
+}
+
+/// What to plan for: model, device, batch, tokens, rank, targets.
+struct Setup {
+    model: String,
+    device: String,
+    rows: usize,
+    tokens: usize,
+    rank: usize,
+    targets: Vec<Target>,
+}
+
+fn setup(a: Args) -> Result<Setup> {
+    if let Some(path) = a.recipe {
+        let r = persona_train::Recipe::load(&path)?;
+        return Ok(Setup {
+            model: r.model.name,
+            device: r.run.device,
+            rows: r.optim.batch_size,
+            tokens: r.data.max_seq_len,
+            rank: r.lora.rank,
+            targets: r.lora.targets,
+        });
+    }
+    let (Some(model), Some(rows), Some(tokens), Some(rank)) = (a.model, a.batch, a.seq, a.rank)
+    else {
+        bail!("give --recipe R, or --model M with --batch B --seq S --rank R");
+    };
+    Ok(Setup {
+        model,
+        device: a.device.unwrap_or_else(|| "cpu".into()),
+        rows,
+        tokens,
+        rank,
+        targets: Target::ALL.to_vec(),
+    })
+}
+
+pub fn exec(a: Args) -> Result<()> {
+    let s = setup(a)?;
+    if s.rows == 0 || s.tokens < 2 || s.rank == 0 {
+        bail!("--batch and --rank must be at least 1 and --seq at least 2");
+    }
+    persona_model::parse_device(&s.device)?;
+    let (cfg, identity) =
+        persona_model::inspect(&s.model).with_context(|| format!("reading model `{}`", s.model))?;
+    let cpu = s.device == "cpu";
+    let packs = cpu && persona_model::CpuKernels::selected()? != persona_model::CpuKernels::Generic;
+    let packed = if packs {
+        plan::packed_bytes_per_weight(&identity.path)?
+    } else {
+        0.0
+    };
+    let weights = plan::weight_bytes(&cfg, 4.0);
+    println!(
+        "model {} ({:.2} B weights as f32), device {}",
+        s.model,
+        weights as f64 / 4e9,
+        s.device
+    );
+    let train = TrainShape {
+        rows: s.rows,
+        tokens: s.tokens,
+        scored: s.tokens / 2,
+        rank: s.rank,
+    };
+    let targets: Vec<&str> = s.targets.iter().map(|t| t.short_name()).collect();
+    println!(
+        "\ntraining step: {} x {} tokens (half of them scored), LoRA r{} on {}",
+        s.rows,
+        s.tokens,
+        s.rank,
+        targets.join(", ")
+    );
+    let items = plan::training(&cfg, train, &s.targets, 4.0);
+    print_items(&items, cpu.then_some(2 * weights));
+    let generate = GenerateShape {
+        rows: s.rows,
+        context: s.tokens,
+        packed_bytes_per_weight: packed,
+    };
+    println!(
+        "\ngeneration: {} sequences, {} positions each",
+        s.rows, s.tokens
+    );
+    print_items(
+        &plan::generation(&cfg, generate, 4.0),
+        cpu.then_some(2 * weights),
+    );
+    Ok(())
+}
+
+/// The lines, their total, and whether the larger of the total and the
+/// loading peak (`loading`: the host copy next to the weights, on the CPU)
+/// fits the memory available now.
+fn print_items(items: &[Item], loading: Option<u64>) {
+    let gb = |b: u64| format!("{:>8.2} GB", b as f64 / 1e9);
+    for i in items {
+        println!("  {:<28}{}", i.what, gb(i.bytes));
+    }
+    let total = plan::total(items);
+    println!("  {:<28}{}", "total", gb(total));
+    let Some(loading) = loading else {
+        println!(
+            "  (GPU memory is not reported by the device API; compare with the card's memory)"
+        );
+        return;
+    };
+    println!("  {:<28}{}", "peak while loading", gb(loading));
+    let need = total.max(loading);
+    match plan::available_host_bytes() {
+        Some(have) if need <= have => {
+            println!(
+                "  fits: {} needed, {} available",
+                gb(need).trim(),
+                gb(have).trim()
+            )
+        }
+        Some(have) => println!(
+            "  does NOT fit: {} needed, {} available",
+            gb(need).trim(),
+            gb(have).trim()
+        ),
+        None => println!("  (available memory unknown: /proc/meminfo unreadable)"),
+    }
+}
