@@ -97,10 +97,33 @@ fn gflops(rate: f64) -> String {
 
 fn main() {
     alloc::keep_freed_memory();
-    let device = bench_device();
-    let t = Instant::now();
     let spec = model_spec();
-    let m = load(&spec, &device).unwrap_or_else(|e| panic!("{e}"));
+    println!("{}", cpu_line());
+    // `BENCH_ONLY=prefill|decode1|decode16|train` runs one part, or a comma
+    // list of them (for profiling, and for the peak memory of one part).
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let want = |part: &str| only.is_empty() || only.split(',').any(|p| p == part);
+    if ["prefill", "decode1", "decode16"].iter().any(|p| want(p)) {
+        let m = load_model(&spec, &bench_device());
+        if want("prefill") {
+            prefill_bench(&m);
+        }
+        for batch_size in [1usize, 16] {
+            if want(&format!("decode{batch_size}")) {
+                decode_bench(&m, batch_size);
+            }
+        }
+    }
+    if want("train") {
+        train_bench(&spec);
+    }
+    println!("peak RSS: {:.0} MB", peak_rss_mb());
+}
+
+/// Loads the model and prints its shape and the load time.
+fn load_model(spec: &str, device: &Device) -> persona_model::LoadedModel {
+    let t = Instant::now();
+    let m = load(spec, device).unwrap_or_else(|e| panic!("{e} (`just fetch-model` fetches the embedded model)"));
     let c = &m.model.config;
     println!(
         "model: {spec} ({:.2} B parameters: {} blocks, d_model {}, d_ff {}, vocab {}); load: {:.2} s",
@@ -111,24 +134,7 @@ fn main() {
         c.vocab_size,
         t.elapsed().as_secs_f64()
     );
-    println!("{}", cpu_line());
-    // `BENCH_ONLY=prefill|decode1|decode16|train` runs one part, or a comma
-    // list of them (for profiling).
-    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
-    let want = |part: &str| only.is_empty() || only.split(',').any(|p| p == part);
-    if want("prefill") {
-        prefill_bench(&m);
-    }
-    for batch_size in [1usize, 16] {
-        if want(&format!("decode{batch_size}")) {
-            decode_bench(&m, batch_size);
-        }
-    }
-    if want("train") {
-        drop(m);
-        train_bench(&spec);
-    }
-    println!("peak RSS: {:.0} MB", peak_rss_mb());
+    m
 }
 
 /// Weights of the projections and MLP of one block.
@@ -293,7 +299,7 @@ fn train_bench(spec: &str) {
     use persona_train::optim::{AdamW, Moments};
     use persona_train::trainer::{clip, loss_and_grads};
     let device = bench_device().autodiff();
-    let m = load(spec, &device).expect("run `just fetch-model` first");
+    let m = load_model(spec, &device);
     let cfg = &m.model.config;
     let (n_rows, tokens) = train_shape();
     let mut lora = Lora::init(cfg, &Target::ALL, 16, 32.0, Scaling::Rslora, 0, &device)

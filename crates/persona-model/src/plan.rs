@@ -49,19 +49,22 @@ pub struct Item {
 }
 
 /// Values the forward pass keeps per token and block for the backward
-/// pass, in multiples of each width (counted from `model::block`): the
-/// residual and the two RMSNorms' intermediates (`D_MODEL`), q/k/v, their
-/// adapted sums, RoPE's products and the attention output (`QKV`), the
-/// gate/up halves, their adapted sums, SiLU's sigmoid and product, and the
-/// down projection's input (`FF`), the attention scores and probabilities
-/// (`SCORES`, times heads and sequence length), and the LM head's logits,
-/// log-softmax and gradient per scored token (`HEAD`, times vocabulary).
+/// pass, in multiples of each width: what autodiff saves is mostly the
+/// inputs of products and element-wise ops (`model::block`). `D_MODEL`: the
+/// residual and normed inputs of the two RMSNorms and of the projections;
+/// `QKV`: RoPE's inputs, the attention's q/k/v and the `o` projection's
+/// input; `FF`: SiLU's input and output, the up half and the down
+/// projection's input; `SCORES` (times heads and sequence length): the
+/// attention scores and probabilities; `HEAD` (times vocabulary, per
+/// scored token): the LM head's logits, log-softmax and their gradient.
+/// Checked against measured peak memory of SmolLM2 training at 8 x 128,
+/// 4 x 256 and 4 x 128 and of a 0.5B shape (benches/RESULTS.md).
 pub struct Activations;
 
 impl Activations {
-    pub const D_MODEL: f64 = 14.0;
-    pub const QKV: f64 = 6.0;
-    pub const FF: f64 = 9.0;
+    pub const D_MODEL: f64 = 6.0;
+    pub const QKV: f64 = 3.0;
+    pub const FF: f64 = 4.5;
     pub const SCORES: f64 = 3.0;
     pub const HEAD: f64 = 3.0;
 }
@@ -167,7 +170,7 @@ pub fn generation(cfg: &ModelConfig, shape: GenerateShape, bytes_per_weight: f64
 /// HF or synthetic model) as f32 panels. An average over the matrices.
 pub fn packed_bytes_per_weight(path: &std::path::Path) -> crate::Result<f64> {
     use crate::quant::GgmlType;
-    if !path.is_file() {
+    if path.extension().is_none_or(|e| e != "gguf") {
         return Ok(F32 as f64);
     }
     let g = crate::gguf::GgufFile::open(path)?;
