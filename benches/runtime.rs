@@ -123,7 +123,8 @@ fn main() {
 /// Loads the model and prints its shape and the load time.
 fn load_model(spec: &str, device: &Device) -> persona_model::LoadedModel {
     let t = Instant::now();
-    let m = load(spec, device).unwrap_or_else(|e| panic!("{e} (`just fetch-model` fetches the embedded model)"));
+    let m = load(spec, device)
+        .unwrap_or_else(|e| panic!("{e} (`just fetch-model` fetches the embedded model)"));
     let c = &m.model.config;
     println!(
         "model: {spec} ({:.2} B parameters: {} blocks, d_model {}, d_ff {}, vocab {}); load: {:.2} s",

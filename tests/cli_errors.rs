@@ -150,3 +150,39 @@ fn unknown_or_unsupported_cpu_kernels_are_refused() {
         }
     }
 }
+
+/// `persona plan` on a synthetic shape: the exact parts add up, and a bad
+/// spec or a missing size is one line.
+#[test]
+fn plan_prints_the_parts_and_refuses_bad_input() {
+    let shape = "synthetic:benches/shapes/qwen2.5-0.5b-instruct.json";
+    let (code, out, err) = persona(&[
+        "plan", "--model", shape, "--batch", "4", "--seq", "256", "--rank", "16",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    // Qwen2.5-0.5B: 494 M checkpoint values + the tied head's 136 M copy, f32.
+    assert!(
+        out.contains("weights                         2.52 GB"),
+        "{out}"
+    );
+    assert!(out.contains("activations of one step"), "{out}");
+    assert!(out.contains("KV cache"), "{out}");
+    let (code, _, err) = persona(&[
+        "plan",
+        "--model",
+        "synthetic:/no/config.json",
+        "--batch",
+        "1",
+        "--seq",
+        "8",
+        "--rank",
+        "1",
+    ]);
+    assert_eq!(code, 2);
+    assert_one_line_error(&err, "is not a config.json file");
+    let (code, _, err) = persona(&[
+        "plan", "--model", shape, "--batch", "0", "--seq", "8", "--rank", "1",
+    ]);
+    assert_eq!(code, 2);
+    assert_one_line_error(&err, "--batch and --rank must be at least 1");
+}

@@ -5,19 +5,10 @@
 mod common;
 
 use burn::tensor::Tensor;
-use common::{floats, reference, smollm};
+use common::{floats, frobenius, reference, reference_ids, smollm};
 use persona_model::{
-    CaptureRequest, ForwardArgs, GenerateOptions, Logits, Message, Reduction, Sampling, generate,
+    CaptureRequest, ForwardArgs, GenerateOptions, Logits, Message, Sampling, generate, host_vec,
 };
-
-fn reference_ids() -> Vec<u32> {
-    reference()["token_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
 
 fn reference_messages() -> Vec<Message> {
     vec![
@@ -61,123 +52,37 @@ fn reference_prompt_tokenizes_to_reference_ids() {
     assert_eq!(digits.len(), 4);
 }
 
-fn reference_forward() -> (Vec<f32>, Vec<Vec<f32>>, Vec<f32>) {
-    let m = smollm();
-    let ids = reference_ids();
-    let n = ids.len();
-    let batch = common::prompt_batch(ids, m.codec.pad_id);
-    let rows: Vec<usize> = (0..=m.model.config.n_layers).collect();
-    let req = CaptureRequest::new(rows.iter().copied(), &[Reduction::Full]);
-    let out = m
-        .model
-        .forward(
-            &batch,
-            ForwardArgs {
-                cache: None,
-                steering: &[],
-                capture: &req,
-                logits: Logits::Last,
-                lora: None,
-                lora_dropout: None,
-            },
-        )
-        .unwrap();
-    let logits = out
-        .logits
-        .unwrap()
-        .into_data()
-        .try_into_vec::<f32>()
-        .unwrap();
-    let hidden: Vec<Vec<f32>> = rows
-        .iter()
-        .map(|r| {
-            out.full[r]
-                .clone()
-                .into_data()
-                .try_into_vec::<f32>()
-                .unwrap()
-        })
-        .collect();
-    let d = m.model.config.d_model;
-    let last_row: Tensor<2> = out.full[&m.model.config.n_layers].clone().reshape([n, d]);
-    let normed = m
-        .model
-        .final_norm(last_row)
-        .into_data()
-        .try_into_vec::<f32>()
-        .unwrap();
-    (logits, hidden, normed)
-}
-
-fn frobenius(x: &[f32]) -> f64 {
-    x.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt()
-}
-
 #[test]
 fn logits_hidden_norms_and_row_convention_match_reference() {
-    let r = reference();
-    let f32r = &r["f32"];
-    let (logits, hidden, normed) = reference_forward();
-
-    let first5 = floats(&f32r["logits_last_first5"]);
-    let mut worst_logit: f64 = 0.0;
-    for pair in f32r["logits_last_top5"].as_array().unwrap() {
-        let id = pair[0].as_u64().unwrap() as usize;
-        worst_logit = worst_logit.max((logits[id] as f64 - pair[1].as_f64().unwrap()).abs());
-    }
-    for (i, want) in first5.iter().enumerate() {
-        worst_logit = worst_logit.max((logits[i] as f64 - want).abs());
-    }
+    let m = smollm();
+    let (logits, hidden) = common::reference_pass(m);
+    let worst_logit = common::assert_reference_logits(&logits);
     eprintln!("worst absolute logit error (first5 + top5): {worst_logit:e}");
-    for (i, want) in first5.iter().enumerate() {
-        let got = logits[i] as f64;
-        assert!((got - want).abs() < 2e-3, "logit {i}: {got} vs {want}");
-    }
-    for pair in f32r["logits_last_top5"].as_array().unwrap() {
-        let id = pair[0].as_u64().unwrap() as usize;
-        let want = pair[1].as_f64().unwrap();
-        assert!(
-            (logits[id] as f64 - want).abs() < 2e-3,
-            "top5 id {id}: {} vs {want}",
-            logits[id]
-        );
-    }
-    let argmax = logits
-        .iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .unwrap()
-        .0;
-    assert_eq!(argmax, 504);
-
-    let norms = floats(&f32r["all_hidden_state_frobenius_norms"]);
-    let n_layers = smollm().model.config.n_layers;
-    assert_eq!(norms.len(), n_layers + 1);
-    let mut worst: f64 = 0.0;
-    for row in 0..n_layers {
-        let rel = (frobenius(&hidden[row]) - norms[row]).abs() / norms[row];
-        worst = worst.max(rel);
-        assert!(
-            rel < 1e-4,
-            "row {row}: {} vs {} (rel {rel:e})",
-            frobenius(&hidden[row]),
-            norms[row]
-        );
-    }
+    let worst = common::assert_reference_norms(&hidden);
+    let n_layers = m.model.config.n_layers;
     eprintln!("worst relative hidden-norm error rows 0..{n_layers}: {worst:e}");
+
     // HF's last hidden state is after the final norm; our row n_layers is raw.
+    let norms = floats(&reference()["f32"]["all_hidden_state_frobenius_norms"]);
+    let d = m.model.config.d_model;
+    let last = &hidden[n_layers];
+    let last_row = Tensor::<2>::from_data(
+        burn::tensor::TensorData::new(last.clone(), [last.len() / d, d]),
+        m.model.device(),
+    );
+    let normed = host_vec(m.model.final_norm(last_row)).unwrap();
     let rel = (frobenius(&normed) - norms[n_layers]).abs() / norms[n_layers];
     assert!(rel < 1e-4, "final-normed row {n_layers}: rel {rel:e}");
-    let raw_rel = (frobenius(&hidden[n_layers]) - norms[n_layers]).abs() / norms[n_layers];
+    let raw_rel = (frobenius(last) - norms[n_layers]).abs() / norms[n_layers];
     assert!(
         raw_rel > 1e-2,
         "our row {n_layers} must be the raw block output, not the normed one"
     );
 
     // Row 10 and 20, last position, first five values.
-    let d = smollm().model.config.d_model;
     for row in [0usize, 10, 20] {
-        let want = floats(&f32r[format!("hidden_states[{row}]")]["last_position_first5"]);
+        let want =
+            floats(&reference()["f32"][format!("hidden_states[{row}]")]["last_position_first5"]);
         let last = &hidden[row][hidden[row].len() - d..];
         for (i, w) in want.iter().enumerate() {
             let tol = 1e-4 * w.abs().max(1.0) * 10.0;

@@ -31,6 +31,85 @@ pub fn reference() -> serde_json::Value {
     serde_json::from_str(&text).expect("reference JSON parses")
 }
 
+/// The reference prompt's token ids.
+pub fn reference_ids() -> Vec<u32> {
+    reference()["token_ids"]
+        .as_array()
+        .expect("token_ids")
+        .iter()
+        .map(|x| x.as_u64().expect("an id") as u32)
+        .collect()
+}
+
+/// `m` on the reference prompt: the last position's logits and every
+/// row's activations (row-major `[s, d]` each).
+pub fn reference_pass(m: &LoadedModel) -> (Vec<f32>, Vec<Vec<f32>>) {
+    use persona_model::{CaptureRequest, ForwardArgs, Logits, Reduction, host_vec};
+    let batch = prompt_batch(reference_ids(), m.codec.pad_id);
+    let rows = 0..=m.model.config.n_layers;
+    let request = CaptureRequest::new(rows.clone(), &[Reduction::Full]);
+    let args = ForwardArgs {
+        logits: Logits::Last,
+        ..ForwardArgs::capture(&request, None)
+    };
+    let out = m.model.forward(&batch, args).unwrap();
+    let logits = host_vec(out.logits.unwrap()).unwrap();
+    let hidden = rows
+        .map(|r| host_vec(out.full[&r].clone()).unwrap())
+        .collect();
+    (logits, hidden)
+}
+
+/// The reference's first five and top five last-position logits within
+/// 2e-3 (f32 against PyTorch's f32 for logits of order 10-20), and its
+/// next token (504, `The`). Returns the worst absolute error.
+pub fn assert_reference_logits(logits: &[f32]) -> f64 {
+    let f32r = &reference()["f32"];
+    let mut checks: Vec<(usize, f64)> = floats(&f32r["logits_last_first5"])
+        .into_iter()
+        .enumerate()
+        .collect();
+    for pair in f32r["logits_last_top5"].as_array().expect("top5") {
+        checks.push((
+            pair[0].as_u64().expect("id") as usize,
+            pair[1].as_f64().expect("logit"),
+        ));
+    }
+    let mut worst: f64 = 0.0;
+    for (id, want) in checks {
+        let err = (logits[id] as f64 - want).abs();
+        assert!(err < 2e-3, "logit {id}: {} vs {want}", logits[id]);
+        worst = worst.max(err);
+    }
+    let argmax = logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1));
+    assert_eq!(argmax.map(|(i, _)| i), Some(504));
+    worst
+}
+
+/// The Frobenius norm of each row's activations below the last (HF's last
+/// hidden state is after the final norm) within 1e-4 relative of the
+/// reference. Returns the worst relative error.
+pub fn assert_reference_norms(hidden: &[Vec<f32>]) -> f64 {
+    let norms = floats(&reference()["f32"]["all_hidden_state_frobenius_norms"]);
+    assert_eq!(norms.len(), hidden.len());
+    let mut worst: f64 = 0.0;
+    for (row, h) in hidden[..hidden.len() - 1].iter().enumerate() {
+        let norm = frobenius(h);
+        let rel = (norm - norms[row]).abs() / norms[row];
+        assert!(
+            rel < 1e-4,
+            "row {row}: {norm} vs {} (rel {rel:e})",
+            norms[row]
+        );
+        worst = worst.max(rel);
+    }
+    worst
+}
+
+pub fn frobenius(x: &[f32]) -> f64 {
+    x.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt()
+}
+
 pub fn floats(v: &serde_json::Value) -> Vec<f64> {
     v.as_array()
         .expect("array")

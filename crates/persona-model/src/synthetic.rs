@@ -61,14 +61,8 @@ pub fn weights(cfg: &ModelConfig) -> Result<WeightMap> {
     let tensors: Vec<(String, HostTensor)> = shapes
         .into_par_iter()
         .map(|(name, shape)| {
-            let n: usize = shape.iter().product();
             let mut rng = ChaCha8Rng::seed_from_u64(SEED ^ tensor_seed(&name));
-            let data: Vec<f32> = if shape.len() == 1 && name.contains("norm") {
-                (0..n).map(|_| 1.0 + rng.random_range(-0.1..0.1)).collect()
-            } else {
-                let bound = 1.0 / (*shape.last().unwrap_or(&1) as f32).sqrt();
-                (0..n).map(|_| rng.random_range(-bound..bound)).collect()
-            };
+            let data = draw(&name, &shape, &mut rng);
             (name, HostTensor { shape, data })
         })
         .collect();
@@ -76,6 +70,18 @@ pub fn weights(cfg: &ModelConfig) -> Result<WeightMap> {
         return Err(ModelError::Input("a synthetic model needs weights".into()));
     }
     Ok(tensors.into_iter().collect())
+}
+
+/// Random values for the tensor `name` of `shape`: norm weights near 1,
+/// everything else uniform in ±1/sqrt(fan_in) (the last dimension).
+pub(crate) fn draw(name: &str, shape: &[usize], rng: &mut impl Rng) -> Vec<f32> {
+    let n: usize = shape.iter().product();
+    if shape.len() == 1 && name.contains("norm") {
+        (0..n).map(|_| 1.0 + rng.random_range(-0.1..0.1)).collect()
+    } else {
+        let bound = 1.0 / (*shape.last().unwrap_or(&1) as f32).sqrt();
+        (0..n).map(|_| rng.random_range(-bound..bound)).collect()
+    }
 }
 
 /// A stable per-tensor seed from its name.

@@ -2,7 +2,7 @@
 //! downstream): a few layers, small dims, grouped-query attention.
 
 use burn::tensor::Device;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::config::{Architecture, ModelConfig};
@@ -34,13 +34,7 @@ pub fn random_weights(cfg: &ModelConfig, seed: u64) -> WeightMap {
     expected_shapes(cfg)
         .into_iter()
         .map(|(name, shape)| {
-            let n: usize = shape.iter().product();
-            let data: Vec<f32> = if shape.len() == 1 && name.contains("norm") {
-                (0..n).map(|_| 1.0 + rng.random_range(-0.1..0.1)).collect()
-            } else {
-                let bound = 1.0 / (*shape.last().unwrap_or(&1) as f32).sqrt();
-                (0..n).map(|_| rng.random_range(-bound..bound)).collect()
-            };
+            let data = crate::synthetic::draw(&name, &shape, &mut rng);
             (name, HostTensor { shape, data })
         })
         .collect()
