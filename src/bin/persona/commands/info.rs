@@ -36,6 +36,12 @@ pub fn exec(a: Args) -> Result<()> {
         "rope theta {} | rms eps {} | tied embeddings {} | qkv bias {}",
         c.rope_theta, c.rms_eps, c.tie_embeddings, c.qkv_bias
     );
+    if let Some(r) = &c.rope_scaling {
+        println!(
+            "rope scaling llama3: factor {} | low/high freq factor {} / {} | original context {}",
+            r.factor, r.low_freq_factor, r.high_freq_factor, r.original_max_positions
+        );
+    }
     println!(
         "residual rows: 0..={} (row 0 = embedding output, row l = output of block l-1)",
         c.n_layers
