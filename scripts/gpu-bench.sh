@@ -22,7 +22,7 @@ cd "$(dirname "$0")/.."
 out=target/gpu-bench
 
 if [ "${1:-}" = "--build" ]; then
-  exe=$(cargo bench --bench runtime --features wgpu --no-run --message-format=json 2>/dev/null \
+  exe=$(cargo bench --bench runtime --features wgpu --no-run --message-format=json \
     | python3 -c 'import json,sys
 for line in sys.stdin:
     m = json.loads(line)
@@ -52,7 +52,11 @@ fi
 export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-$(mktemp -d)}
 smi=$(command -v nvidia-smi || true)
 [ -n "$smi" ] && "$smi" --query-gpu=name,memory.total,driver_version --format=csv,noheader
-peak=${GPU_PEAK_TFLOPS:-}
+roof=""
+if [ -n "${GPU_PEAK_TFLOPS:-}" ]; then
+  roof=$(awk -v p="$GPU_PEAK_TFLOPS" 'BEGIN { if (p + 0 > 0) printf "%.0f", p * 1000 }')
+  [ -n "$roof" ] || { echo "error: GPU_PEAK_TFLOPS=$GPU_PEAK_TFLOPS is not a positive number" >&2; exit 1; }
+fi
 shapes=${GPU_BENCH_SHAPES:-benches/shapes/llama-3.2-1b-instruct.json benches/shapes/llama-3.1-8b-instruct.json}
 for shape in $shapes; do
   for part in prefill decode1 decode16 train; do
@@ -63,11 +67,11 @@ for shape in $shapes; do
       sampler=$!
     fi
     env BENCH_DEVICE=wgpu BENCH_MODEL="synthetic:$shape" BENCH_TRAIN=4x256 \
-      BENCH_ONLY=$part ${peak:+BENCH_ROOF_GFLOPS=$((peak * 1000))} "$bin" \
+      BENCH_ONLY=$part ${roof:+BENCH_ROOF_GFLOPS=$roof} "$bin" \
       | grep -E "^(model|prefill|decode|  weights|train|peak)" || echo "$shape $part: failed"
     if [ -n "$sampler" ]; then
       kill "$sampler" 2>/dev/null || true
-      echo "  $shape $part: peak GPU memory $(sort -n "$log" | tail -1) MiB"
+      echo "  $shape $part: peak GPU memory $(sort -n "$log" | tail -1 | grep . || echo '?') MiB"
     fi
     rm -f "$log"
   done

@@ -185,4 +185,30 @@ fn plan_prints_the_parts_and_refuses_bad_input() {
     ]);
     assert_eq!(code, 2);
     assert_one_line_error(&err, "--batch and --rank must be at least 1");
+    let (code, _, err) = persona(&[
+        "plan",
+        "--model",
+        shape,
+        "--batch",
+        "1",
+        "--seq",
+        "99999999999",
+        "--rank",
+        "1",
+    ]);
+    assert_eq!(code, 2);
+    assert_one_line_error(&err, "longer than the model's context of 32768 tokens");
+    let (code, _, err) = persona(&[
+        "plan",
+        "--model",
+        shape,
+        "--batch",
+        "18446744073709551615",
+        "--seq",
+        "8",
+        "--rank",
+        "1",
+    ]);
+    assert_eq!(code, 2);
+    assert_one_line_error(&err, "--batch at most");
 }

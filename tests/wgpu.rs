@@ -48,6 +48,11 @@ fn worst(a: &[f32], b: &[f32]) -> (f32, f32) {
 }
 
 fn assert_close(what: &str, cpu: &[f32], gpu: &[f32], tolerance: f32) {
+    // `f32::max` skips NaN: a NaN on either side must fail here.
+    assert!(
+        cpu.iter().chain(gpu).all(|x| x.is_finite()),
+        "{what}: a value is not finite"
+    );
     let (diff, scale) = worst(cpu, gpu);
     eprintln!("{what}: worst |cpu - wgpu| {diff:e} (largest value {scale:e})");
     assert!(

@@ -430,30 +430,29 @@ impl HfJson<'_> {
     /// scaling is implemented; any other is refused, and both layouts at
     /// once must agree on the base.
     fn rope(&self) -> Result<(f64, Option<Llama3Rope>)> {
-        let mut scaling = None;
-        let mut scaled = |kind: Option<&str>,
-                          params: &serde_json::Value,
-                          key: &str|
-         -> Result<()> {
+        // The scaling one layout names: `None` for unscaled.
+        let scaled = |kind: Option<&str>,
+                      params: &serde_json::Value,
+                      key: &str|
+         -> Result<Option<Llama3Rope>> {
             match kind {
-                None | Some("default") => Ok(()),
-                Some("llama3") => {
-                    scaling = Some(self.llama3_rope(params, key)?);
-                    Ok(())
-                }
+                None | Some("default") => Ok(None),
+                Some("llama3") => Ok(Some(self.llama3_rope(params, key)?)),
                 Some(kind) => Err(ModelError::Unsupported(format!(
                     "{key} of type `{kind}` in {} (unscaled RoPE and Llama 3's `llama3` scaling are implemented)",
                     self.path.display()
                 ))),
             }
         };
+        let mut old_scaling = None;
         if let Some(s) = self.present("rope_scaling") {
             let kind = s["rope_type"]
                 .as_str()
                 .or(s["type"].as_str())
                 .unwrap_or("unknown");
-            scaled(Some(kind), s, "rope_scaling")?;
+            old_scaling = Some(scaled(Some(kind), s, "rope_scaling")?);
         }
+        let mut new_scaling = None;
         let old = self.float("rope_theta")?;
         let new = match self.present("rope_parameters") {
             None => None,
@@ -475,11 +474,14 @@ impl HfJson<'_> {
                         ))
                     })?),
                 };
-                scaled(
-                    kind,
-                    &serde_json::Value::Object(p.clone()),
-                    "rope_parameters",
-                )?;
+                // Only a named type says anything about the scaling.
+                if kind.is_some() {
+                    new_scaling = Some(scaled(
+                        kind,
+                        &serde_json::Value::Object(p.clone()),
+                        "rope_parameters",
+                    )?);
+                }
                 match p.get("rope_theta") {
                     None | Some(serde_json::Value::Null) => None,
                     Some(t) => Some(t.as_f64().ok_or_else(|| {
@@ -489,6 +491,14 @@ impl HfJson<'_> {
                     })?),
                 }
             }
+        };
+        let scaling = match (old_scaling, new_scaling) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(self.bad(format!(
+                    "`rope_scaling` ({a:?}) and `rope_parameters` ({b:?}) disagree"
+                )));
+            }
+            (a, b) => a.or(b).flatten(),
         };
         match (old, new) {
             (Some(a), Some(b)) if a != b => Err(self.bad(format!(
@@ -575,13 +585,36 @@ mod tests {
 
     /// Regression: a RoPE scaling in the new layout was accepted.
     #[test]
-    fn rope_scaling_in_rope_parameters_is_refused() {
+    fn rope_scaling_in_rope_parameters_is_read_or_refused() {
         let mut v = smollm_json();
         v.as_object_mut().unwrap().remove("rope_theta");
         v["rope_parameters"] =
-            serde_json::json!({"rope_theta": 500000.0, "rope_type": "llama3", "factor": 8.0});
+            serde_json::json!({"rope_theta": 500000.0, "rope_type": "yarn", "factor": 8.0});
         let e = err(&v);
-        assert!(e.contains("rope_parameters") && e.contains("llama3"), "{e}");
+        assert!(e.contains("rope_parameters") && e.contains("`yarn`"), "{e}");
+        // Llama 3's, complete, in transformers 5's layout.
+        let llama3 = serde_json::json!({"factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192});
+        let mut params = llama3.clone();
+        params["rope_theta"] = 500000.0.into();
+        params["rope_type"] = "llama3".into();
+        v["rope_parameters"] = params;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::write(&path, v.to_string()).unwrap();
+        let cfg = ModelConfig::from_hf_json(&path).unwrap();
+        assert_eq!(cfg.rope_scaling.map(|r| r.factor), Some(8.0));
+        // Both layouts must agree on the scaling, as on the base.
+        let mut other = llama3.clone();
+        other["factor"] = 32.0.into();
+        other["rope_type"] = "llama3".into();
+        v["rope_scaling"] = other;
+        v["rope_theta"] = 500000.0.into();
+        assert!(err(&v).contains("disagree"), "{}", err(&v));
+        v["rope_scaling"] = serde_json::json!({"rope_type": "default"});
+        assert!(err(&v).contains("disagree"), "{}", err(&v));
+        v.as_object_mut().unwrap().remove("rope_scaling");
+        v.as_object_mut().unwrap().remove("rope_theta");
         v["rope_parameters"] = serde_json::json!({"full_attention": {"rope_theta": 1e6}});
         assert!(err(&v).contains("per-layer-type"));
     }

@@ -87,14 +87,14 @@ pub fn weight_bytes(cfg: &ModelConfig, bytes_per_weight: f64) -> u64 {
 
 /// Adapter values for rank `rank` on `targets` in every block.
 pub fn adapter_values(cfg: &ModelConfig, targets: &[Target], rank: usize) -> u64 {
-    let per_block: usize = targets
+    let per_block: f64 = targets
         .iter()
         .map(|t| {
             let (d_in, d_out) = t.dims(cfg);
-            rank * (d_in + d_out)
+            rank as f64 * (d_in + d_out) as f64
         })
         .sum();
-    (per_block * cfg.n_layers) as u64
+    (per_block * cfg.n_layers as f64) as u64
 }
 
 /// One training step: weights at `bytes_per_weight`, adapters, their
@@ -110,10 +110,10 @@ pub fn training(
     let per_token_block = Activations::D_MODEL * cfg.d_model as f64
         + Activations::QKV * (q + 2 * kv) as f64
         + Activations::FF * cfg.d_ff as f64
-        + Activations::SCORES * (cfg.n_heads * shape.tokens) as f64;
-    let tokens = (shape.rows * shape.tokens) as f64;
+        + Activations::SCORES * cfg.n_heads as f64 * shape.tokens as f64;
+    let tokens = shape.rows as f64 * shape.tokens as f64;
     let blocks = tokens * per_token_block * cfg.n_layers as f64;
-    let head = (shape.rows * shape.scored) as f64 * Activations::HEAD * cfg.vocab_size as f64;
+    let head = shape.rows as f64 * shape.scored as f64 * Activations::HEAD * cfg.vocab_size as f64;
     vec![
         Item {
             what: "weights",
@@ -137,7 +137,12 @@ pub fn training(
 /// One generation call: weights, the packed decoding copy, the KV cache
 /// and the last position's logits.
 pub fn generation(cfg: &ModelConfig, shape: GenerateShape, bytes_per_weight: f64) -> Vec<Item> {
-    let kv = 2 * cfg.n_layers * shape.rows * shape.context * cfg.n_kv_heads * cfg.head_dim;
+    // In f64: the shape comes from the command line (products of sizes
+    // that are each bounded can still overflow an integer).
+    let kv = 2.0
+        * (cfg.n_layers * cfg.n_kv_heads * cfg.head_dim) as f64
+        * shape.rows as f64
+        * shape.context as f64;
     let projections = crate::weights::expected_shapes(cfg)
         .iter()
         .filter(|(name, s)| s.len() == 2 && name.starts_with("model.layers."))
@@ -155,11 +160,11 @@ pub fn generation(cfg: &ModelConfig, shape: GenerateShape, bytes_per_weight: f64
         },
         Item {
             what: "KV cache",
-            bytes: kv as u64 * F32,
+            bytes: (kv * F32 as f64) as u64,
         },
         Item {
             what: "logits",
-            bytes: (shape.rows * cfg.vocab_size) as u64 * F32,
+            bytes: (shape.rows as f64 * cfg.vocab_size as f64 * F32 as f64) as u64,
         },
     ]
 }

@@ -57,6 +57,19 @@ pub fn identity_hash(config_bytes: &[u8]) -> String {
 /// norms near 1, matrices uniform in ±1/sqrt(fan_in), the scale of trained
 /// weights, so activations keep realistic magnitudes through the blocks.
 pub fn weights(cfg: &ModelConfig) -> Result<WeightMap> {
+    // The config's sizes are bounded one by one, but their product can
+    // still be far beyond this machine: refuse before allocating.
+    let need = crate::plan::weight_bytes(cfg, 4.0);
+    if let Some(have) = crate::plan::available_host_bytes()
+        && need > have
+    {
+        return Err(ModelError::Input(format!(
+            "a synthetic model of this config needs {:.1} GB of f32 weights and {:.1} GB is available; \
+             `persona plan` shows what a shape needs",
+            need as f64 / 1e9,
+            have as f64 / 1e9
+        )));
+    }
     let shapes: Vec<(String, Vec<usize>)> = expected_shapes(cfg).into_iter().collect();
     let tensors: Vec<(String, HostTensor)> = shapes
         .into_par_iter()

@@ -31,6 +31,9 @@ pub struct Args {
     device: Option<String>,
 }
 
+/// Largest batch a plan accepts (far beyond any machine's memory).
+const MAX_ROWS: usize = 1 << 20;
+
 /// What to plan for: model, device, batch, tokens, rank, targets.
 struct Setup {
     model: String,
@@ -72,9 +75,25 @@ pub fn exec(a: Args) -> Result<()> {
     if s.rows == 0 || s.tokens < 2 || s.rank == 0 {
         bail!("--batch and --rank must be at least 1 and --seq at least 2");
     }
-    persona_model::parse_device(&s.device)?;
+    // The name only: planning needs no working GPU.
+    if !["cpu", "cuda", "wgpu"].contains(&s.device.as_str()) {
+        bail!("unknown device `{}`; use cpu, cuda or wgpu", s.device);
+    }
     let (cfg, identity) =
         persona_model::inspect(&s.model).with_context(|| format!("reading model `{}`", s.model))?;
+    if s.tokens > cfg.max_positions {
+        bail!(
+            "--seq {} is longer than the model's context of {} tokens",
+            s.tokens,
+            cfg.max_positions
+        );
+    }
+    if s.rank > cfg.d_model || s.rows > MAX_ROWS {
+        bail!(
+            "--rank must be at most d_model ({}) and --batch at most {MAX_ROWS}",
+            cfg.d_model
+        );
+    }
     let cpu = s.device == "cpu";
     let packs = cpu && persona_model::CpuKernels::selected()? != persona_model::CpuKernels::Generic;
     let packed = if packs {
