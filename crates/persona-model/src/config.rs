@@ -430,27 +430,13 @@ impl HfJson<'_> {
     /// scaling is implemented; any other is refused, and both layouts at
     /// once must agree on the base.
     fn rope(&self) -> Result<(f64, Option<Llama3Rope>)> {
-        // The scaling one layout names: `None` for unscaled.
-        let scaled = |kind: Option<&str>,
-                      params: &serde_json::Value,
-                      key: &str|
-         -> Result<Option<Llama3Rope>> {
-            match kind {
-                None | Some("default") => Ok(None),
-                Some("llama3") => Ok(Some(self.llama3_rope(params, key)?)),
-                Some(kind) => Err(ModelError::Unsupported(format!(
-                    "{key} of type `{kind}` in {} (unscaled RoPE and Llama 3's `llama3` scaling are implemented)",
-                    self.path.display()
-                ))),
-            }
-        };
         let mut old_scaling = None;
         if let Some(s) = self.present("rope_scaling") {
             let kind = s["rope_type"]
                 .as_str()
                 .or(s["type"].as_str())
                 .unwrap_or("unknown");
-            old_scaling = Some(scaled(Some(kind), s, "rope_scaling")?);
+            old_scaling = Some(self.named_scaling(Some(kind), s, "rope_scaling")?);
         }
         let mut new_scaling = None;
         let old = self.float("rope_theta")?;
@@ -476,7 +462,7 @@ impl HfJson<'_> {
                 };
                 // Only a named type says anything about the scaling.
                 if kind.is_some() {
-                    new_scaling = Some(scaled(
+                    new_scaling = Some(self.named_scaling(
                         kind,
                         &serde_json::Value::Object(p.clone()),
                         "rope_parameters",
@@ -508,6 +494,23 @@ impl HfJson<'_> {
             (None, None) => Err(self.bad(
                 "no RoPE base: neither `rope_theta` nor `rope_parameters.rope_theta`; add the model's value (the transformers default of 10000 is wrong for most models)".into(),
             )),
+        }
+    }
+
+    /// The scaling a layout's `kind` names: `None` for unscaled.
+    fn named_scaling(
+        &self,
+        kind: Option<&str>,
+        params: &serde_json::Value,
+        key: &str,
+    ) -> Result<Option<Llama3Rope>> {
+        match kind {
+            None | Some("default") => Ok(None),
+            Some("llama3") => Ok(Some(self.llama3_rope(params, key)?)),
+            Some(kind) => Err(ModelError::Unsupported(format!(
+                "{key} of type `{kind}` in {} (unscaled RoPE and Llama 3's `llama3` scaling are implemented)",
+                self.path.display()
+            ))),
         }
     }
 
