@@ -4,6 +4,27 @@ use burn::tensor::Device;
 
 use crate::error::{ModelError, Result};
 
+/// Every device name `--device` and recipes accept (a build offers the
+/// GPU ones only with the cargo feature of that name).
+pub const DEVICE_NAMES: [&str; 3] = ["cpu", "cuda", "wgpu"];
+
+/// Refuses a name that is not in [`DEVICE_NAMES`] (without starting the
+/// device: [`parse_device`] does that).
+pub fn check_device_name(name: &str) -> Result<()> {
+    if DEVICE_NAMES.contains(&name) {
+        Ok(())
+    } else {
+        Err(unknown_device(name))
+    }
+}
+
+fn unknown_device(name: &str) -> ModelError {
+    ModelError::Input(format!(
+        "unknown device `{name}`; use {}",
+        DEVICE_NAMES.join(", ")
+    ))
+}
+
 /// The devices a build may offer: `cpu` always (burn's `flex` backend),
 /// `cuda` and `wgpu` when built with the features of those names.
 pub fn parse_device(name: &str) -> Result<Device> {
@@ -26,9 +47,7 @@ pub fn parse_device(name: &str) -> Result<Device> {
         ),
         #[cfg(not(feature = "wgpu"))]
         "wgpu" => Err(ModelError::DeviceUnavailable("wgpu".into())),
-        other => Err(ModelError::Input(format!(
-            "unknown device `{other}`; use cpu, cuda or wgpu"
-        ))),
+        other => Err(unknown_device(other)),
     }
 }
 

@@ -85,6 +85,18 @@ pub fn weight_bytes(cfg: &ModelConfig, bytes_per_weight: f64) -> u64 {
     ((tensors + head) as f64 * bytes_per_weight) as u64
 }
 
+/// Weights one decoding step reads in full: the blocks' matrices and the
+/// LM head (the embedding table is read one row per token). The CPU keeps
+/// these packed; a GPU reads them from its memory every step.
+pub fn decode_read_values(cfg: &ModelConfig) -> usize {
+    crate::weights::expected_shapes(cfg)
+        .iter()
+        .filter(|(name, s)| s.len() == 2 && name.starts_with("model.layers."))
+        .map(|(_, s)| s.iter().product::<usize>())
+        .sum::<usize>()
+        + cfg.vocab_size * cfg.d_model
+}
+
 /// Adapter values for rank `rank` on `targets` in every block.
 pub fn adapter_values(cfg: &ModelConfig, targets: &[Target], rank: usize) -> u64 {
     let per_block: f64 = targets
@@ -143,12 +155,7 @@ pub fn generation(cfg: &ModelConfig, shape: GenerateShape, bytes_per_weight: f64
         * (cfg.n_layers * cfg.n_kv_heads * cfg.head_dim) as f64
         * shape.rows as f64
         * shape.context as f64;
-    let projections = crate::weights::expected_shapes(cfg)
-        .iter()
-        .filter(|(name, s)| s.len() == 2 && name.starts_with("model.layers."))
-        .map(|(_, s)| s.iter().product::<usize>())
-        .sum::<usize>()
-        + cfg.vocab_size * cfg.d_model;
+    let projections = decode_read_values(cfg);
     vec![
         Item {
             what: "weights",

@@ -49,7 +49,7 @@ pub fn identity_hash(config_bytes: &[u8]) -> String {
     h.update(b"persona synthetic weights, seed ");
     h.update(SEED.to_le_bytes());
     h.update(config_bytes);
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    crate::weights::hex(&h.finalize())
 }
 
 /// Seeded random weights for `cfg`, one ChaCha8 stream per tensor (so the

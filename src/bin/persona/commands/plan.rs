@@ -76,9 +76,7 @@ pub fn exec(a: Args) -> Result<()> {
         bail!("--batch and --rank must be at least 1 and --seq at least 2");
     }
     // The name only: planning needs no working GPU.
-    if !["cpu", "cuda", "wgpu"].contains(&s.device.as_str()) {
-        bail!("unknown device `{}`; use cpu, cuda or wgpu", s.device);
-    }
+    persona_model::device::check_device_name(&s.device)?;
     let (cfg, identity) =
         persona_model::inspect(&s.model).with_context(|| format!("reading model `{}`", s.model))?;
     if s.tokens > cfg.max_positions {
