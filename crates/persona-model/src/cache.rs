@@ -123,6 +123,78 @@ impl KvCache {
         }
     }
 
+    /// Number of rows.
+    pub fn n_rows(&self) -> usize {
+        self.valid.len()
+    }
+
+    /// Adds the rows of `other` after this cache's rows, so sequences of
+    /// different lengths decode together (a served batch that requests
+    /// join between steps). The shorter side is left-padded with invalid
+    /// positions (masked, so each row's values do not change), columns no
+    /// row uses any more are dropped, and the joined tensors keep room for
+    /// `spare` more positions. Copies both caches once.
+    ///
+    /// # Shapes
+    /// `[b1, h, p1, d]` + `[b2, h, p2, d]` -> `[b1 + b2, h, max(p1', p2') + spare, d]`
+    /// (`p'`: positions after the unused leading columns are dropped)
+    pub fn append_rows(&mut self, other: KvCache, spare: usize) {
+        if self.valid.is_empty() {
+            *self = other;
+            return;
+        }
+        if other.valid.is_empty() {
+            return;
+        }
+        let skip = [leading_unused(&self.valid), leading_unused(&other.valid)];
+        let lens = [self.past_len() - skip[0], other.past_len() - skip[1]];
+        let len = lens[0].max(lens[1]);
+        let capacity = len + spare;
+        let parts = [std::mem::take(self), other];
+        let align = |t: &Tensor<4>, side: usize| -> Tensor<4> {
+            let [b, h, _, d] = t.dims();
+            let device = t.device();
+            let mut pieces = Vec::new();
+            if len > lens[side] {
+                pieces.push(Tensor::zeros([b, h, len - lens[side], d], &device));
+            }
+            if lens[side] > 0 {
+                pieces.push(t.clone().narrow(2, skip[side], lens[side]));
+            }
+            if spare > 0 {
+                pieces.push(Tensor::zeros([b, h, spare, d], &device));
+            }
+            Tensor::cat(pieces, 2)
+        };
+        let join = |pick: fn(&KvCache) -> &Vec<Tensor<4>>| -> Vec<Tensor<4>> {
+            (0..pick(&parts[0]).len())
+                .map(|l| {
+                    Tensor::cat(
+                        vec![align(&pick(&parts[0])[l], 0), align(&pick(&parts[1])[l], 1)],
+                        0,
+                    )
+                })
+                .collect()
+        };
+        let valid = parts
+            .iter()
+            .enumerate()
+            .flat_map(|(side, p)| {
+                p.valid.iter().map(move |row| {
+                    let mut v = vec![false; len - lens[side]];
+                    v.extend_from_slice(&row[skip[side]..]);
+                    v
+                })
+            })
+            .collect();
+        *self = KvCache {
+            keys: join(|p| &p.keys),
+            values: join(|p| &p.values),
+            valid,
+            reserve: capacity,
+        };
+    }
+
     /// Keeps only the rows in `keep` (in that order): finished rows leave the
     /// batch so later steps do no work for them.
     pub fn retain_rows(&mut self, keep: &[usize]) {
@@ -143,6 +215,14 @@ impl KvCache {
         }
         self.valid = keep.iter().map(|&b| self.valid[b].clone()).collect();
     }
+}
+
+/// Leading positions that no row uses (padding of every row).
+fn leading_unused(valid: &[Vec<bool>]) -> usize {
+    let past = valid.first().map_or(0, Vec::len);
+    (0..past)
+        .find(|&j| valid.iter().any(|row| row[j]))
+        .unwrap_or(past)
 }
 
 #[cfg(test)]

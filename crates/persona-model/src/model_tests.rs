@@ -741,3 +741,191 @@ fn prompt_pass_filling_a_fresh_cache_splits_and_joins_the_cache() {
         assert!(max_diff(&w, &s) < 1e-5);
     }
 }
+
+/// Capping clamps the projection on `v̂` into the range at the positions
+/// it applies to and leaves positions already inside it bit for bit.
+#[test]
+fn cap_clamps_the_projection_into_its_range() {
+    let m = model();
+    let dev = test_device();
+    let v: Vec<f32> = (0..32).map(|i| (i as f32 * 0.7).sin() + 0.3).collect();
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let proj = |h: &[f32]| -> f32 { h.iter().zip(&v).map(|(h, v)| h * v / norm).sum() };
+    let b = Batch::new(&[seq(&[3, 4, 5, 6], &[])], PadSide::Right, 0).unwrap();
+    let base = capture(&m, &b, &[], &[2], Reduction::Full);
+    let base_proj: Vec<f32> = (0..4)
+        .map(|s| proj(&base[0][s * 32..(s + 1) * 32]))
+        .collect();
+    // A range around the median projection: some positions are inside it,
+    // some below, some above.
+    let mut sorted = base_proj.clone();
+    sorted.sort_by(f32::total_cmp);
+    let (lo, hi) = (sorted[1] - 1e-3, sorted[2] + 1e-3);
+    let steer = [Steering::cap(2, &v, (lo, hi), Positions::All, &dev).unwrap()];
+    let capped = capture(&m, &b, &steer, &[2], Reduction::Full);
+    for (s, &p) in base_proj.iter().enumerate() {
+        let (before, after) = (&base[0][s * 32..][..32], &capped[0][s * 32..][..32]);
+        if (lo..=hi).contains(&p) {
+            assert_eq!(before, after, "pos {s} inside the range changed");
+        } else {
+            let want = p.clamp(lo, hi);
+            assert!(
+                (proj(after) - want).abs() < 1e-4,
+                "pos {s}: {} vs {want}",
+                proj(after)
+            );
+        }
+    }
+    assert!(Steering::cap(2, &v, (1.0, -1.0), Positions::All, &dev).is_err());
+    assert!(Steering::cap(2, &v, (f32::NAN, 1.0), Positions::All, &dev).is_err());
+}
+
+/// A steering on some batch rows changes those rows only; the others get
+/// the unsteered values bit for bit, also when the pass is split into row
+/// groups, and a row it names outside the batch is an error.
+#[test]
+fn steering_some_batch_rows_leaves_the_others_unchanged() {
+    let m = model();
+    let dev = test_device();
+    let v: Vec<f32> = (0..32).map(|i| (i as f32 * 0.37).cos()).collect();
+    // 6 rows of 16 tokens: two row groups on two threads.
+    let rows: Vec<Sequence> = (0..6u32)
+        .map(|i| {
+            seq(
+                &(0..16).map(|t| (t * 5 + i) % VOCAB).collect::<Vec<_>>(),
+                &[],
+            )
+        })
+        .collect();
+    let b = Batch::new(&rows, PadSide::Right, 0).unwrap();
+    assert!(on_threads(2, || b.thread_groups(&dev, false).len()) > 1);
+    let logits = |steering: &[Steering]| -> Vec<f32> {
+        let req = CaptureRequest::none();
+        let args = ForwardArgs {
+            steering,
+            logits: Logits::All,
+            ..ForwardArgs::capture(&req, None)
+        };
+        host(m.forward(&b, args).unwrap().logits.unwrap())
+    };
+    let every = Steering::add(2, &v, 3.0, Positions::All, &dev).unwrap();
+    let plain = on_threads(2, || logits(&[]));
+    let all = on_threads(2, || logits(std::slice::from_ref(&every)));
+    let some = on_threads(2, || logits(&[every.clone().on_batch_rows([1, 4])]));
+    let per_row = plain.len() / 6;
+    for r in 0..6 {
+        let want = if r == 1 || r == 4 { &all } else { &plain };
+        assert_eq!(
+            &some[r * per_row..][..per_row],
+            &want[r * per_row..][..per_row],
+            "row {r}"
+        );
+    }
+    let req = CaptureRequest::none();
+    let outside = [every.on_batch_rows([6])];
+    let args = ForwardArgs {
+        steering: &outside,
+        ..ForwardArgs::capture(&req, None)
+    };
+    assert!(m.forward(&b, args).is_err());
+}
+
+/// Decodes `prompt` alone for `steps` greedy steps; returns every step's
+/// logits.
+fn decode_alone(m: &Model, prompt: &[u32], steering: &[Steering], steps: usize) -> Vec<Vec<f32>> {
+    let mut cache = KvCache::new();
+    let mut batch = Batch::new(&[seq(prompt, &[])], PadSide::Left, 0).unwrap();
+    let mut out = Vec::new();
+    for _ in 0..=steps {
+        let l = host(
+            m.forward(&batch, ForwardArgs::decode(&mut cache, steering))
+                .unwrap()
+                .logits
+                .unwrap(),
+        );
+        let next = greedy(&l);
+        out.push(l);
+        batch = one_token_batch(&[next]);
+    }
+    out
+}
+
+fn greedy(row: &[f32]) -> u32 {
+    crate::generate::sample(
+        row,
+        crate::Sampling::Greedy,
+        &mut rand::rngs::mock::StepRng::new(0, 0),
+    )
+}
+
+fn one_token_batch(ids: &[u32]) -> Batch {
+    Batch {
+        ids: ids.to_vec(),
+        roles: vec![Role::Response; ids.len()],
+        n_rows: ids.len(),
+        seq_len: 1,
+    }
+}
+
+/// A request joining a batch that is already decoding (its prompt run
+/// alone, its cache rows appended) and steered on its own row decodes
+/// exactly as it does alone, and so does the row it joined; rows of
+/// different lengths share one left-padded cache.
+#[test]
+fn rows_joining_a_decoding_batch_decode_as_they_do_alone() {
+    let m = model();
+    let dev = test_device();
+    let v: Vec<f32> = (0..32).map(|i| (i as f32 * 0.37).cos()).collect();
+    let steer = Steering::add(2, &v, 2.0, Positions::Generating, &dev).unwrap();
+    let (a, b): (Vec<u32>, Vec<u32>) = ((1..9).collect(), vec![40, 41, 42]);
+    let want_a = decode_alone(&m, &a, &[], 5);
+    let want_b = decode_alone(&m, &b, std::slice::from_ref(&steer), 3);
+
+    let mut cache = KvCache::new();
+    let first = Batch::new(&[seq(&a, &[])], PadSide::Left, 0).unwrap();
+    let mut got_a = vec![host(
+        m.forward(&first, ForwardArgs::decode(&mut cache, &[]))
+            .unwrap()
+            .logits
+            .unwrap(),
+    )];
+    let step = one_token_batch(&[greedy(&got_a[0])]);
+    got_a.push(host(
+        m.forward(&step, ForwardArgs::decode(&mut cache, &[]))
+            .unwrap()
+            .logits
+            .unwrap(),
+    ));
+    // B's prompt runs alone with its steering, then joins A's cache.
+    let mut joining = KvCache::new();
+    let prompt_b = Batch::new(&[seq(&b, &[])], PadSide::Left, 0).unwrap();
+    let mut got_b = vec![host(
+        m.forward(
+            &prompt_b,
+            ForwardArgs::decode(&mut joining, std::slice::from_ref(&steer)),
+        )
+        .unwrap()
+        .logits
+        .unwrap(),
+    )];
+    cache.append_rows(joining, 8);
+    assert_eq!(cache.n_rows(), 2);
+    let only_b = [steer.on_batch_rows([1])];
+    for _ in 0..3 {
+        let next = [greedy(got_a.last().unwrap()), greedy(got_b.last().unwrap())];
+        let l = host(
+            m.forward(
+                &one_token_batch(&next),
+                ForwardArgs::decode(&mut cache, &only_b),
+            )
+            .unwrap()
+            .logits
+            .unwrap(),
+        );
+        let vocab = l.len() / 2;
+        got_a.push(l[..vocab].to_vec());
+        got_b.push(l[vocab..].to_vec());
+    }
+    assert_eq!(got_a, want_a[..5]);
+    assert_eq!(got_b, want_b);
+}

@@ -237,6 +237,10 @@ pub enum SteerOp {
     Add { coef: f32 },
     /// `h -= (h . v̂) v̂`: remove the component along the unit vector.
     Ablate,
+    /// Clamp the projection on the unit vector to `[min, max]`:
+    /// `h += (clamp(h . v̂, min, max) - h . v̂) v̂` (activation capping;
+    /// positions already inside the range are left exactly as they are).
+    Cap { min: f32, max: f32 },
 }
 
 /// One steering intervention at one row.
@@ -245,8 +249,12 @@ pub struct Steering {
     pub row: usize,
     pub op: SteerOp,
     pub positions: Positions,
-    /// The raw vector `[d_model]` for `Add`, the unit vector for `Ablate`.
+    /// The raw vector `[d_model]` for `Add`, the unit vector for `Ablate`
+    /// and `Cap`.
     pub(crate) vector: Tensor<1>,
+    /// The batch rows it applies to (sorted, distinct); `None` = every row.
+    /// Lets one forward steer each request of a served batch its own way.
+    pub(crate) batch_rows: Option<Vec<usize>>,
 }
 
 impl Steering {
@@ -271,6 +279,7 @@ impl Steering {
             op: SteerOp::Add { coef },
             positions,
             vector: Tensor::from_data(TensorData::new(vector.to_vec(), [vector.len()]), device),
+            batch_rows: None,
         })
     }
 
@@ -281,6 +290,35 @@ impl Steering {
         positions: Positions,
         device: &Device,
     ) -> Result<Self> {
+        Self::along_unit(row, vector, SteerOp::Ablate, positions, device)
+    }
+
+    /// Clamps the projection of `h_row` on `v̂` to `[min, max]` at
+    /// `positions` (activation capping, arXiv 2601.10387). A zero vector,
+    /// a non-finite bound or `min > max` is an error.
+    pub fn cap(
+        row: usize,
+        vector: &[f32],
+        (min, max): (f32, f32),
+        positions: Positions,
+        device: &Device,
+    ) -> Result<Self> {
+        if !(min.is_finite() && max.is_finite() && min <= max) {
+            return Err(ModelError::Input(format!(
+                "a cap needs finite bounds with min <= max, got [{min}, {max}]"
+            )));
+        }
+        Self::along_unit(row, vector, SteerOp::Cap { min, max }, positions, device)
+    }
+
+    /// A steering that works on the unit vector of `vector`.
+    fn along_unit(
+        row: usize,
+        vector: &[f32],
+        op: SteerOp,
+        positions: Positions,
+        device: &Device,
+    ) -> Result<Self> {
         let norm = vector
             .iter()
             .map(|x| (*x as f64).powi(2))
@@ -288,15 +326,50 @@ impl Steering {
             .sqrt();
         if norm == 0.0 || !norm.is_finite() {
             return Err(ModelError::Input(
-                "cannot ablate along a zero or non-finite vector".into(),
+                "cannot ablate or cap along a zero or non-finite vector".into(),
             ));
         }
         let unit: Vec<f32> = vector.iter().map(|x| (*x as f64 / norm) as f32).collect();
         Ok(Self {
             row,
-            op: SteerOp::Ablate,
+            op,
             positions,
             vector: Tensor::from_data(TensorData::new(unit, [vector.len()]), device),
+            batch_rows: None,
+        })
+    }
+
+    /// The same steering applied to these batch rows only (the others
+    /// pass unchanged, bit for bit).
+    pub fn on_batch_rows(mut self, rows: impl IntoIterator<Item = usize>) -> Self {
+        let mut rows: Vec<usize> = rows.into_iter().collect();
+        rows.sort_unstable();
+        rows.dedup();
+        self.batch_rows = Some(rows);
+        self
+    }
+
+    /// Whether it applies to batch row `b`.
+    pub(crate) fn applies_to_row(&self, b: usize) -> bool {
+        self.batch_rows
+            .as_ref()
+            .is_none_or(|rows| rows.binary_search(&b).is_ok())
+    }
+
+    /// This steering for the batch rows `range` run as their own pass
+    /// (rows renumbered from 0); `None` when it applies to none of them.
+    pub(crate) fn for_row_range(&self, range: std::ops::Range<usize>) -> Option<Self> {
+        let Some(rows) = &self.batch_rows else {
+            return Some(self.clone());
+        };
+        let inside: Vec<usize> = rows
+            .iter()
+            .filter(|b| range.contains(b))
+            .map(|b| b - range.start)
+            .collect();
+        (!inside.is_empty()).then(|| Self {
+            batch_rows: Some(inside),
+            ..self.clone()
         })
     }
 
@@ -304,7 +377,7 @@ impl Steering {
     pub(crate) fn check_coef(&self) -> Result<()> {
         match self.op {
             SteerOp::Add { coef } => check_finite_coef(coef),
-            SteerOp::Ablate => Ok(()),
+            SteerOp::Ablate | SteerOp::Cap { .. } => Ok(()),
         }
     }
 

@@ -59,7 +59,12 @@ impl PassInputs {
             .steering
             .iter()
             .map(|st| {
-                let m = position_mask(&batch.roles, s_n, st.positions);
+                let mut m = position_mask(&batch.roles, s_n, st.positions);
+                for (b, row) in m.chunks_mut(s_n).enumerate() {
+                    if !st.applies_to_row(b) {
+                        row.fill(0.0);
+                    }
+                }
                 Tensor::from_data(TensorData::new(m, [b_n * s_n, 1]), dev)
             })
             .collect();
@@ -105,6 +110,12 @@ impl PassInputs {
                 SteerOp::Ablate => {
                     let proj = h.clone().matmul(v.clone().transpose()); // # (n, 1)
                     h - (proj * m.clone()) * v
+                }
+                SteerOp::Cap { min, max } => {
+                    let proj = h.clone().matmul(v.clone().transpose()); // # (n, 1)
+                    // Zero inside the range, so those positions keep their bits.
+                    let shift = proj.clone().clamp(min, max) - proj;
+                    h + (shift * m.clone()) * v
                 }
             };
         }
@@ -184,7 +195,20 @@ fn check(model: &Model, batch: &Batch, args: &ForwardArgs<'_>) -> Result<()> {
             c.valid.len()
         )));
     }
-    let total = cache.map_or(0, KvCache::past_len) + batch.seq_len;
+    // Real tokens only: a row's position ids do not count the padding a
+    // cache may hold after rows of other lengths joined it.
+    let total = (0..batch.n_rows)
+        .map(|b| {
+            let cached = cache.map_or(0, |c| c.n_real(b));
+            cached
+                + batch
+                    .row_roles(b)
+                    .iter()
+                    .filter(|r| **r != Role::Pad)
+                    .count()
+        })
+        .max()
+        .unwrap_or(0);
     if total > cfg.max_positions {
         return Err(ModelError::Input(format!(
             "sequence of {total} tokens exceeds the model's context of {}",

@@ -185,6 +185,18 @@ impl Model {
     /// # Shapes
     /// `batch`: `[n_rows, seq_len]` tokens; see [`ForwardOutput`] for outputs.
     pub fn forward(&self, batch: &Batch, args: ForwardArgs<'_>) -> Result<ForwardOutput> {
+        // Before any split into row groups renumbers the rows.
+        if let Some(b) = args
+            .steering
+            .iter()
+            .filter_map(|st| st.batch_rows.as_ref()?.last())
+            .find(|&&b| b >= batch.n_rows)
+        {
+            return Err(ModelError::Input(format!(
+                "a steering names batch row {b} but the batch has {} rows",
+                batch.n_rows
+            )));
+        }
         self.run_pass(batch, args)
     }
 

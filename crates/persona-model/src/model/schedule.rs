@@ -13,7 +13,7 @@ use super::{ForwardArgs, ForwardOutput, Logits, Model};
 use crate::cache::KvCache;
 use crate::error::Result;
 use crate::lora::Lora;
-use crate::sites::Batch;
+use crate::sites::{Batch, Steering};
 
 impl Model {
     /// A pass over `batch`, split into row groups when that is faster
@@ -34,11 +34,17 @@ impl Model {
             .into_par_iter()
             .map(|rows| {
                 let mut cache = fresh_cache.clone();
+                // Steerings of some batch rows only are renumbered per group.
+                let steering: Vec<Steering> = args
+                    .steering
+                    .iter()
+                    .filter_map(|st| st.for_row_range(rows.clone()))
+                    .collect();
                 let out = self.pass(
                     &batch.rows(rows),
                     ForwardArgs {
                         cache: cache.as_mut(),
-                        steering: args.steering,
+                        steering: &steering,
                         capture: args.capture,
                         logits: args.logits,
                         lora: args.lora,
