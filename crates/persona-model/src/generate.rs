@@ -240,8 +240,10 @@ pub fn generate(
         .collect())
 }
 
-/// The sampling stream of prompt `index`.
-fn prompt_rng(seed: u64, index: usize) -> ChaCha8Rng {
+/// The sampling stream of prompt `index` of a [`generate`] call: a
+/// server answering one prompt alone uses stream 0 (choice `i` of a
+/// request for several answers, stream `i`) and samples the same tokens.
+pub fn prompt_rng(seed: u64, index: usize) -> ChaCha8Rng {
     let mut r = ChaCha8Rng::seed_from_u64(seed);
     r.set_stream(index as u64);
     r

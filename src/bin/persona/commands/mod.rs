@@ -16,6 +16,7 @@ mod merge;
 mod monitor;
 mod plan;
 mod screen;
+mod serve;
 mod train;
 mod vector;
 
@@ -58,6 +59,9 @@ pub enum Command {
     /// Memory a training step and a generation call will take (weights,
     /// adapters, optimizer state, activations, KV cache), and whether it fits.
     Plan(plan::Args),
+    /// Serve the model over an OpenAI-compatible HTTP API, with steering
+    /// and persona monitoring chosen per request.
+    Serve(serve::Args),
 }
 
 pub fn exec(command: Command) -> Result<()> {
@@ -77,6 +81,7 @@ pub fn exec(command: Command) -> Result<()> {
         Command::Judge(c) => judge::exec(c),
         Command::Info(a) => info::exec(a),
         Command::Plan(a) => plan::exec(a),
+        Command::Serve(a) => serve::exec(a),
     }
 }
 
