@@ -12,13 +12,11 @@ use serde::Deserialize;
 
 use persona_model::Positions;
 
-/// `POST /v1/chat/completions`.
+/// The fields of `POST /v1/chat/completions` besides [`Common`] (each
+/// read from the whole body, so an error names its field).
 #[derive(Debug, Deserialize)]
-pub struct ChatRequest {
-    pub model: String,
+pub struct ChatFields {
     pub messages: Vec<ChatMessage>,
-    #[serde(flatten)]
-    pub common: Common,
     /// Log-probabilities of the chosen tokens.
     #[serde(default)]
     pub logprobs: bool,
@@ -28,13 +26,11 @@ pub struct ChatRequest {
     pub max_completion_tokens: Option<usize>,
 }
 
-/// `POST /v1/completions`: a raw text prompt, no chat template.
+/// The fields of `POST /v1/completions` besides [`Common`]: a raw text
+/// prompt, no chat template.
 #[derive(Debug, Deserialize)]
-pub struct CompletionRequest {
-    pub model: String,
+pub struct CompletionFields {
     pub prompt: PromptText,
-    #[serde(flatten)]
-    pub common: Common,
     /// Log-probabilities of the chosen tokens and this many alternatives (0-20).
     pub logprobs: Option<usize>,
     #[serde(default)]
@@ -54,6 +50,7 @@ pub enum PromptText {
 /// The fields both endpoints share.
 #[derive(Debug, Deserialize)]
 pub struct Common {
+    pub model: String,
     pub max_tokens: Option<usize>,
     /// Default 1 (OpenAI's); 0 = greedy.
     pub temperature: Option<f32>,
@@ -66,7 +63,9 @@ pub struct Common {
     #[serde(default)]
     pub stream: bool,
     pub stream_options: Option<StreamOptions>,
-    pub persona: Option<PersonaRequest>,
+    /// The persona extension, read as a [`PersonaRequest`] on its own (so
+    /// its errors name their path below `persona`).
+    pub persona: Option<serde_json::Value>,
     pub frequency_penalty: Option<f32>,
     pub presence_penalty: Option<f32>,
     pub logit_bias: Option<serde_json::Value>,

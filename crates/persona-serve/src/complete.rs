@@ -16,12 +16,12 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::api::{ChatRequest, CompletionRequest, PromptText};
+use crate::api::{ChatFields, Common, CompletionFields, PromptText};
 use crate::engine::{Event, Finish};
 use crate::error::ApiError;
 use crate::monitor::Projection;
 use crate::request::{Prepared, chat_messages, prepare};
-use crate::routes::parse_body;
+use crate::routes::{parse_body, read_as};
 use crate::text::TokenLogprobs;
 use crate::{AppState, Served};
 
@@ -62,8 +62,10 @@ pub(crate) async fn chat(
 ) -> Response {
     let started = Instant::now();
     let result = async {
-        let r: ChatRequest = parse_body(body)?;
-        let served = served(&s, &r.model)?;
+        let body = parse_body(body)?;
+        let common: Common = read_as(&body, "")?;
+        let r: ChatFields = read_as(&body, "")?;
+        let served = served(&s, &common.model)?;
         let messages = chat_messages(r.messages)?;
         let prompt = served
             .model
@@ -77,17 +79,8 @@ pub(crate) async fn chat(
                 "top_logprobs needs logprobs: true",
             ));
         }
-        let max_tokens = r.max_completion_tokens.or(r.common.max_tokens);
-        start(
-            &s,
-            Kind::Chat,
-            r.model,
-            prompt,
-            r.common,
-            max_tokens,
-            top,
-            started,
-        )
+        let max_tokens = r.max_completion_tokens.or(common.max_tokens);
+        start(&s, Kind::Chat, prompt, common, max_tokens, top, started)
     }
     .await;
     finish_response(&s, Kind::Chat, started, result).await
@@ -99,8 +92,10 @@ pub(crate) async fn completion(
 ) -> Response {
     let started = Instant::now();
     let result = async {
-        let r: CompletionRequest = parse_body(body)?;
-        let served = served(&s, &r.model)?;
+        let body = parse_body(body)?;
+        let common: Common = read_as(&body, "")?;
+        let r: CompletionFields = read_as(&body, "")?;
+        let served = served(&s, &common.model)?;
         if r.echo || r.suffix.is_some() || r.best_of.is_some_and(|b| b != 1) {
             return Err(ApiError::bad_request(
                 "echo, suffix and best_of are not supported by persona serve; leave them out",
@@ -118,13 +113,13 @@ pub(crate) async fn completion(
             .codec
             .encode(&text)
             .map_err(|e| ApiError::field("prompt", e.to_string()))?;
-        let max_tokens = r.common.max_tokens.or(Some(16)); // OpenAI's default here
+        // OpenAI's default for this endpoint.
+        let max_tokens = common.max_tokens.or(Some(16));
         start(
             &s,
             Kind::Text,
-            r.model,
             prompt,
-            r.common,
+            common,
             max_tokens,
             r.logprobs,
             started,
@@ -160,14 +155,14 @@ type Started = (
 fn start(
     s: &AppState,
     kind: Kind,
-    model: String,
     prompt: Vec<u32>,
-    common: crate::api::Common,
+    common: Common,
     max_tokens: Option<usize>,
     top_logprobs: Option<usize>,
     started: Instant,
 ) -> Result<Started, ApiError> {
-    let served = served(s, &model)?;
+    let served = served(s, &common.model)?;
+    let model = common.model.clone();
     let stream = common.stream;
     let include_usage = common
         .stream_options

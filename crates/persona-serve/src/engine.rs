@@ -134,9 +134,10 @@ impl Engine {
                 self.metrics.queued.dec();
                 self.admit(job, &mut rows, &mut cache);
             }
-            self.metrics.batch_rows.set(rows.len() as i64);
             if !rows.is_empty() {
+                self.metrics.batch_rows.set(rows.len() as i64);
                 self.step(&mut rows, &mut cache);
+                self.metrics.batch_rows.set(rows.len() as i64);
             } else if !open && waiting.is_empty() {
                 return;
             }
@@ -233,7 +234,10 @@ impl Engine {
                 keep.push(i);
             }
         }
-        if keep.len() < rows.len() {
+        if keep.is_empty() {
+            rows.clear();
+            *cache = KvCache::new();
+        } else if keep.len() < rows.len() {
             cache.retain_rows(&keep);
             let mut i = 0;
             rows.retain(|_| {

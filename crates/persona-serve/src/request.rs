@@ -9,6 +9,7 @@ use crate::api::{ChatMessage, Common, Content, PersonaRequest};
 use crate::engine::{Event, Job};
 use crate::error::ApiError;
 use crate::monitor::Monitor;
+use crate::routes::read_as;
 use crate::text::MAX_TOP_LOGPROBS;
 use crate::vectors::VectorStore;
 
@@ -164,7 +165,10 @@ pub fn prepare(
     if top_logprobs.is_some_and(|k| k > MAX_TOP_LOGPROBS) {
         return Err(field("top_logprobs", "top_logprobs must be in 0..=20"));
     }
-    let persona = common.persona.unwrap_or_default();
+    let persona: PersonaRequest = match &common.persona {
+        Some(v) => read_as(v, "persona")?,
+        None => PersonaRequest::default(),
+    };
     let (steering, summary) = steering(model, vectors, &persona)?;
     let monitors = monitors(vectors, &persona)?;
     let seed = common.seed.unwrap_or_else(fresh_seed);

@@ -12,7 +12,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use serde::de::DeserializeOwned;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::AppState;
 use crate::api::LoadVector;
@@ -57,23 +57,34 @@ async fn authenticate(State(s): State<Arc<AppState>>, req: Request, next: Next) 
     next.run(req).await
 }
 
-/// A JSON body of type `T`, or a 400 naming the field at fault (413 when
-/// it is over the size limit).
-pub(crate) fn parse_body<T: DeserializeOwned>(
-    body: Result<Bytes, BytesRejection>,
-) -> Result<T, ApiError> {
+/// A JSON body, or a 400 (413 when it is over the size limit).
+pub(crate) fn parse_body(body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
     let bytes = body.map_err(|e| ApiError {
         status: e.status(),
         ..ApiError::bad_request(format!("cannot read the request body: {}", e.body_text()))
     })?;
-    let de = &mut serde_json::Deserializer::from_slice(&bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        if path == "." {
-            ApiError::bad_request(format!("invalid JSON body: {inner}"))
-        } else {
-            ApiError::field(path.clone(), format!("{path}: {inner}"))
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))
+}
+
+/// `T` read from `v`, or a 400 naming the field at fault (`prefix` is
+/// where `v` sits in the body).
+pub(crate) fn read_as<T: DeserializeOwned>(v: &Value, prefix: &str) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let inner = e.path().to_string();
+        let path = match (prefix, inner.as_str()) {
+            (p, ".") => p.to_string(),
+            ("", i) => i.to_string(),
+            (p, i) => format!("{p}.{i}"),
+        };
+        let message = format!(
+            "{}: {}",
+            if path.is_empty() { "body" } else { &path },
+            e.into_inner()
+        );
+        ApiError {
+            param: (!path.is_empty()).then_some(path),
+            ..ApiError::bad_request(message)
         }
     })
 }
@@ -111,7 +122,7 @@ async fn load_vector(
     State(s): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let req: LoadVector = parse_body(body)?;
+    let req: LoadVector = read_as(&parse_body(body)?, "")?;
     let info = s.vectors.load(&req.path, req.name)?;
     Ok((StatusCode::CREATED, axum::Json(info)).into_response())
 }
