@@ -10,13 +10,15 @@ wgpu_env := "XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-$(mktemp -d)} CUBECL_AUTOTUNE_LE
 # Run the whole test suite (fetches the embedded models first when missing):
 # unit, integration and doc tests, the wgpu backend against the CPU
 # (tests/wgpu.rs, on lavapipe when the machine has no GPU: installed when
-# missing), the library examples, the NEON kernels under AArch64 emulation,
+# missing), the library examples, `persona serve` through the official
+# `openai` Python client and curl, the NEON kernels under AArch64 emulation,
 # then the trait-score gate on a short vaccine run (ci/gate.toml,
 # recipes/ci-vaccine.toml: trained when missing; fails when its sycophancy
 # score rises past ci/trait-baseline.json; summary and JUnit XML in checkpoints/ci/).
 test: fetch-model vulkan
     {{wgpu_env}} cargo test --workspace --release {{test_features}}
     just examples
+    just serve-openai
     just test-arm
     cargo run --release --quiet {{test_features}} -- ci
 
@@ -36,6 +38,11 @@ examples:
         echo "== example $example"
         PERSONA_HOME="$home" cargo run --release --quiet {{test_features}} --example "$example"
     done
+
+# `persona serve` driven by the `openai` Python client (installed into a
+# venv under target/ when missing) and curl.
+serve-openai:
+    scripts/test-serve-openai.sh {{test_features}}
 
 # The packed-kernel tests built for AArch64 and run under qemu-user (the
 # NEON kernels); installs the target and the cross tools when missing.
