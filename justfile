@@ -57,9 +57,16 @@ fetch-model:
 train recipe *flags: fetch-model
     cargo run --release --quiet -- train {{recipe}} {{flags}}
 
-# Speed benchmarks (prefill, decode, peak memory), in release mode.
+# Speed benchmarks (prefill, decode, training step, peak memory; then
+# `persona serve` under 1, 4 and 16 concurrent clients), in release mode.
 bench: fetch-model
     cargo bench --bench runtime
+    cargo bench --bench serve
+
+# `persona serve` under load only (benches/serve.rs). With llama.cpp's
+# server beside it on the same GGUF: benches/serve-anchor.sh.
+bench-serve: fetch-model
+    cargo bench --bench serve
 
 # Lints as CI expects them.
 lint:

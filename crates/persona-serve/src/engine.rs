@@ -18,6 +18,7 @@ use persona_model::{
     Batch, ForwardArgs, KvCache, LoadedModel, PadSide, Role, Sampling, Sequence, Steering, host_vec,
 };
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::metrics::ModelMetrics;
@@ -187,7 +188,8 @@ impl Engine {
             tokens: Vec::new(),
             text: TextStream::new(job.stop.clone()),
         };
-        Ok(match self.accept(&mut row, &logits) {
+        let token = sample(&logits, job.sampling, &mut row.rng);
+        Ok(match self.accept(&mut row, token, &logits) {
             true => Some((row, cache)),
             false => None,
         })
@@ -228,9 +230,16 @@ impl Engine {
             }
         };
         let vocab = self.model.model.config.vocab_size;
+        // Sampling a row sorts the vocabulary (temperature); rows are
+        // independent (each its own stream), so they are drawn in parallel.
+        let tokens: Vec<u32> = rows
+            .par_iter_mut()
+            .zip(logits.par_chunks(vocab))
+            .map(|(r, l)| sample(l, r.job.sampling, &mut r.rng))
+            .collect();
         let mut keep = Vec::new();
-        for (i, r) in rows.iter_mut().enumerate() {
-            if self.accept(r, &logits[i * vocab..(i + 1) * vocab]) {
+        for (i, (r, token)) in rows.iter_mut().zip(tokens).enumerate() {
+            if self.accept(r, token, &logits[i * vocab..(i + 1) * vocab]) {
                 keep.push(i);
             }
         }
@@ -247,11 +256,10 @@ impl Engine {
         }
     }
 
-    /// Samples a row's next token and tells its client; whether the row
-    /// goes on.
-    fn accept(&self, r: &mut Row, logits: &[f32]) -> bool {
+    /// Takes a row's next token (sampled from `logits`) and tells its
+    /// client; whether the row goes on.
+    fn accept(&self, r: &mut Row, token: u32, logits: &[f32]) -> bool {
         let job = r.job.clone();
-        let token = sample(logits, job.sampling, &mut r.rng);
         r.tokens.push(token);
         self.metrics.completion_tokens.inc();
         let codec = &self.model.codec;
