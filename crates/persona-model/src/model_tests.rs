@@ -854,7 +854,8 @@ fn greedy(row: &[f32]) -> u32 {
     crate::generate::sample(
         row,
         crate::Sampling::Greedy,
-        &mut rand::rngs::mock::StepRng::new(0, 0),
+        // Greedy draws nothing from the stream.
+        &mut crate::generate::prompt_rng(0, 0),
     )
 }
 

@@ -409,100 +409,139 @@ fn stream_response(
     let (out, events) = tokio::sync::mpsc::channel::<Result<SseEvent, Infallible>>(64);
     tokio::spawn(async move {
         let _permit = permit;
-        let send = |v: Value| {
+        let send = |data: String| {
             let out = out.clone();
-            async move {
-                out.send(Ok(SseEvent::default().data(v.to_string())))
-                    .await
-                    .is_ok()
-            }
+            async move { out.send(Ok(SseEvent::default().data(data))).await.is_ok() }
         };
-        if t.kind == Kind::Chat {
-            for i in 0..t.choices {
-                if !send(chunk(
-                    &t,
-                    i,
-                    json!({"role": "assistant", "content": ""}),
-                    None,
-                    None,
-                ))
-                .await
-                {
+        let mut stream = Streamed::new(t);
+        let mut chunks = stream.opening();
+        loop {
+            for c in chunks {
+                if !send(c.to_string()).await {
                     return;
                 }
             }
-        }
-        let mut sent: Vec<String> = vec![String::new(); t.choices];
-        let mut answers: Vec<Answer> = (0..t.choices).map(|_| Answer::default()).collect();
-        let mut done = 0;
-        while done < t.choices {
-            let piece = match rx.recv().await {
-                Some(Event::Token {
-                    choice,
-                    text,
-                    logprobs,
-                }) => {
-                    if text.is_empty() && logprobs.is_none() {
-                        continue;
-                    }
-                    sent[choice].push_str(&text);
-                    chunk(&t, choice, content(&t, &text), logprobs.as_ref(), None)
-                }
-                Some(Event::Done {
-                    choice,
-                    finish,
-                    text,
-                    tokens,
-                    projections,
-                }) => {
-                    // Text held back until the end (an unfinished stop string) goes out now.
-                    let rest = text
-                        .strip_prefix(sent[choice].as_str())
-                        .unwrap_or("")
-                        .to_string();
-                    if !rest.is_empty()
-                        && !send(chunk(&t, choice, content(&t, &rest), None, None)).await
-                    {
-                        return;
-                    }
-                    let mut c = chunk(&t, choice, content(&t, ""), None, Some(finish));
-                    if !projections.is_empty() {
-                        c["choices"][0]["persona"] =
-                            json!({"projections": projections_json(&projections)});
-                    }
-                    let a = &mut answers[choice];
-                    (a.tokens, a.finish, a.projections) = (tokens, Some(finish), projections);
-                    done += 1;
-                    c
-                }
+            if stream.done == stream.t.choices {
+                break;
+            }
+            chunks = match rx.recv().await {
                 Some(Event::Failed(m)) => {
-                    let _ = send(ApiError::internal(m).body()).await;
-                    s.metrics.request(t.kind.endpoint(), 500, None);
+                    let _ = send(ApiError::internal(m).body().to_string()).await;
+                    s.metrics.request(stream.t.kind.endpoint(), 500, None);
                     return;
                 }
+                Some(event) => stream.chunks(event),
                 None => return,
             };
-            if !send(piece).await {
-                return;
-            }
         }
-        let seconds = t.started.elapsed().as_secs_f64();
-        if t.include_usage {
-            let mut u = chunk(&t, 0, json!({}), None, None);
-            u["choices"] = json!([]);
-            u["usage"] = usage(&t, &answers);
-            u["persona"] = persona_json(&t, answers.first().map(|a| a.projections.as_slice()));
-            if !send(u).await {
-                return;
-            }
+        let seconds = stream.t.started.elapsed().as_secs_f64();
+        if let Some(u) = stream.usage_chunk()
+            && !send(u.to_string()).await
+        {
+            return;
         }
-        let _ = out.send(Ok(SseEvent::default().data("[DONE]"))).await;
-        log_request(&t, &answers, seconds);
-        s.metrics.request(t.kind.endpoint(), 200, Some(seconds));
+        let _ = send("[DONE]".into()).await;
+        log_request(&stream.t, &stream.answers, seconds);
+        s.metrics
+            .request(stream.t.kind.endpoint(), 200, Some(seconds));
     });
     Sse::new(ReceiverStream::new(events))
         .keep_alive(KeepAlive::default())
         .into_response()
+}
+
+/// What a streamed request has sent so far.
+struct Streamed {
+    t: Ticket,
+    /// Text sent per answer.
+    sent: Vec<String>,
+    answers: Vec<Answer>,
+    done: usize,
+}
+
+impl Streamed {
+    fn new(t: Ticket) -> Self {
+        Self {
+            sent: vec![String::new(); t.choices],
+            answers: (0..t.choices).map(|_| Answer::default()).collect(),
+            done: 0,
+            t,
+        }
+    }
+
+    /// The chunks before any token: each chat answer's role.
+    fn opening(&self) -> Vec<Value> {
+        match self.t.kind {
+            Kind::Chat => (0..self.t.choices)
+                .map(|i| {
+                    chunk(
+                        &self.t,
+                        i,
+                        json!({"role": "assistant", "content": ""}),
+                        None,
+                        None,
+                    )
+                })
+                .collect(),
+            Kind::Text => Vec::new(),
+        }
+    }
+
+    /// The chunks an engine event (a token or an answer's end) makes.
+    fn chunks(&mut self, event: Event) -> Vec<Value> {
+        let t = &self.t;
+        match event {
+            Event::Token {
+                choice,
+                text,
+                logprobs,
+            } => {
+                if text.is_empty() && logprobs.is_none() {
+                    return Vec::new();
+                }
+                self.sent[choice].push_str(&text);
+                vec![chunk(t, choice, content(t, &text), logprobs.as_ref(), None)]
+            }
+            Event::Done {
+                choice,
+                finish,
+                text,
+                tokens,
+                projections,
+            } => {
+                let mut out = Vec::new();
+                // Text held back until the end (the start of a stop string
+                // that never came) goes out now.
+                let rest = text.strip_prefix(self.sent[choice].as_str()).unwrap_or("");
+                if !rest.is_empty() {
+                    out.push(chunk(t, choice, content(t, rest), None, None));
+                }
+                let mut last = chunk(t, choice, content(t, ""), None, Some(finish));
+                if !projections.is_empty() {
+                    last["choices"][0]["persona"] =
+                        json!({"projections": projections_json(&projections)});
+                }
+                out.push(last);
+                let a = &mut self.answers[choice];
+                (a.tokens, a.finish, a.projections) = (tokens, Some(finish), projections);
+                self.done += 1;
+                out
+            }
+            Event::Failed(_) => Vec::new(),
+        }
+    }
+
+    /// The usage chunk, when the request asked for it.
+    fn usage_chunk(&self) -> Option<Value> {
+        let t = &self.t;
+        t.include_usage.then(|| {
+            let mut u = chunk(t, 0, json!({}), None, None);
+            u["choices"] = json!([]);
+            u["usage"] = usage(t, &self.answers);
+            u["persona"] = persona_json(t, self.answers.first().map(|a| a.projections.as_slice()));
+            u
+        })
+    }
 }
 
 /// A chat delta or a completion's text.

@@ -2,7 +2,7 @@
 //! and the running mean of every monitored projection per model and
 //! trait (the deployment's persona monitor), in Prometheus' text format.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 
@@ -47,7 +47,8 @@ pub struct Metrics {
     monitor_seconds: Histogram,
     projection_mean: Family<TraitLabel, FloatGauge>,
     projection_count: Family<TraitLabel, Counter>,
-    sums: Mutex<BTreeMap<(String, String, usize), (f64, u64)>>,
+    /// Sum and count of the response-mean projections per label.
+    sums: Mutex<HashMap<TraitLabel, (f64, u64)>>,
 }
 
 impl Default for Metrics {
@@ -70,7 +71,7 @@ impl Metrics {
             monitor_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             projection_mean: Family::default(),
             projection_count: Family::default(),
-            sums: Mutex::new(BTreeMap::new()),
+            sums: Mutex::new(HashMap::new()),
             registry: Registry::default(),
         };
         registry.register(
@@ -174,15 +175,14 @@ impl ModelMetrics {
         let mut sums = self.all.sums.lock().unwrap_or_else(|e| e.into_inner());
         for p in projections {
             let Some(v) = p.response_mean else { continue };
-            let key = (self.model.clone(), p.name.clone(), p.row);
-            let (sum, n) = sums.entry(key).or_insert((0.0, 0));
-            *sum += v;
-            *n += 1;
             let label = TraitLabel {
                 model: self.model.clone(),
                 vector: p.name.clone(),
                 row: p.row as u32,
             };
+            let (sum, n) = sums.entry(label.clone()).or_insert((0.0, 0));
+            *sum += v;
+            *n += 1;
             self.all
                 .projection_mean
                 .get_or_create(&label)
