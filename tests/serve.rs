@@ -632,3 +632,95 @@ fn the_openai_judge_scores_through_persona_serve() {
     assert!((0.0..=100.0).contains(&score), "{score}");
     assert_eq!(scores[0], scores[1], "greedy judgments repeat");
 }
+
+/// A run folder under `--adapters` is served as `<model>:<folder>`, its
+/// adapters merged: its answer equals the merged model's through the
+/// runtime, and differs from the base model's.
+#[test]
+fn adapter_folders_are_served_as_models() {
+    use burn::tensor::{Device, Tensor, TensorData};
+    use persona_model::{Lora, Scaling, Target};
+    let f = fixture();
+    let cfg = &f.lm.runtime().model.config;
+    let mut lora = Lora::init(
+        cfg,
+        &[Target::Q, Target::V],
+        4,
+        8.0,
+        Scaling::Rslora,
+        1,
+        &Device::flex(),
+    )
+    .unwrap();
+    for (i, t) in lora.tensors_mut().into_iter().enumerate() {
+        if i % 2 == 1 {
+            let [r, c] = t.dims();
+            let data: Vec<f32> = (0..r * c)
+                .map(|k| ((k + i) as f32 * 0.71).sin() * 0.05)
+                .collect();
+            *t = Tensor::from_data(TensorData::new(data, [r, c]), &Device::flex());
+        }
+    }
+    let runs = tempfile::tempdir().unwrap();
+    std::fs::create_dir(runs.path().join("still-training")).unwrap();
+    persona_train::checkpoint::write_adapter(
+        &runs.path().join("tuned").join("adapter"),
+        &lora,
+        persona_train::checkpoint::AdapterMeta {
+            base_model: MODEL,
+            lora_dropout: 0.0,
+        },
+    )
+    .unwrap();
+    let s = ServerProcess::start(&f.vectors, &["--adapters", runs.path().to_str().unwrap()]);
+    let (_, models) = get(&s.url("/v1/models"), None);
+    let ids: Vec<String> = serde_json::from_str::<Value>(&models).unwrap()["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .collect();
+    let tuned_id = format!("{MODEL}:tuned");
+    assert_eq!(
+        ids,
+        [MODEL.to_string(), tuned_id.clone()],
+        "a folder without adapters is skipped"
+    );
+    let mut body = chat_body(QUESTIONS[0], None, false, 16);
+    body["model"] = json!(tuned_id);
+    let (status, v, _) = post(&s.url("/v1/chat/completions"), &body, None);
+    assert_eq!(status, 200, "{v}");
+    let arm = persona_eval::Arm {
+        id: "tuned".into(),
+        label: "tuned".into(),
+        model: MODEL.into(),
+        adapter: Some(runs.path().join("tuned")),
+        step: None,
+        steer: None,
+    };
+    let (merged, _) = arm.load(&Device::flex()).unwrap();
+    let prompt = merged
+        .codec
+        .prompt_ids(&[persona::Message::user(QUESTIONS[0])])
+        .unwrap();
+    let opts = persona_model::GenerateOptions {
+        max_new_tokens: 16,
+        sampling: persona_model::Sampling::Greedy,
+        seed: 0,
+        batch_size: 1,
+        steering: vec![],
+    };
+    let g = persona_model::generate(
+        &merged.model,
+        &[prompt],
+        &merged.codec.stop_ids,
+        merged.codec.pad_id,
+        &opts,
+        |_| {},
+    )
+    .unwrap();
+    let want = merged.codec.decode_clean(g[0].content_tokens()).unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], want);
+    let base = f.lm.chat(QUESTIONS[0]).max_tokens(16).generate().unwrap();
+    assert_ne!(want, base, "the adapters change the answer");
+}
