@@ -166,35 +166,53 @@ pub fn sample(logits: &[f32], sampling: Sampling, rng: &mut impl Rng) -> u32 {
                 return argmax();
             }
             let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut probs: Vec<(u32, f64)> = logits
+            let probs: Vec<f64> = logits
                 .iter()
-                .enumerate()
-                .map(|(i, &l)| (i as u32, (((l - max) / temperature) as f64).exp()))
+                .map(|&l| (((l - max) / temperature) as f64).exp())
                 .collect();
-            let total: f64 = probs.iter().map(|p| p.1).sum();
-            // Ids are distinct, so this order is total: an unstable sort
-            // gives the same order as a stable one, faster.
-            probs.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            let total: f64 = probs.iter().sum();
+            let order = by_probability(&probs);
             let mut kept = 0.0;
             let mut n = 0;
-            for p in &probs {
-                kept += p.1 / total;
+            for &id in &order {
+                kept += probs[id as usize] / total;
                 n += 1;
                 if kept >= top_p as f64 {
                     break;
                 }
             }
-            let kept_mass: f64 = probs[..n].iter().map(|p| p.1).sum();
+            let kept_mass: f64 = order[..n].iter().map(|&id| probs[id as usize]).sum();
             let mut u = rng.random::<f64>() * kept_mass;
-            for p in &probs[..n] {
-                u -= p.1;
+            for &id in &order[..n] {
+                u -= probs[id as usize];
                 if u <= 0.0 {
-                    return p.0;
+                    return id;
                 }
             }
-            probs[n - 1].0
+            order[n - 1]
         }
     }
+}
+
+/// Token ids by probability, most likely first, ties by lower id: the
+/// order of `(p, id)` under `f64::total_cmp` descending, then id. Sorted
+/// as one integer per token (the total order's key in the high bits, the
+/// id in the low ones), which is several times faster than comparing
+/// pairs and gives the same order.
+fn by_probability(probs: &[f64]) -> Vec<u32> {
+    let mut keys: Vec<u128> = probs
+        .iter()
+        .enumerate()
+        .map(|(id, p)| {
+            // `total_cmp`'s key: flip the magnitude bits of negatives, then
+            // the sign bit, so unsigned order is total order.
+            let bits = p.to_bits() as i64;
+            let ordered = (bits ^ ((((bits >> 63) as u64) >> 1) as i64)) as u64 ^ (1 << 63);
+            ((!ordered as u128) << 32) | id as u128
+        })
+        .collect();
+    keys.sort_unstable();
+    keys.into_iter().map(|k| k as u32).collect()
 }
 
 /// Generates a continuation for every prompt (token ids of a rendered chat
@@ -340,6 +358,27 @@ fn generate_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The integer-key order is the pair comparator's, ties and all.
+    #[test]
+    fn probability_order_equals_the_pair_comparison() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let mut probs: Vec<f64> = (0..5000).map(|_| rng.random::<f64>().powi(8)).collect();
+        for i in (0..5000).step_by(7) {
+            probs[i] = probs[i / 2]; // ties
+        }
+        probs[11] = 0.0;
+        probs[12] = f64::INFINITY;
+        probs[13] = -0.0;
+        let mut pairs: Vec<(u32, f64)> = probs
+            .iter()
+            .enumerate()
+            .map(|(i, &p)| (i as u32, p))
+            .collect();
+        pairs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let want: Vec<u32> = pairs.into_iter().map(|p| p.0).collect();
+        assert_eq!(by_probability(&probs), want);
+    }
 
     #[test]
     fn greedy_takes_first_max() {
