@@ -724,3 +724,27 @@ fn adapter_folders_are_served_as_models() {
     let base = f.lm.chat(QUESTIONS[0]).max_tokens(16).generate().unwrap();
     assert_ne!(want, base, "the adapters change the answer");
 }
+
+/// A sampled, steered answer through the server is the one `persona
+/// generate --steer --temperature --seed` gives (the same sampling stream).
+#[test]
+fn sampled_steered_answers_equal_persona_generate_with_the_seed() {
+    let f = fixture();
+    let s = shared();
+    let mut body = chat_body(QUESTIONS[1], Some(-2.0), false, 24);
+    body["temperature"] = json!(0.8);
+    body["top_p"] = json!(0.9);
+    body["seed"] = json!(11);
+    let (status, v, _) = post(&s.url("/v1/chat/completions"), &body, None);
+    assert_eq!(status, 200, "{v}");
+    let want =
+        f.lm.chat(QUESTIONS[1])
+            .steer(f.syc.at(15) * -2.0)
+            .max_tokens(24)
+            .sample(0.8, 0.9, 11)
+            .unwrap()
+            .generate()
+            .unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], want);
+    assert_eq!(v["persona"]["seed"], 11);
+}
