@@ -261,38 +261,16 @@ fn bad_recipes_fail_with_errors_naming_the_key() {
 
 #[test]
 fn merge_folds_adapters_into_weights() {
-    use burn::tensor::{Device, Tensor, TensorData};
-    use persona_model::{ForwardArgs, Logits, Scaling, Target};
+    use burn::tensor::Device;
+    use persona_model::{ForwardArgs, Logits, Target};
     let m = persona_model::load(persona_model::DEFAULT_MODEL, &Device::flex()).unwrap();
-    let mut lora = persona_model::Lora::init(
+    let dir = tempfile::tempdir().unwrap();
+    let lora = common::write_test_adapter(
         &m.model.config,
         &[Target::V, Target::Down],
         2,
-        4.0,
-        Scaling::Rslora,
-        1,
-        &Device::flex(),
-    )
-    .unwrap();
-    for (i, t) in lora.tensors_mut().into_iter().enumerate() {
-        if i % 2 == 1 {
-            let [r, c] = t.dims();
-            let data: Vec<f32> = (0..r * c)
-                .map(|k| ((k + i) as f32 * 0.71).sin() * 0.02)
-                .collect();
-            *t = Tensor::from_data(TensorData::new(data, [r, c]), &Device::flex());
-        }
-    }
-    let dir = tempfile::tempdir().unwrap();
-    persona_train::checkpoint::write_adapter(
         &dir.path().join("adapter"),
-        &lora,
-        persona_train::checkpoint::AdapterMeta {
-            base_model: "smollm2-135m-instruct",
-            lora_dropout: 0.0,
-        },
-    )
-    .unwrap();
+    );
     let out = dir.path().join("merged");
     let res = Command::new(env!("CARGO_BIN_EXE_persona"))
         .current_dir(repo())

@@ -166,3 +166,44 @@ pub fn prompt_batch(ids: Vec<u32>, pad_id: u32) -> persona_model::Batch {
     };
     persona_model::Batch::new(&[row], persona_model::PadSide::Left, pad_id).unwrap()
 }
+
+/// Rank-`rank` LoRA adapters on `targets` whose B matrices are small
+/// deterministic values (fresh adapters have B = 0 and change nothing),
+/// written as a PEFT folder at `dir`.
+pub fn write_test_adapter(
+    cfg: &persona_model::ModelConfig,
+    targets: &[persona_model::Target],
+    rank: usize,
+    dir: &Path,
+) -> persona_model::Lora {
+    use burn::tensor::{Device, Tensor, TensorData};
+    let mut lora = persona_model::Lora::init(
+        cfg,
+        targets,
+        rank,
+        4.0,
+        persona_model::Scaling::Rslora,
+        1,
+        &Device::flex(),
+    )
+    .unwrap();
+    for (i, t) in lora.tensors_mut().into_iter().enumerate() {
+        if i % 2 == 1 {
+            let [r, c] = t.dims();
+            let data: Vec<f32> = (0..r * c)
+                .map(|k| ((k + i) as f32 * 0.71).sin() * 0.02)
+                .collect();
+            *t = Tensor::from_data(TensorData::new(data, [r, c]), &Device::flex());
+        }
+    }
+    persona_train::checkpoint::write_adapter(
+        dir,
+        &lora,
+        persona_train::checkpoint::AdapterMeta {
+            base_model: "smollm2-135m-instruct",
+            lora_dropout: 0.0,
+        },
+    )
+    .unwrap();
+    lora
+}

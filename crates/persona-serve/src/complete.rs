@@ -12,6 +12,7 @@ use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 use tokio_stream::wrappers::ReceiverStream;
@@ -62,10 +63,7 @@ pub(crate) async fn chat(
 ) -> Response {
     let started = Instant::now();
     let result = async {
-        let body = parse_body(body)?;
-        let common: Common = read_as(&body, "")?;
-        let r: ChatFields = read_as(&body, "")?;
-        let served = served(&s, &common.model)?;
+        let (common, r, served) = read_request::<ChatFields>(&s, body)?;
         let messages = chat_messages(r.messages)?;
         let prompt = served
             .model
@@ -92,10 +90,7 @@ pub(crate) async fn completion(
 ) -> Response {
     let started = Instant::now();
     let result = async {
-        let body = parse_body(body)?;
-        let common: Common = read_as(&body, "")?;
-        let r: CompletionFields = read_as(&body, "")?;
-        let served = served(&s, &common.model)?;
+        let (common, r, served) = read_request::<CompletionFields>(&s, body)?;
         if r.echo || r.suffix.is_some() || r.best_of.is_some_and(|b| b != 1) {
             return Err(ApiError::bad_request(
                 "echo, suffix and best_of are not supported by persona serve; leave them out",
@@ -127,6 +122,19 @@ pub(crate) async fn completion(
     }
     .await;
     finish_response(&s, Kind::Text, started, result).await
+}
+
+/// A body's shared fields, the endpoint's own fields `F`, and the model
+/// it names.
+fn read_request<F: DeserializeOwned>(
+    s: &AppState,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(Common, F, &Served), ApiError> {
+    let body = parse_body(body)?;
+    let common: Common = read_as(&body, "")?;
+    let fields: F = read_as(&body, "")?;
+    let served = served(s, &common.model)?;
+    Ok((common, fields, served))
 }
 
 fn served<'a>(s: &'a AppState, model: &str) -> Result<&'a Served, ApiError> {
