@@ -29,6 +29,9 @@ use crate::text::{TextStream, TokenLogprobs, logprobs_of};
 /// as many again when a row needs more; values do not depend on it).
 const JOIN_SPARE: usize = 64;
 
+/// New-token positions a prompt pass reserves in its cache at most.
+const RESERVE_NEW_TOKENS: usize = 256;
+
 /// A request, checked and tokenized, as the engine runs it.
 pub struct Job {
     pub prompt: Vec<u32>,
@@ -176,7 +179,12 @@ impl Engine {
             response: vec![],
         };
         let batch = Batch::new(&[seq], PadSide::Left, m.codec.pad_id)?;
-        let mut cache = KvCache::with_capacity(job.prompt.len() + job.max_new_tokens);
+        // Room for the first new tokens only: a request without
+        // `max_tokens` may reach the context, and reserving all of it per
+        // request would zero hundreds of MB; the cache grows as needed
+        // (the values do not depend on its capacity).
+        let room = job.max_new_tokens.min(RESERVE_NEW_TOKENS);
+        let mut cache = KvCache::with_capacity(job.prompt.len() + room);
         let out = m
             .model
             .forward(&batch, ForwardArgs::decode(&mut cache, &job.steering))?;
