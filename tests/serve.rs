@@ -414,6 +414,12 @@ fn bad_requests_name_the_field() {
             "persona.steer[0].coef",
         ),
         (
+            // Finite, but its product with the vector overflows f32.
+            with(json!({"steer": [{"vector": "sycophantic", "row": 15, "coef": 3e38}]})),
+            400,
+            "persona.steer[0]",
+        ),
+        (
             with(json!({"steer": [{"vector": "sycophantic", "coef": 1}]})),
             400,
             "persona.steer[0].row",
@@ -515,8 +521,11 @@ fn vectors_are_managed_while_serving() {
     let (status, v, _) = post(&url, &json!({"path": other_path}), None);
     assert_eq!(status, 400, "{v}");
     assert_eq!(v["error"]["param"], "path");
-    let (status, _, _) = post(&url, &json!({"path": "/no/such/file.safetensors"}), None);
-    assert_eq!(status, 400);
+    // Not a file, or endless: refused before reading.
+    for path in ["/no/such/file.safetensors", "/dev/zero", "/tmp"] {
+        let (status, v, _) = post(&url, &json!({"path": path}), None);
+        assert_eq!(status, 400, "{path}: {v}");
+    }
 }
 
 /// With a key every endpoint needs it; past `--max-concurrent` a request

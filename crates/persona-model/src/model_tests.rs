@@ -357,6 +357,9 @@ fn out_of_range_rows_and_wrong_widths_are_errors() {
     let m = model();
     let dev = test_device();
     let b = Batch::new(&[seq(&[3], &[])], PadSide::Right, 0).unwrap();
+    // A finite coefficient whose product with the vector is not.
+    let e = Steering::add(1, &[2.0; 32], 3e38, Positions::All, &dev).unwrap_err();
+    assert!(e.to_string().contains("overflows"), "{e}");
     let bad_row = [Steering::add(4, &[0.0; 32], 1.0, Positions::All, &dev).unwrap()];
     let e = m
         .forward(

@@ -274,6 +274,13 @@ impl Steering {
                 "the steering vector at row {row} holds a non-finite value"
             )));
         }
+        // `coef * v` must be finite too: an infinite product would be
+        // masked as `0 * inf = NaN` on rows it does not apply to.
+        if vector.iter().any(|x| !(x * coef).is_finite()) {
+            return Err(ModelError::Input(format!(
+                "steering coefficient {coef} times the vector at row {row} overflows f32; use a smaller coefficient"
+            )));
+        }
         Ok(Self {
             row,
             op: SteerOp::Add { coef },

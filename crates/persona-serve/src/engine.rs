@@ -9,6 +9,7 @@
 //! once when its client has gone.
 
 use std::collections::VecDeque;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::Instant;
@@ -136,11 +137,29 @@ impl Engine {
                     break;
                 }
                 self.metrics.queued.dec();
-                self.admit(job, &mut rows, &mut cache);
+                let events = job.events.clone();
+                let admitted =
+                    catch_unwind(AssertUnwindSafe(|| self.admit(job, &mut rows, &mut cache)));
+                if admitted.is_err() {
+                    let _ = events.send(Event::Failed("the engine failed on this prompt".into()));
+                    fail_all(
+                        &mut rows,
+                        &mut cache,
+                        "the engine failed while a prompt joined",
+                    );
+                }
             }
             if !rows.is_empty() {
                 self.metrics.batch_rows.set(rows.len() as i64);
-                self.step(&mut rows, &mut cache);
+                // A panic inside the runtime fails this batch's requests,
+                // not the server: the engine starts again empty.
+                if catch_unwind(AssertUnwindSafe(|| self.step(&mut rows, &mut cache))).is_err() {
+                    fail_all(
+                        &mut rows,
+                        &mut cache,
+                        "the engine failed during a decoding step",
+                    );
+                }
                 self.metrics.batch_rows.set(rows.len() as i64);
             } else if !open && waiting.is_empty() {
                 return;
@@ -152,6 +171,10 @@ impl Engine {
     fn admit(&self, job: Job, rows: &mut Vec<Row>, cache: &mut KvCache) {
         let job = Arc::new(job);
         for choice in 0..job.choices {
+            if job.events.is_closed() {
+                // The client left while the request waited.
+                return;
+            }
             match self.prefill(&job, choice) {
                 Ok(Some((row, row_cache))) => {
                     cache.append_rows(row_cache, JOIN_SPARE);
@@ -230,10 +253,7 @@ impl Engine {
         let logits = match out {
             Ok(l) => l,
             Err(e) => {
-                for r in rows.drain(..) {
-                    let _ = r.job.events.send(Event::Failed(e.to_string()));
-                }
-                *cache = KvCache::new();
+                fail_all(rows, cache, &e.to_string());
                 return;
             }
         };
@@ -339,6 +359,15 @@ impl Engine {
             projections,
         });
     }
+}
+
+/// Tells every running row's client that its request failed, and empties
+/// the batch.
+fn fail_all(rows: &mut Vec<Row>, cache: &mut KvCache, why: &str) {
+    for r in rows.drain(..) {
+        let _ = r.job.events.send(Event::Failed(why.to_string()));
+    }
+    *cache = KvCache::new();
 }
 
 /// The last-position logits of a forward, on the host: `[rows * vocab]`.

@@ -99,7 +99,13 @@ fn check_unsupported(c: &Common) -> Result<(), ApiError> {
         ("functions", &c.functions),
         ("response_format", &c.response_format),
     ] {
-        if v.as_ref().is_some_and(|v| !v.is_null()) {
+        // Some clients send an empty list or object for "none".
+        let empty = |v: &serde_json::Value| {
+            v.is_null()
+                || v.as_array().is_some_and(Vec::is_empty)
+                || v.as_object().is_some_and(serde_json::Map::is_empty)
+        };
+        if v.as_ref().is_some_and(|v| !empty(v)) {
             return unsupported(name);
         }
     }

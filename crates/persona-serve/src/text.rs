@@ -55,23 +55,24 @@ impl TextStream {
         (delta, stopped)
     }
 
-    /// Bytes at the end of the text that may still change.
+    /// Bytes at the end of the text that may still change: unfinished
+    /// characters, and before them the longest end that begins a stop
+    /// string (it may complete once those characters do).
     fn held_back(&self) -> usize {
         let t = &self.text;
-        let unfinished = t.len() - t.trim_end_matches('\u{FFFD}').len();
+        let finished = t.trim_end_matches('\u{FFFD}');
         let stop_prefix = self
             .stops
             .iter()
             .flat_map(|s| {
-                // The longest end of `t` that begins the stop string.
                 (1..s.len())
                     .rev()
-                    .filter(|&n| s.is_char_boundary(n) && t.ends_with(&s[..n]))
+                    .filter(|&n| s.is_char_boundary(n) && finished.ends_with(&s[..n]))
                     .take(1)
             })
             .max()
             .unwrap_or(0);
-        unfinished.max(stop_prefix)
+        t.len() - finished.len() + stop_prefix
     }
 
     /// The whole answer, stop string removed.
@@ -179,6 +180,16 @@ mod tests {
         let (out, stopped, _) = run(&["STOP"], &["a S", "a ST", "a STay"]);
         assert_eq!(out, ["a ", "", "STay"]);
         assert!(!stopped);
+    }
+
+    /// A stop string that ends in a character still unfinished holds back
+    /// its beginning too: streamed and whole answers agree.
+    #[test]
+    fn a_stop_string_ending_in_an_unfinished_character_is_held_whole() {
+        let (out, stopped, all) = run(&["aé"], &["x", "xa\u{FFFD}", "xaé"]);
+        assert_eq!(out, ["x", "", ""]);
+        assert!(stopped);
+        assert_eq!(all, "x");
     }
 
     #[test]

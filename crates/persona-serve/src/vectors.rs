@@ -88,6 +88,28 @@ impl VectorStore {
     }
 
     fn read_checked(&self, path: &Path) -> Result<VectorFile, ServeError> {
+        // A regular file no larger than three variants of this model's
+        // shape and a header: not a device, a pipe or a huge file.
+        let max = 3 * (self.config.n_layers + 1) * self.config.d_model * 4 + (1 << 20);
+        match std::fs::metadata(path) {
+            Ok(m) if m.is_file() && m.len() as usize <= max => {}
+            Ok(m) if m.is_file() => {
+                return Err(ServeError::Setup(format!(
+                    "{}: {} bytes is more than a vector file of this model can hold ({max})",
+                    path.display(),
+                    m.len()
+                )));
+            }
+            Ok(_) => {
+                return Err(ServeError::Setup(format!(
+                    "{}: not a regular file",
+                    path.display()
+                )));
+            }
+            Err(e) => {
+                return Err(ServeError::Setup(format!("{}: {e}", path.display())));
+            }
+        }
         let file = VectorFile::load(path)?;
         file.check_model(&self.config, &self.identity)?;
         Ok(file)
@@ -133,8 +155,11 @@ impl VectorStore {
     /// `.safetensors` ending); the request's row, else the file's chosen row.
     pub fn resolve(&self, at: &VectorAt, param: &str) -> Result<VectorRow, ApiError> {
         let field = |k: &str, m: String| ApiError::field(format!("{param}.{k}"), m);
-        let file = match self.read().get(&at.vector) {
-            Some(f) => f.clone(),
+        // The guard ends here: the arms below take the lock again or read
+        // a file.
+        let loaded = self.read().get(&at.vector).cloned();
+        let file = match loaded {
+            Some(f) => f,
             None if at.vector.contains('/') || at.vector.ends_with(".safetensors") => Arc::new(
                 self.read_checked(Path::new(&at.vector))
                     .map_err(|e| field("vector", e.to_string()))?,
