@@ -78,7 +78,16 @@ pub(crate) async fn chat(
             ));
         }
         let max_tokens = r.max_completion_tokens.or(common.max_tokens);
-        start(&s, Kind::Chat, prompt, common, max_tokens, top, started)
+        start(
+            &s,
+            served,
+            Kind::Chat,
+            prompt,
+            common,
+            max_tokens,
+            top,
+            started,
+        )
     }
     .await;
     finish_response(&s, Kind::Chat, started, result).await
@@ -112,6 +121,7 @@ pub(crate) async fn completion(
         let max_tokens = common.max_tokens.or(Some(16));
         start(
             &s,
+            served,
             Kind::Text,
             prompt,
             common,
@@ -162,6 +172,7 @@ type Started = (
 #[allow(clippy::too_many_arguments)]
 fn start(
     s: &AppState,
+    served: &Served,
     kind: Kind,
     prompt: Vec<u32>,
     common: Common,
@@ -169,7 +180,6 @@ fn start(
     top_logprobs: Option<usize>,
     started: Instant,
 ) -> Result<Started, ApiError> {
-    let served = served(s, &common.model)?;
     let model = common.model.clone();
     let stream = common.stream;
     let include_usage = common

@@ -265,23 +265,21 @@ impl Engine {
             .zip(logits.par_chunks(vocab))
             .map(|(r, l)| sample(l, r.job.sampling, &mut r.rng))
             .collect();
-        let mut keep = Vec::new();
-        for (i, (r, token)) in rows.iter_mut().zip(tokens).enumerate() {
-            if self.accept(r, token, &logits[i * vocab..(i + 1) * vocab]) {
+        // Rows that go on, and their indices in the cache.
+        let (mut keep, mut going) = (Vec::new(), Vec::with_capacity(rows.len()));
+        let before = rows.len();
+        for (i, (mut r, token)) in std::mem::take(rows).into_iter().zip(tokens).enumerate() {
+            if self.accept(&mut r, token, &logits[i * vocab..(i + 1) * vocab]) {
                 keep.push(i);
+                going.push(r);
             }
         }
-        if keep.is_empty() {
-            rows.clear();
+        if going.is_empty() {
             *cache = KvCache::new();
-        } else if keep.len() < rows.len() {
+        } else if going.len() < before {
             cache.retain_rows(&keep);
-            let mut i = 0;
-            rows.retain(|_| {
-                i += 1;
-                keep.contains(&(i - 1))
-            });
         }
+        *rows = going;
     }
 
     /// Takes a row's next token (sampled from `logits`) and tells its

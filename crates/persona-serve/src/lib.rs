@@ -108,8 +108,10 @@ impl Server {
             base.identity.clone(),
         )?;
         let context = base.model.config.max_positions;
-        let mut models = vec![(base.identity.name.clone(), base)];
-        for (id, arm) in adapter_arms(opts)? {
+        let base_id = base.identity.name.clone();
+        let arms = adapter_arms(opts, &base_id)?;
+        let mut models = vec![(base_id, base)];
+        for (id, arm) in arms {
             progress(&format!(
                 "merging {} into {id}",
                 arm.adapter
@@ -200,7 +202,10 @@ impl Server {
 
 /// The `(model id, arm)` of every adapter folder under `--adapters`
 /// (folders without adapter weights are skipped: a run still training).
-fn adapter_arms(opts: &ServeOptions) -> Result<Vec<(String, persona_eval::Arm)>, ServeError> {
+fn adapter_arms(
+    opts: &ServeOptions,
+    model_name: &str,
+) -> Result<Vec<(String, persona_eval::Arm)>, ServeError> {
     let Some(dir) = &opts.adapters else {
         return Ok(Vec::new());
     };
@@ -215,7 +220,6 @@ fn adapter_arms(opts: &ServeOptions) -> Result<Vec<(String, persona_eval::Arm)>,
         .filter(|p| p.is_dir())
         .collect();
     folders.sort();
-    let model_name = persona_model::inspect(&opts.model)?.1.name;
     Ok(folders
         .into_iter()
         .filter(|f| {

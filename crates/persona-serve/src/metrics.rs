@@ -66,7 +66,7 @@ impl Metrics {
             completion_tokens: Family::default(),
             batch_rows: Family::default(),
             queued: Family::default(),
-            // 10 ms to ~80 s.
+            // Buckets from 10 ms, doubling.
             latency: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
             monitor_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             projection_mean: Family::default(),
