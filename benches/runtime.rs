@@ -8,6 +8,7 @@
 //!   half prompt, half response);
 //! - `BENCH_DEVICE`: `cpu` (default), or `wgpu` / `cuda` in a build with
 //!   that feature (`scripts/gpu-bench.sh`);
+//! - `BENCH_DTYPE`: the frozen weights' type, `f32` (default), `bf16` or `f16`;
 //! - `BENCH_ONLY`: `prefill`, `decode1`, `decode16`, `train` or a comma list;
 //! - `BENCH_ROOF_GFLOPS`: the machine's f32 matmul roof, to print each
 //!   rate as a fraction of it;
@@ -22,7 +23,7 @@ mod alloc;
 use burn::tensor::Device;
 use persona_model::{
     Batch, CaptureRequest, DEFAULT_MODEL, ForwardArgs, GenerateOptions, KvCache, Logits, PadSide,
-    Sampling, Sequence, generate, load,
+    Sampling, Sequence, WeightDtype, generate, load_as,
 };
 
 fn peak_rss_mb() -> f64 {
@@ -120,14 +121,21 @@ fn main() {
     println!("peak RSS: {:.0} MB", peak_rss_mb());
 }
 
+/// The frozen weights' type (`BENCH_DTYPE`, default f32).
+fn bench_dtype() -> WeightDtype {
+    let name = std::env::var("BENCH_DTYPE").unwrap_or_else(|_| "f32".into());
+    name.parse().unwrap_or_else(|e| panic!("BENCH_DTYPE: {e}"))
+}
+
 /// Loads the model and prints its shape and the load time.
 fn load_model(spec: &str, device: &Device) -> persona_model::LoadedModel {
     let t = Instant::now();
-    let m = load(spec, device)
+    let dtype = bench_dtype();
+    let m = load_as(spec, device, dtype)
         .unwrap_or_else(|e| panic!("{e} (`just fetch-model` fetches the embedded model)"));
     let c = &m.model.config;
     println!(
-        "model: {spec} ({:.2} B parameters: {} blocks, d_model {}, d_ff {}, vocab {}); load: {:.2} s",
+        "model: {spec} ({:.2} B parameters: {} blocks, d_model {}, d_ff {}, vocab {}; weights {dtype}); load: {:.2} s",
         parameters(c) as f64 / 1e9,
         c.n_layers,
         c.d_model,

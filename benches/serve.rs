@@ -48,6 +48,7 @@ fn start_server() -> String {
     let opts = ServeOptions {
         model: MODEL.into(),
         device: persona_model::parse_device("cpu").unwrap(),
+        dtype: persona_model::WeightDtype::F32,
         vectors: Some(dir),
         adapters: None,
         max_batch: 16,

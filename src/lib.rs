@@ -37,7 +37,7 @@ pub use vector::{Direction, PersonaVector, Trait};
 pub use workflows::{Evaluation, Screen, train, train_with};
 
 pub use persona_eval::trait_eval::TraitResult;
-pub use persona_model::{ChatRole, Message, PersonaHome, Positions};
+pub use persona_model::{ChatRole, Message, PersonaHome, Positions, WeightDtype};
 pub use persona_monitor::screen::{SampleScore, ScreenSummary};
 pub use persona_train::{Recipe, RunDir, TrainEvent, TrainOutcome};
 pub use persona_vectors::Variant;

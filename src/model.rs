@@ -5,7 +5,7 @@ use std::path::Path;
 
 use persona_model::{
     Batch, CaptureRequest, ForwardArgs, GenerateOptions, LoadedModel, Message, PadSide, Positions,
-    Reduction, Sampling, Sequence, Steering, host_vec,
+    Reduction, Sampling, Sequence, Steering, WeightDtype, host_vec,
 };
 
 use crate::error::{Error, Result};
@@ -46,9 +46,21 @@ impl Model {
     /// # Ok::<(), persona::Error>(())
     /// ```
     pub fn load_on(spec: &str, device: &str) -> Result<Self> {
+        Self::load_as(spec, device, WeightDtype::F32)
+    }
+
+    /// Loads a model on a device with its frozen weights kept as `dtype`
+    /// (`bf16`/`f16` halve their memory).
+    ///
+    /// ```no_run
+    /// use persona::WeightDtype;
+    /// let lm = persona::Model::load_as("smollm2-135m-instruct", "cpu", WeightDtype::Bf16)?;
+    /// # Ok::<(), persona::Error>(())
+    /// ```
+    pub fn load_as(spec: &str, device: &str, dtype: WeightDtype) -> Result<Self> {
         let device = persona_model::parse_device(device)?;
         Ok(Self {
-            inner: persona_model::load(spec, &device)?,
+            inner: persona_model::load_as(spec, &device, dtype)?,
         })
     }
 

@@ -8,7 +8,7 @@ use persona_eval::experiment::evaluate_arm;
 use persona_eval::trait_eval::{EvalFile, TraitResult};
 use persona_eval::{Arm, PostHoc};
 use persona_judge::{Judge, JudgeConfig, JudgmentCache};
-use persona_model::PersonaHome;
+use persona_model::{PersonaHome, WeightDtype};
 use persona_monitor::screen::{SampleScore, ScreenOptions, ScreenSummary};
 use persona_train::{Recipe, TrainEvent, TrainOutcome};
 
@@ -158,6 +158,7 @@ pub struct Evaluation {
     file: EvalFile,
     judge: PathBuf,
     base_model: String,
+    dtype: WeightDtype,
     device: String,
     steer: Option<(PathBuf, f32)>,
 }
@@ -170,6 +171,7 @@ impl Evaluation {
             file: EvalFile::load(path.as_ref())?,
             judge: PathBuf::from("judges/classifier.toml"),
             base_model: persona_model::DEFAULT_MODEL.into(),
+            dtype: WeightDtype::F32,
             device: "cpu".into(),
             steer: None,
         })
@@ -197,6 +199,11 @@ impl Evaluation {
             device: device.into(),
             ..self
         }
+    }
+
+    /// The type the base model's frozen weights are kept in (f32 unless set).
+    pub fn dtype(self, dtype: WeightDtype) -> Self {
+        Self { dtype, ..self }
     }
 
     /// Post-hoc steering with a vector file at the settings' shift row.
@@ -230,6 +237,7 @@ impl Evaluation {
             } else {
                 target.into()
             },
+            dtype: self.dtype,
             adapter: adapter.then_some(run),
             step: None,
             steer: self.steer.as_ref().map(|(vector, coef)| PostHoc {

@@ -400,7 +400,7 @@ fn adapter_folder(
     .unwrap();
     let mut peft = lora.to_peft().unwrap();
     for t in peft.values_mut() {
-        t.data
+        t.values_mut()
             .iter_mut()
             .enumerate()
             .for_each(|(i, x)| *x += (i as f32 * 0.3).sin() * 0.1);
@@ -435,10 +435,7 @@ fn adapter_tensors_must_be_2d_of_the_configs_rank() {
         let a = adapter_folder(dir.path(), peft_config(2), |w| {
             w.insert(
                 key.into(),
-                persona_model::weights::HostTensor {
-                    shape: shape.clone(),
-                    data: vec![0.1; n],
-                },
+                persona_model::weights::HostTensor::f32(shape.clone(), vec![0.1; n]),
             );
         });
         let e = read(&a).unwrap_err();
@@ -457,7 +454,7 @@ fn adapters_with_nan_or_huge_values_are_refused() {
     let key = "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight";
     let dir = tempfile::tempdir().unwrap();
     let a = adapter_folder(dir.path(), peft_config(2), |w| {
-        w.get_mut(key).unwrap().data[0] = f32::NAN
+        w.get_mut(key).unwrap().values_mut()[0] = f32::NAN
     });
     assert!(read(&a).unwrap_err().contains("non-finite"));
     let dir = tempfile::tempdir().unwrap();
@@ -466,7 +463,7 @@ fn adapters_with_nan_or_huge_values_are_refused() {
         for k in [key.to_string(), key.replace("lora_B", "lora_A")] {
             w.get_mut(&k)
                 .unwrap()
-                .data
+                .values_mut()
                 .iter_mut()
                 .for_each(|x| *x = 1e30)
         }
@@ -499,9 +496,9 @@ fn merge_honours_peft_alpha_pattern() {
     ] {
         let delta = |w: &persona_model::weights::WeightMap| -> Vec<f32> {
             w[key]
-                .data
+                .values()
                 .iter()
-                .zip(&base[key].data)
+                .zip(base[key].values().iter())
                 .map(|(x, y)| x - y)
                 .collect()
         };

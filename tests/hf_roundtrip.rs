@@ -157,7 +157,7 @@ fn qwen2_directory_with_qkv_bias_and_untied_head_loads() {
     let mut no_bias = weights.clone();
     for (k, t) in no_bias.iter_mut() {
         if k.ends_with(".bias") {
-            t.data.iter_mut().for_each(|x| *x = 0.0);
+            t.values_mut().iter_mut().for_each(|x| *x = 0.0);
         }
     }
     let c = Model::from_weights(loaded.model.config.clone(), &no_bias, &Device::flex())

@@ -689,6 +689,7 @@ fn adapter_folders_are_served_as_models() {
         id: "tuned".into(),
         label: "tuned".into(),
         model: MODEL.into(),
+        dtype: Default::default(),
         adapter: Some(runs.path().join("tuned")),
         step: None,
         steer: None,

@@ -17,7 +17,7 @@ use burn::tensor::{Device, DeviceKind, Tensor, TensorData};
 use persona_model::testing::{random_weights, tiny_config};
 use persona_model::{
     Batch, CaptureRequest, ForwardArgs, GenerateOptions, Logits, Lora, Model, PadSide, Positions,
-    Reduction, Sampling, Scaling, Sequence, Steering, Target, generate, host_vec,
+    Reduction, Sampling, Scaling, Sequence, Steering, Target, WeightDtype, generate, host_vec,
 };
 use persona_train::optim::{AdamW, Moments};
 use persona_train::trainer::loss_and_grads;
@@ -206,6 +206,64 @@ fn a_lora_training_step_matches_the_cpu() {
     for (i, (c, g)) in cpu_updated.iter().zip(&gpu_updated).enumerate() {
         assert_close(&format!("updated adapter {i}"), c, g, 1e-4);
     }
+}
+
+/// The tiny model's weights kept as `dtype` (rounded from the f32 draw).
+fn tiny_as(dtype: WeightDtype, device: &Device) -> persona_model::Result<Model> {
+    let cfg = tiny_config();
+    let weights = random_weights(&cfg, 7)
+        .into_iter()
+        .map(|(k, t)| {
+            let t = t.into_dtype(dtype, &k)?;
+            Ok((k, t))
+        })
+        .collect::<persona_model::Result<_>>()?;
+    Model::from_owned_weights(cfg, weights, device)
+}
+
+/// f16 weights: on wgpu the products run in f16 (activations rounded to
+/// 11 significant bits, relative 2^-12, at each product's input and
+/// output), on the CPU the f16 weights are widened and the products run in
+/// f32 on the same values. That rounding over 3 blocks moved the logits by
+/// 7e-4 of the largest (lavapipe, 2026-12-07): tolerance 5e-3. A training
+/// step's loss moved by 3e-5 relative (tolerance 2e-4), adapter gradients
+/// by at most 1.4e-3 (tolerance 5e-3; the backward pass multiplies by the
+/// same f16 weights). bf16, which wgpu's WGSL shaders cannot express, is
+/// refused in one line.
+#[test]
+fn f16_weights_on_wgpu_match_the_cpu_and_bf16_is_refused() {
+    let batch = mixed_batch();
+    let run = |d: &Device| {
+        let m = tiny_as(WeightDtype::F16, d).unwrap();
+        host(
+            m.forward(&batch, ForwardArgs::plain())
+                .unwrap()
+                .logits
+                .unwrap(),
+        )
+    };
+    assert_close(
+        "f16 tiny logits",
+        &run(&Device::flex()),
+        &run(&wgpu()),
+        5e-3,
+    );
+    let step = |device: Device| {
+        let device = device.autodiff();
+        let model = tiny_as(WeightDtype::F16, &device).unwrap();
+        let lora = trained_adapters(&device);
+        let (loss, grads) = loss_and_grads(&model, &lora, &[mixed_batch()], &[], None).unwrap();
+        (loss, grads.into_iter().map(host).collect::<Vec<_>>())
+    };
+    let (cpu_loss, cpu_grads) = step(Device::flex());
+    let (gpu_loss, gpu_grads) = step(wgpu());
+    eprintln!("f16 loss: cpu {cpu_loss}, wgpu {gpu_loss}");
+    assert!((cpu_loss - gpu_loss).abs() <= 2e-4 * cpu_loss.abs());
+    for (i, (c, g)) in cpu_grads.iter().zip(&gpu_grads).enumerate() {
+        assert_close(&format!("f16 adapter gradient {i}"), c, g, 5e-3);
+    }
+    let e = tiny_as(WeightDtype::Bf16, &wgpu()).unwrap_err().to_string();
+    assert!(e.contains("bf16") && e.contains("f16 on wgpu"), "{e}");
 }
 
 /// Greedy decoding with the KV cache, three prompts in one left-padded

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
-use persona_model::{HostModel, LoadedModel, Positions, Steering};
+use persona_model::{HostModel, LoadedModel, Positions, Steering, WeightDtype};
 use persona_vectors::{Variant, VectorFile};
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +29,10 @@ pub struct Arm {
     pub label: String,
     /// Base model spec (cache name, .gguf or HF folder).
     pub model: String,
+    /// The type its frozen weights are kept in (the recipe's
+    /// `[model] dtype`); merged adapters make their projections f32.
+    #[serde(default, skip_serializing_if = "WeightDtype::is_f32")]
+    pub dtype: WeightDtype,
     /// A PEFT adapter folder, or a run folder (its `adapter/` is used).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adapter: Option<PathBuf>,
@@ -51,7 +55,7 @@ pub fn adapter_dir(path: &Path) -> PathBuf {
 impl Arm {
     /// The base model on the host with this arm's adapters merged in.
     pub fn host_model(&self) -> Result<HostModel> {
-        let mut host = persona_model::load_host(&self.model)?;
+        let mut host = persona_model::load_host_as(&self.model, self.dtype)?;
         if let Some(a) = &self.adapter {
             let dir = adapter_dir(a);
             let lora =

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
 use persona_judge::{Judge, JudgmentCache};
+use persona_train::recipe::ModelSection;
 use serde::{Deserialize, Serialize};
 
 use crate::arm::{Arm, LazyArm, PostHoc};
@@ -139,7 +140,7 @@ pub fn snapshots(run: &Path) -> Vec<(usize, PathBuf)> {
 
 /// The arms of the experiment, in report order.
 pub fn arms(
-    model: &str,
+    model: &ModelSection,
     vaccine_run: &Path,
     baseline_run: &Path,
     cfg: &ExperimentConfig,
@@ -147,7 +148,8 @@ pub fn arms(
     let arm = |id: String, label: String, adapter: Option<PathBuf>, step, steer| Arm {
         id,
         label,
-        model: model.to_string(),
+        model: model.name.clone(),
+        dtype: model.dtype,
         adapter,
         step,
         steer,
@@ -201,7 +203,7 @@ pub fn arms(
 /// Runs every arm (results in `<vaccine run>/eval/<arm>/`) and writes the
 /// report into the vaccine run folder. `progress(arm label, stage, done)`.
 pub fn run_experiment(
-    model: &str,
+    model: &ModelSection,
     vaccine_run: &Path,
     baseline_run: &Path,
     cfg: &ExperimentConfig,
@@ -261,7 +263,7 @@ pub fn run_recipe_experiment(
         persona_train::ensure_trained(&persona_train::Recipe::load(&cfg.baseline)?, on_train)?;
     let device = persona_model::parse_device(&recipe.run.device)?;
     let report = run_experiment(
-        &recipe.model.name,
+        &recipe.model,
         vaccine.root(),
         baseline.root(),
         cfg,

@@ -70,6 +70,7 @@ pub fn run(
             id: recipe.run.name.clone(),
             label: recipe.run.name.clone(),
             model: recipe.model.name.clone(),
+            dtype: recipe.model.dtype,
             adapter: Some(run.root().to_path_buf()),
             step: None,
             steer: None,

@@ -271,7 +271,7 @@ fn projection_and_shift(
     if arm.adapter.is_none() {
         return Ok((projection, 0.0));
     }
-    let base = persona_model::load(&arm.model, device)?;
+    let base = persona_model::load_as(&arm.model, device, arm.dtype)?;
     let base_projection = mean_projection(&base, questions, unit, row, batch)?;
     Ok((projection, projection - base_projection))
 }

@@ -80,6 +80,7 @@ fn arm(id: &str, steer: Option<f32>, step: Option<usize>) -> Arm {
         id: id.into(),
         label: id.into(),
         model: "no-such-model".into(),
+        dtype: Default::default(),
         adapter: None,
         step,
         steer: steer.map(|coef| PostHoc {

@@ -11,6 +11,7 @@
 pub mod cache;
 pub mod config;
 pub mod device;
+pub mod dtype;
 mod elementwise;
 pub mod error;
 pub mod files;
@@ -38,12 +39,16 @@ mod model_tests;
 pub use cache::KvCache;
 pub use config::{Architecture, ModelConfig};
 pub use device::parse_device;
+pub use dtype::WeightDtype;
 pub use error::{ModelError, Result};
 pub use files::write_atomic;
 pub use generate::{GenerateOptions, Generation, Sampling, SamplingSettings, generate};
 pub use home::PersonaHome;
 pub use likelihood::{ResponseLikelihood, response_likelihoods};
-pub use load::{DEFAULT_MODEL, HostModel, LoadedModel, ModelIdentity, inspect, load, load_host};
+pub use load::{
+    DEFAULT_MODEL, HostModel, LoadedModel, ModelIdentity, inspect, load, load_as, load_host,
+    load_host_as,
+};
 pub use lora::{Lora, LoraDropout, PeftScaling, Scaling, Target};
 pub use model::{ForwardArgs, ForwardOutput, Logits, Model, host_vec};
 pub use packed::{CPU_KERNELS_VAR, CpuKernels};

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::Device;
 
 use crate::config::ModelConfig;
+use crate::dtype::WeightDtype;
 use crate::error::{ModelError, Result};
 use crate::files::write_atomic;
 use crate::gguf::GgufFile;
@@ -73,8 +74,9 @@ fn looks_like_hub_id(s: &str) -> bool {
 pub struct HostModel {
     pub config: ModelConfig,
     /// The file format and stored tensor types, e.g. `GGUF (Q4_1 x210, ...)`.
-    /// Weights are always f32 once loaded.
     pub source_format: String,
+    /// The type the weights are kept in once loaded (see [`crate::dtype`]).
+    pub dtype: WeightDtype,
     pub weights: WeightMap,
     pub codec: TextCodec,
     pub identity: ModelIdentity,
@@ -196,11 +198,18 @@ fn hf_name_or_path(config: &Path) -> Option<String> {
         .map(str::to_string)
 }
 
-/// Reads a model into host memory.
+/// Reads a model into host memory, weights in f32.
 pub fn load_host(spec: &str) -> Result<HostModel> {
+    load_host_as(spec, WeightDtype::F32)
+}
+
+/// Reads a model into host memory, its weights kept as `dtype` (converted
+/// tensor by tensor while reading: the host holds about one copy of the
+/// weights in `dtype`).
+pub fn load_host_as(spec: &str, dtype: WeightDtype) -> Result<HostModel> {
     match open_header(spec)? {
         Header::Gguf(g, config, identity) => {
-            let weights = weights::from_gguf(&g, &config)?;
+            let weights = weights::from_gguf(&g, &config, dtype)?;
             let codec = TextCodec::from_gguf(&g)?;
             let mut types = std::collections::BTreeMap::new();
             for t in &g.tensors {
@@ -209,6 +218,7 @@ pub fn load_host(spec: &str) -> Result<HostModel> {
             let types: Vec<String> = types.iter().map(|(k, n)| format!("{k} x{n}")).collect();
             Ok(HostModel {
                 source_format: format!("GGUF ({})", types.join(", ")),
+                dtype,
                 config,
                 weights,
                 codec,
@@ -216,7 +226,7 @@ pub fn load_host(spec: &str) -> Result<HostModel> {
             })
         }
         Header::Hf(dir, config, identity, files) => {
-            let (mut weights, _) = weights::from_safetensors_dir(&dir)?;
+            let (mut weights, _) = weights::from_safetensors_dir(&dir, dtype)?;
             // A tied checkpoint may still carry a copy of the head; HF ignores it too.
             if config.tie_embeddings {
                 weights.remove("lm_head.weight");
@@ -224,6 +234,7 @@ pub fn load_host(spec: &str) -> Result<HostModel> {
             let codec = TextCodec::from_hf_dir(&dir)?;
             Ok(HostModel {
                 source_format: format!("HF safetensors ({} file(s))", files.len()),
+                dtype,
                 config,
                 weights,
                 codec,
@@ -231,8 +242,9 @@ pub fn load_host(spec: &str) -> Result<HostModel> {
             })
         }
         Header::Synthetic(config, identity) => Ok(HostModel {
-            source_format: "synthetic (seeded random f32 weights)".into(),
-            weights: synthetic::weights(&config)?,
+            source_format: "synthetic (seeded random weights)".into(),
+            dtype,
+            weights: synthetic::weights(&config, dtype)?,
             codec: TextCodec::byte_level(config.vocab_size)?,
             config,
             identity,
@@ -270,7 +282,7 @@ fn classify(path: &Path) -> Result<(Option<PathBuf>, Option<PathBuf>)> {
 impl HostModel {
     /// Moves the weights to `device`.
     pub fn to_device(self, device: &Device) -> Result<LoadedModel> {
-        let model = Model::from_weights(self.config, &self.weights, device)?;
+        let model = Model::from_owned_weights(self.config, self.weights, device)?;
         Ok(LoadedModel {
             model,
             codec: self.codec,
@@ -278,7 +290,8 @@ impl HostModel {
         })
     }
 
-    /// Writes the model as an HF directory: `model.safetensors` (f32),
+    /// Writes the model as an HF directory: `model.safetensors` (each
+    /// tensor in the type it is kept in),
     /// `config.json`, `tokenizer.json`, `tokenizer_config.json`.
     pub fn write_hf_dir(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| ModelError::write(dir, e))?;
@@ -308,7 +321,12 @@ impl HostModel {
     }
 }
 
-/// Loads a model onto a device.
+/// Loads a model onto a device, weights in f32.
 pub fn load(spec: &str, device: &Device) -> Result<LoadedModel> {
-    load_host(spec)?.to_device(device)
+    load_as(spec, device, WeightDtype::F32)
+}
+
+/// Loads a model onto a device, its frozen weights kept as `dtype`.
+pub fn load_as(spec: &str, device: &Device, dtype: WeightDtype) -> Result<LoadedModel> {
+    load_host_as(spec, dtype)?.to_device(device)
 }

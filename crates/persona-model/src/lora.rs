@@ -359,13 +359,7 @@ impl Lora {
                 let t = t.clone().transpose();
                 let [r, c] = t.dims();
                 let data = host_vec(t)?;
-                Ok((
-                    name,
-                    HostTensor {
-                        shape: vec![r, c],
-                        data,
-                    },
-                ))
+                Ok((name, HostTensor::f32(vec![r, c], data)))
             })
             .collect()
     }
@@ -453,15 +447,18 @@ impl Lora {
                 let w = weights.get_mut(&key).ok_or_else(|| {
                     ModelError::Input(format!("cannot merge: base weights have no {key}"))
                 })?;
-                if w.data.len() != delta.len() {
+                if w.len() != delta.len() {
                     return Err(ModelError::ShapeMismatch {
                         name: key,
                         found: w.shape.clone(),
                         expected: vec![delta.len()],
                     });
                 }
-                w.data.iter_mut().zip(delta).for_each(|(w, d)| *w += d);
-                if w.data.iter().any(|x| !x.is_finite()) {
+                // A 16-bit weight is widened and stays f32: a LoRA delta is
+                // often below bf16's resolution of the weight it is added to.
+                let values = w.values_mut();
+                values.iter_mut().zip(delta).for_each(|(w, d)| *w += d);
+                if values.iter().any(|x| !x.is_finite()) {
                     return Err(ModelError::Input(format!(
                         "merging the adapters makes {key} non-finite: the adapter's values are too large"
                     )));
@@ -504,12 +501,13 @@ fn peft_tensor(
             expected: expected.to_vec(),
         });
     }
-    if h.data.iter().any(|x| !x.is_finite()) {
+    let values = h.values().into_owned();
+    if values.iter().any(|x| !x.is_finite()) {
         return Err(ModelError::Input(format!(
             "adapter tensor {name} holds a non-finite value"
         )));
     }
-    Ok(Tensor::<2>::from_data(TensorData::new(h.data.clone(), expected), device).transpose())
+    Ok(Tensor::<2>::from_data(TensorData::new(values, expected), device).transpose())
 }
 
 #[cfg(test)]

@@ -251,7 +251,7 @@ fn row_zero_is_the_embedding_and_reductions_match_full_capture() {
     .unwrap();
     let full = capture(&m, &b, &[], &[0, 2], Reduction::Full);
     let w = random_weights(&tiny_config(), 1);
-    let emb = &w["model.embed_tokens.weight"].data;
+    let emb = w["model.embed_tokens.weight"].values();
     for (s, &id) in b.ids.iter().enumerate() {
         assert_eq!(
             &full[0][s * 32..(s + 1) * 32],

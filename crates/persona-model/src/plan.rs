@@ -85,6 +85,14 @@ pub fn weight_bytes(cfg: &ModelConfig, bytes_per_weight: f64) -> u64 {
     ((tensors + head) as f64 * bytes_per_weight) as u64
 }
 
+/// A CPU training step with 16-bit weights: each product widens its
+/// weight to f32 (see [`crate::dtype`]), and the autodiff graph keeps those
+/// f32 copies until the backward pass, so a step holds every projection
+/// and the LM head in f32 once more.
+pub fn widened_copy_bytes(cfg: &ModelConfig) -> u64 {
+    (decode_read_values(cfg) as f64 * F32 as f64) as u64
+}
+
 /// Weights one decoding step reads in full: the blocks' matrices and the
 /// LM head (the embedding table is read one row per token). The CPU keeps
 /// these packed; a GPU reads them from its memory every step.

@@ -11,6 +11,7 @@ use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
 use crate::config::ModelConfig;
+use crate::dtype::WeightDtype;
 use crate::error::{ModelError, Result};
 use crate::weights::{HostTensor, WeightMap, expected_shapes};
 
@@ -56,15 +57,15 @@ pub fn identity_hash(config_bytes: &[u8]) -> String {
 /// tensors are drawn in parallel and do not depend on the thread count):
 /// norms near 1, matrices uniform in ±1/sqrt(fan_in), the scale of trained
 /// weights, so activations keep realistic magnitudes through the blocks.
-pub fn weights(cfg: &ModelConfig) -> Result<WeightMap> {
+pub fn weights(cfg: &ModelConfig, dtype: WeightDtype) -> Result<WeightMap> {
     // The config's sizes are bounded one by one, but their product can
     // still be far beyond this machine: refuse before allocating.
-    let need = crate::plan::weight_bytes(cfg, 4.0);
+    let need = crate::plan::weight_bytes(cfg, dtype.bytes() as f64);
     if let Some(have) = crate::plan::available_host_bytes()
         && need > have
     {
         return Err(ModelError::Input(format!(
-            "a synthetic model of this config needs {:.1} GB of f32 weights and {:.1} GB is available; \
+            "a synthetic model of this config needs {:.1} GB of {dtype} weights and {:.1} GB is available; \
              `persona plan` shows what a shape needs",
             need as f64 / 1e9,
             have as f64 / 1e9
@@ -76,9 +77,10 @@ pub fn weights(cfg: &ModelConfig) -> Result<WeightMap> {
         .map(|(name, shape)| {
             let mut rng = ChaCha8Rng::seed_from_u64(SEED ^ tensor_seed(&name));
             let data = draw(&name, &shape, &mut rng);
-            (name, HostTensor { shape, data })
+            let t = HostTensor::f32(shape, data).into_dtype(dtype, &name)?;
+            Ok((name, t))
         })
-        .collect();
+        .collect::<Result<_>>()?;
     if tensors.is_empty() {
         return Err(ModelError::Input("a synthetic model needs weights".into()));
     }
@@ -111,13 +113,13 @@ mod tests {
     #[test]
     fn weights_are_seeded_and_shaped_like_the_config() {
         let cfg = tiny_config();
-        let a = weights(&cfg).unwrap();
-        let b = crate::testing::on_threads(1, || weights(&cfg).unwrap());
+        let a = weights(&cfg, WeightDtype::F32).unwrap();
+        let b = crate::testing::on_threads(1, || weights(&cfg, WeightDtype::F32).unwrap());
         assert_eq!(a, b, "the weights depend on the thread count");
         crate::weights::check_strict(&cfg, &a).unwrap();
         let q = &a["model.layers.0.self_attn.q_proj.weight"];
         let bound = 1.0 / (cfg.d_model as f32).sqrt();
-        assert!(q.data.iter().all(|x| x.abs() <= bound));
+        assert!(q.values().iter().all(|x| x.abs() <= bound));
         assert_ne!(q.data, a["model.layers.1.self_attn.q_proj.weight"].data);
     }
 

@@ -35,7 +35,7 @@ pub fn random_weights(cfg: &ModelConfig, seed: u64) -> WeightMap {
         .into_iter()
         .map(|(name, shape)| {
             let data = crate::synthetic::draw(&name, &shape, &mut rng);
-            (name, HostTensor { shape, data })
+            (name, HostTensor::f32(shape, data))
         })
         .collect()
 }
@@ -160,8 +160,8 @@ pub fn gguf_tensors(cfg: &ModelConfig, weights: &WeightMap) -> GgufTensors {
                 None
             };
             let data = match heads {
-                Some(n) => permute_rows(&t.data, n, t.shape[1]),
-                None => t.data.clone(),
+                Some(n) => permute_rows(&t.values(), n, t.shape[1]),
+                None => t.values().into_owned(),
             };
             (gguf, t.shape.clone(), data)
         })

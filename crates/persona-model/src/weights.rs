@@ -10,23 +10,119 @@
 //! several times slower on this model (benches/RESULTS.md) and its key
 //! remaps are regexes; here the keys already match.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use half::{bf16, f16};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
 use crate::config::{Architecture, ModelConfig};
+use crate::dtype::WeightDtype;
 use crate::error::{ModelError, Result};
 use crate::gguf::GgufFile;
 use crate::quant::{GgmlType, dequantize};
 
-/// One f32 tensor on the host, row-major, in PyTorch shape order.
+/// One tensor on the host, row-major, in PyTorch shape order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HostTensor {
     pub shape: Vec<usize>,
-    pub data: Vec<f32>,
+    pub data: HostData,
+}
+
+/// A host tensor's values in the type they are kept in.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HostData {
+    F32(Vec<f32>),
+    Bf16(Vec<bf16>),
+    F16(Vec<f16>),
+}
+
+impl HostTensor {
+    pub fn f32(shape: Vec<usize>, data: Vec<f32>) -> Self {
+        Self {
+            shape,
+            data: HostData::F32(data),
+        }
+    }
+
+    pub fn dtype(&self) -> WeightDtype {
+        match self.data {
+            HostData::F32(_) => WeightDtype::F32,
+            HostData::Bf16(_) => WeightDtype::Bf16,
+            HostData::F16(_) => WeightDtype::F16,
+        }
+    }
+
+    /// Number of values.
+    pub fn len(&self) -> usize {
+        match &self.data {
+            HostData::F32(v) => v.len(),
+            HostData::Bf16(v) => v.len(),
+            HostData::F16(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The values as f32 (borrowed when they are f32 already; 16-bit values
+    /// widen exactly).
+    pub fn values(&self) -> Cow<'_, [f32]> {
+        match &self.data {
+            HostData::F32(v) => Cow::Borrowed(v),
+            HostData::Bf16(v) => Cow::Owned(v.par_iter().map(|x| x.to_f32()).collect()),
+            HostData::F16(v) => Cow::Owned(v.par_iter().map(|x| x.to_f32()).collect()),
+        }
+    }
+
+    /// The values as f32, for changing in place: 16-bit values are widened
+    /// first (and stay f32).
+    pub fn values_mut(&mut self) -> &mut Vec<f32> {
+        if !matches!(self.data, HostData::F32(_)) {
+            self.data = HostData::F32(self.values().into_owned());
+        }
+        match &mut self.data {
+            HostData::F32(v) => v,
+            _ => unreachable!("widened above"),
+        }
+    }
+
+    /// The tensor kept as `dtype`, rounded to nearest. `name` is for the
+    /// error when a finite value is beyond the type's range (f16 above 65504).
+    pub fn into_dtype(self, dtype: WeightDtype, name: &str) -> Result<Self> {
+        if self.dtype() == dtype {
+            return Ok(self);
+        }
+        let values = self.values();
+        let data = match dtype {
+            WeightDtype::F32 => HostData::F32(values.into_owned()),
+            WeightDtype::Bf16 => {
+                HostData::Bf16(values.par_iter().map(|&x| bf16::from_f32(x)).collect())
+            }
+            WeightDtype::F16 => {
+                let narrowed: Vec<f16> = values.par_iter().map(|&x| f16::from_f32(x)).collect();
+                if let Some(x) = values
+                    .iter()
+                    .zip(&narrowed)
+                    .find(|(x, h)| x.is_finite() && !h.is_finite())
+                {
+                    return Err(ModelError::Input(format!(
+                        "tensor {name} holds {} beyond f16's range (65504): load it as bf16 or f32 (`--dtype`, `[model] dtype`)",
+                        x.0
+                    )));
+                }
+                HostData::F16(narrowed)
+            }
+        };
+        Ok(Self {
+            shape: self.shape,
+            data,
+        })
+    }
 }
 
 /// All of a model's tensors keyed by HF names (`model.layers.0.self_attn.q_proj.weight`).
@@ -152,8 +248,10 @@ pub fn unpermute_rows(data: &[f32], n_heads: usize, row_len: usize) -> Vec<f32> 
     out
 }
 
-/// Dequantises every tensor of a GGUF file into HF naming and layout.
-pub fn from_gguf(g: &GgufFile, cfg: &ModelConfig) -> Result<WeightMap> {
+/// Dequantises every tensor of a GGUF file into HF naming and layout, kept
+/// as `dtype` (each tensor is narrowed as soon as it is dequantised, so at
+/// most one f32 tensor per thread exists besides the map).
+pub fn from_gguf(g: &GgufFile, cfg: &ModelConfig, dtype: WeightDtype) -> Result<WeightMap> {
     let mut unknown = Vec::new();
     let mut jobs = Vec::new();
     for info in &g.tensors {
@@ -200,25 +298,20 @@ pub fn from_gguf(g: &GgufFile, cfg: &ModelConfig) -> Result<WeightMap> {
                     data = unpermute_rows(&data, n, row_len);
                 }
             }
-            Ok((
-                hf,
-                HostTensor {
-                    shape: info.shape.clone(),
-                    data,
-                },
-            ))
+            let t = HostTensor::f32(info.shape.clone(), data).into_dtype(dtype, &hf)?;
+            Ok((hf, t))
         })
         .collect();
     converted.into_iter().collect()
 }
 
 /// Reads every `*.safetensors` shard in an HF directory (the index file, when
-/// present, decides the shard list).
-pub fn from_safetensors_dir(dir: &Path) -> Result<(WeightMap, Vec<PathBuf>)> {
+/// present, decides the shard list), each tensor kept as `dtype`.
+pub fn from_safetensors_dir(dir: &Path, dtype: WeightDtype) -> Result<(WeightMap, Vec<PathBuf>)> {
     let files = safetensors_files(dir)?;
     let mut weights = WeightMap::new();
     for f in &files {
-        read_safetensors(f, &mut weights)?;
+        read_safetensors(f, dtype, &mut weights)?;
     }
     Ok((weights, files))
 }
@@ -284,11 +377,15 @@ fn shard_path(dir: &Path, index: &Path, name: &str) -> Result<PathBuf> {
 /// Reads one safetensors file into f32 host tensors (and returns its path).
 pub fn from_safetensors_file(path: &Path) -> Result<(WeightMap, PathBuf)> {
     let mut w = WeightMap::new();
-    read_safetensors(path, &mut w)?;
+    read_safetensors(path, WeightDtype::F32, &mut w)?;
     Ok((w, path.to_path_buf()))
 }
 
-fn read_safetensors(path: &Path, out: &mut WeightMap) -> Result<()> {
+/// Reads the tensors of one safetensors file into `out` as `dtype`, from a
+/// memory map, one tensor at a time per thread: a tensor stored in `dtype`
+/// is copied once, any other is converted through f32 on its own, so the
+/// host holds about one copy of the weights in `dtype`.
+fn read_safetensors(path: &Path, dtype: WeightDtype, out: &mut WeightMap) -> Result<()> {
     let file = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
     // SAFETY: read-only map of a file we do not modify.
     let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
@@ -315,14 +412,22 @@ fn read_safetensors(path: &Path, out: &mut WeightMap) -> Result<()> {
                     )));
                 }
             };
-            let data = dequantize(ggml, b, &name)?;
-            Ok((
-                name,
-                HostTensor {
-                    shape: view.shape().to_vec(),
-                    data,
+            let shape = view.shape().to_vec();
+            let pairs = || b.chunks_exact(2).map(|c| [c[0], c[1]]);
+            let t = match (ggml, dtype) {
+                (GgmlType::BF16, WeightDtype::Bf16) => HostTensor {
+                    shape,
+                    data: HostData::Bf16(pairs().map(bf16::from_le_bytes).collect()),
                 },
-            ))
+                (GgmlType::F16, WeightDtype::F16) => HostTensor {
+                    shape,
+                    data: HostData::F16(pairs().map(f16::from_le_bytes).collect()),
+                },
+                _ => {
+                    HostTensor::f32(shape, dequantize(ggml, b, &name)?).into_dtype(dtype, &name)?
+                }
+            };
+            Ok((name, t))
         })
         .collect();
     for r in converted {
@@ -374,14 +479,19 @@ pub fn check_unique_keys(bytes: &[u8]) -> std::result::Result<(), String> {
     }
 }
 
-/// Writes `weights` as one f32 safetensors file (atomically: see
+/// Writes `weights` as one safetensors file, each tensor in the type it is
+/// kept in (f32, BF16 or F16), atomically (see
 /// [`crate::files::write_atomic_with`]).
 pub fn write_safetensors(weights: &WeightMap, path: &Path) -> Result<()> {
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = weights
         .iter()
         .map(|(k, t)| {
-            let bytes: &[u8] = bytemuck_f32(&t.data);
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, t.shape.clone(), bytes)
+            let (dtype, bytes) = match &t.data {
+                HostData::F32(v) => (safetensors::Dtype::F32, plain_bytes(v)),
+                HostData::Bf16(v) => (safetensors::Dtype::BF16, plain_bytes(v)),
+                HostData::F16(v) => (safetensors::Dtype::F16, plain_bytes(v)),
+            };
+            safetensors::tensor::TensorView::new(dtype, t.shape.clone(), bytes)
                 .map(|v| (k.clone(), v))
                 .map_err(|e| ModelError::Safetensors {
                     path: path.to_path_buf(),
@@ -402,10 +512,18 @@ pub fn write_safetensors(weights: &WeightMap, path: &Path) -> Result<()> {
     })
 }
 
-fn bytemuck_f32(data: &[f32]) -> &[u8] {
-    // SAFETY: f32 has no padding and any byte pattern is a valid u8; the
-    // slice covers exactly the f32 data. Safetensors stores little-endian,
-    // which is the layout of every target this project builds for.
+/// The number types a tensor is kept in: no padding, every bit pattern a
+/// value.
+trait Plain: Copy {}
+impl Plain for f32 {}
+impl Plain for bf16 {}
+impl Plain for f16 {}
+
+fn plain_bytes<T: Plain>(data: &[T]) -> &[u8] {
+    // SAFETY: `Plain` types have no padding and any byte pattern is a valid
+    // u8; the slice covers exactly the data. Safetensors stores
+    // little-endian, which is the layout of every target this project
+    // builds for.
     unsafe { std::slice::from_raw_parts(data.as_ptr().cast::<u8>(), std::mem::size_of_val(data)) }
 }
 

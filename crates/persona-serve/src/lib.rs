@@ -45,6 +45,8 @@ pub struct ServeOptions {
     /// The base model spec (cache name, `.gguf` or HF folder).
     pub model: String,
     pub device: Device,
+    /// The type the frozen weights are kept in (adapters are merged in f32).
+    pub dtype: persona_model::WeightDtype,
     /// Vector files served by name (`<name>.safetensors`).
     pub vectors: Option<PathBuf>,
     /// Run folders (or PEFT adapter folders), each served as `<model>:<folder>`.
@@ -101,7 +103,7 @@ impl Server {
             }
         }
         progress(&format!("loading {}", opts.model));
-        let base = persona_model::load(&opts.model, &opts.device)?;
+        let base = persona_model::load_as(&opts.model, &opts.device, opts.dtype)?;
         let vectors = VectorStore::open(
             opts.vectors.as_deref(),
             base.model.config.clone(),
@@ -233,6 +235,7 @@ fn adapter_arms(
                 id: name.clone(),
                 label: name.clone(),
                 model: opts.model.clone(),
+                dtype: opts.dtype,
                 adapter: Some(f),
                 step: None,
                 steer: None,

@@ -34,10 +34,7 @@ fn ck_err(path: &Path, e: impl std::fmt::Display) -> TrainError {
 fn to_host(t: &Tensor<2>) -> Result<HostTensor> {
     let [r, c] = t.dims();
     let data = persona_model::host_vec(t.clone())?;
-    Ok(HostTensor {
-        shape: vec![r, c],
-        data,
-    })
+    Ok(HostTensor::f32(vec![r, c], data))
 }
 
 /// What `adapter_config.json` records besides the adapters themselves.
@@ -174,7 +171,7 @@ pub fn load(
             ));
         };
         Ok(Tensor::from_data(
-            TensorData::new(h.data.clone(), [r, c]),
+            TensorData::new(h.values().into_owned(), [r, c]),
             device,
         ))
     };

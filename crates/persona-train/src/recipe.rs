@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use persona_model::{ModelConfig, ModelIdentity, Scaling, Target};
+use persona_model::{ModelConfig, ModelIdentity, Scaling, Target, WeightDtype};
 use persona_vectors::{Variant, VectorFile};
 use serde::{Deserialize, Serialize};
 
@@ -77,6 +77,11 @@ pub struct RunSection {
 pub struct ModelSection {
     /// Cache name, `.gguf` path or HF directory.
     pub name: String,
+    /// The type the frozen weights are kept in: `f32` (when absent),
+    /// `bf16` or `f16`. Adapters, optimizer state, steering and the loss
+    /// stay f32. Always written back (a run's saved recipe names it).
+    #[serde(default)]
+    pub dtype: WeightDtype,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -379,7 +379,7 @@ impl Training {
         let fresh = fresh_start(&run, resume)?;
 
         let device = persona_model::parse_device(&recipe.run.device)?.autodiff();
-        let loaded = persona_model::load(&recipe.model.name, &device)?;
+        let loaded = persona_model::load_as(&recipe.model.name, &device, recipe.model.dtype)?;
         let data = load_dataset(
             &recipe.data.train,
             &loaded.codec,
@@ -702,7 +702,7 @@ pub fn ensure_trait_vector(
     let def = persona_vectors::TraitDef::load(&t.definition)?;
     persona_model::files::check_writable_file(&t.vector)?;
     let device = persona_model::parse_device(&recipe.run.device)?;
-    let loaded = persona_model::load(&recipe.model.name, &device)?;
+    let loaded = persona_model::load_as(&recipe.model.name, &device, recipe.model.dtype)?;
     let total: usize = def
         .responses
         .iter()

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use persona_model::{DEFAULT_MODEL, LoadedModel};
+use persona_model::{DEFAULT_MODEL, LoadedModel, WeightDtype};
 use persona_vectors::{Variant, VectorFile};
 
 /// `--model` and `--device`.
@@ -16,12 +16,16 @@ pub struct ModelArgs {
     /// cpu, cuda or wgpu (the latter two need the cargo feature of that name).
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// The type the frozen weights are kept in: f32, bf16 or f16 (half the
+    /// memory; on the CPU the products are still computed in f32).
+    #[arg(long, default_value = "f32")]
+    pub dtype: WeightDtype,
 }
 
 impl ModelArgs {
     pub fn load(&self) -> Result<LoadedModel> {
         let device = persona_model::parse_device(&self.device)?;
-        persona_model::load(&self.model, &device)
+        persona_model::load_as(&self.model, &device, self.dtype)
             .with_context(|| format!("loading model `{}`", self.model))
     }
 }

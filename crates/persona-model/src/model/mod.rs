@@ -18,20 +18,58 @@ mod linear;
 mod rope;
 mod schedule;
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
 
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{DType, Device, FloatDType, Int, Tensor, TensorData};
 
 pub use args::{ForwardArgs, ForwardOutput, Logits, host_vec};
 use block::{Block, BlockInputs, rms_norm};
 use inputs::{Captures, PassInputs};
-use linear::{Linear, Weight, concat_bias, host_to_tensor, transposed_concat};
+use linear::{Linear, Weight, concat_bias, host_to_f32, host_to_tensor, transposed_concat};
 use rope::Rope;
 
 use crate::config::ModelConfig;
+use crate::dtype::WeightDtype;
 use crate::error::{ModelError, Result};
 use crate::sites::{Batch, Steering};
-use crate::weights::{WeightMap, check_strict};
+use crate::weights::{HostTensor, WeightMap, check_strict};
+
+/// Refuses weights kept in a type `device` cannot compute in (wgpu's WGSL
+/// shaders have no bf16), before anything is moved.
+fn check_types(w: &WeightMap, device: &Device) -> Result<()> {
+    let types: BTreeSet<WeightDtype> = w.values().map(HostTensor::dtype).collect();
+    match types.into_iter().find(|t| !device.supports_dtype(t.burn())) {
+        Some(t) => Err(ModelError::Input(format!(
+            "device {device:?} cannot compute with {t} weights (wgpu's shaders have no bf16); \
+             choose another dtype (`--dtype`, `[model] dtype`): f32, or f16 on wgpu"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Yields a model's host tensors by HF name (see `Model::build`).
+type Take<'a, 'w> = dyn FnMut(&str) -> Cow<'w, HostTensor> + 'a;
+
+/// Several HF projections (`names`, with `.bias` when `bias`) fused into
+/// one linear map.
+fn fused(take: &mut Take<'_, '_>, names: &[String], bias: bool, device: &Device) -> Linear {
+    let weights: Vec<_> = names.iter().map(|n| take(&format!("{n}.weight"))).collect();
+    let biases: Vec<_> = names
+        .iter()
+        .map(|n| bias.then(|| take(&format!("{n}.bias"))))
+        .collect();
+    Linear {
+        weight: Weight::new(transposed_concat(
+            &weights.iter().map(|t| &**t).collect::<Vec<_>>(),
+            device,
+        )),
+        bias: concat_bias(
+            &biases.iter().map(|t| t.as_deref()).collect::<Vec<_>>(),
+            device,
+        ),
+    }
+}
 
 /// A loaded decoder.
 #[derive(Debug, Clone)]
@@ -53,61 +91,73 @@ impl Model {
     /// Builds the model from HF-named weights; strict about keys and shapes.
     pub fn from_weights(config: ModelConfig, w: &WeightMap, device: &Device) -> Result<Self> {
         check_strict(&config, w)?;
+        check_types(w, device)?;
+        Self::build(config, &mut |name| Cow::Borrowed(&w[name]), device)
+    }
+
+    /// [`Model::from_weights`], releasing each host tensor once its device
+    /// tensor exists: loading holds about one copy of the weights, not two.
+    pub fn from_owned_weights(
+        config: ModelConfig,
+        mut w: WeightMap,
+        device: &Device,
+    ) -> Result<Self> {
+        check_strict(&config, &w)?;
+        check_types(&w, device)?;
+        // The LM head of a tied model is a transposed copy of the embedding
+        // table: keep the table until both are built.
+        let mut keep = if config.tie_embeddings {
+            w.get("model.embed_tokens.weight").cloned()
+        } else {
+            None
+        };
+        Self::build(
+            config,
+            &mut |name| match w.remove(name) {
+                Some(t) => Cow::Owned(t),
+                None => Cow::Owned(keep.take().expect("checked by check_strict")),
+            },
+            device,
+        )
+    }
+
+    /// The model from `take(name)`, which yields each HF tensor (checked
+    /// beforehand) exactly once, except the embedding table of a tied
+    /// model, asked for twice.
+    fn build<'w>(config: ModelConfig, take: &mut Take<'_, 'w>, device: &Device) -> Result<Self> {
         if crate::device::is_cpu(device) {
             // A bad PERSONA_CPU_KERNELS is refused before any work.
             crate::CpuKernels::selected()?;
             crate::device::tune_cpu_matmul();
         }
-        // Several HF projections fused into one linear map.
-        let lin = |names: &[String]| Linear {
-            weight: Weight::new(transposed_concat(
-                &names
-                    .iter()
-                    .map(|n| &w[&format!("{n}.weight")])
-                    .collect::<Vec<_>>(),
-                device,
-            )),
-            bias: concat_bias(
-                &names
-                    .iter()
-                    .map(|n| w.get(&format!("{n}.bias")))
-                    .collect::<Vec<_>>(),
-                device,
-            ),
+        let mut layers = Vec::with_capacity(config.n_layers);
+        for l in 0..config.n_layers {
+            let p = format!("model.layers.{l}");
+            let attn = |m: &str| format!("{p}.self_attn.{m}");
+            let mlp = |m: &str| format!("{p}.mlp.{m}");
+            let qkv = [attn("q_proj"), attn("k_proj"), attn("v_proj")];
+            layers.push(Block {
+                qkv_proj: fused(take, &qkv, config.qkv_bias, device),
+                o_proj: fused(take, &[attn("o_proj")], false, device),
+                gate_up_proj: fused(take, &[mlp("gate_proj"), mlp("up_proj")], false, device),
+                down_proj: fused(take, &[mlp("down_proj")], false, device),
+                input_layernorm: host_to_f32(&take(&format!("{p}.input_layernorm.weight")), device),
+                post_attention_layernorm: host_to_f32(
+                    &take(&format!("{p}.post_attention_layernorm.weight")),
+                    device,
+                ),
+            });
+        }
+        let head = if config.tie_embeddings {
+            "model.embed_tokens.weight"
+        } else {
+            "lm_head.weight"
         };
-        let layers = (0..config.n_layers)
-            .map(|l| {
-                let p = format!("model.layers.{l}");
-                let attn = |m: &str| format!("{p}.self_attn.{m}");
-                let mlp = |m: &str| format!("{p}.mlp.{m}");
-                Block {
-                    input_layernorm: host_to_tensor(
-                        &w[&format!("{p}.input_layernorm.weight")],
-                        device,
-                    ),
-                    qkv_proj: lin(&[attn("q_proj"), attn("k_proj"), attn("v_proj")]),
-                    o_proj: lin(&[attn("o_proj")]),
-                    post_attention_layernorm: host_to_tensor(
-                        &w[&format!("{p}.post_attention_layernorm.weight")],
-                        device,
-                    ),
-                    gate_up_proj: lin(&[mlp("gate_proj"), mlp("up_proj")]),
-                    down_proj: lin(&[mlp("down_proj")]),
-                }
-            })
-            .collect();
-        let lm_head = Weight::new(transposed_concat(
-            &[&w[if config.tie_embeddings {
-                "model.embed_tokens.weight"
-            } else {
-                "lm_head.weight"
-            }]],
-            device,
-        ));
+        let lm_head = Weight::new(transposed_concat(&[&take(head)], device));
         Ok(Self {
             rope: Rope::new(&config),
-            embed_tokens: host_to_tensor(&w["model.embed_tokens.weight"], device),
-            norm: host_to_tensor(&w["model.norm.weight"], device),
+            embed_tokens: host_to_tensor(&take("model.embed_tokens.weight"), device),
+            norm: host_to_f32(&take("model.norm.weight"), device),
             layers,
             lm_head,
             config,
@@ -253,7 +303,12 @@ impl Model {
         let ids: Vec<i64> = batch.ids.iter().map(|&i| i as i64).collect();
         let n = ids.len();
         let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [n]), &self.device);
-        self.embed_tokens.clone().select(0, ids)
+        let h = self.embed_tokens.clone().select(0, ids);
+        if h.dtype() == DType::F32 {
+            h
+        } else {
+            h.cast(FloatDType::F32)
+        }
     }
 
     /// The logits `kind` asks for from the last row `h` (`[b*s, d]`).

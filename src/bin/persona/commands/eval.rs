@@ -30,13 +30,18 @@ pub struct Args {
     /// cpu, cuda or wgpu.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// The type the frozen weights are kept in: f32, bf16 or f16 (merged
+    /// adapters stay f32).
+    #[arg(long, default_value = "f32")]
+    dtype: persona_model::WeightDtype,
 }
 
 pub fn exec(a: Args) -> Result<()> {
     let mut evaluation = Evaluation::load(&a.settings)?
         .judge(&a.judge)
         .base_model(&a.model)
-        .device(&a.device);
+        .device(&a.device)
+        .dtype(a.dtype);
     match (&a.steer, a.coef) {
         (Some(vector), Some(coef)) => evaluation = evaluation.steer(vector, coef),
         (None, None) => {}

@@ -13,7 +13,7 @@ pub fn exec(a: Args) -> Result<()> {
     let host = persona_model::load_host(&a.model)
         .with_context(|| format!("loading model `{}`", a.model))?;
     let c = &host.config;
-    let params: usize = host.weights.values().map(|t| t.data.len()).sum();
+    let params: usize = host.weights.values().map(|t| t.len()).sum();
     println!("model:        {}", host.identity.name);
     println!("path:         {}", host.identity.path.display());
     println!("sha256:       {}", host.identity.sha256);

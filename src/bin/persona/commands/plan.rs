@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
+use persona_model::WeightDtype;
 use persona_model::lora::Target;
 use persona_model::plan::{self, GenerateShape, Item, TrainShape};
 
@@ -11,7 +12,7 @@ use persona_model::plan::{self, GenerateShape, Item, TrainShape};
 pub struct Args {
     /// A training recipe: its model, device, micro-batch, `max_seq_len`,
     /// LoRA rank and targets.
-    #[arg(long, conflicts_with_all = ["model", "batch", "seq", "rank", "device"])]
+    #[arg(long, conflicts_with_all = ["model", "batch", "seq", "rank", "device", "dtype"])]
     recipe: Option<PathBuf>,
     /// A model spec (cache name, .gguf, HF directory or
     /// `synthetic:PATH/config.json`), with --batch, --seq and --rank.
@@ -29,6 +30,9 @@ pub struct Args {
     /// cpu, cuda or wgpu.
     #[arg(long)]
     device: Option<String>,
+    /// The type of the frozen weights: f32 (default), bf16 or f16.
+    #[arg(long)]
+    dtype: Option<WeightDtype>,
 }
 
 /// Largest batch a plan accepts (far beyond any machine's memory).
@@ -37,6 +41,7 @@ const MAX_ROWS: usize = 1 << 20;
 /// What to plan for: model, device, batch, tokens, rank, targets.
 struct Setup {
     model: String,
+    dtype: WeightDtype,
     device: String,
     rows: usize,
     tokens: usize,
@@ -49,6 +54,7 @@ fn setup(a: Args) -> Result<Setup> {
         let r = persona_train::Recipe::load(&path)?;
         return Ok(Setup {
             model: r.model.name,
+            dtype: r.model.dtype,
             device: r.run.device,
             rows: r.optim.batch_size,
             tokens: r.data.max_seq_len,
@@ -62,6 +68,7 @@ fn setup(a: Args) -> Result<Setup> {
     };
     Ok(Setup {
         model,
+        dtype: a.dtype.unwrap_or_default(),
         device: a.device.unwrap_or_else(|| "cpu".into()),
         rows,
         tokens,
@@ -93,17 +100,22 @@ pub fn exec(a: Args) -> Result<()> {
         );
     }
     let cpu = s.device == "cpu";
-    let packs = cpu && persona_model::CpuKernels::selected()? != persona_model::CpuKernels::Generic;
+    // 16-bit weights are never packed (see `persona_model::dtype`).
+    let packs = cpu
+        && s.dtype.is_f32()
+        && persona_model::CpuKernels::selected()? != persona_model::CpuKernels::Generic;
     let packed = if packs {
         plan::packed_bytes_per_weight(&identity.path)?
     } else {
         0.0
     };
-    let weights = plan::weight_bytes(&cfg, 4.0);
+    let per_weight = s.dtype.bytes() as f64;
+    let weights = plan::weight_bytes(&cfg, per_weight);
     println!(
-        "model {} ({:.2} B weights as f32), device {}",
+        "model {} ({:.2} B weights as {}), device {}",
         s.model,
-        weights as f64 / 4e9,
+        weights as f64 / 1e9 / per_weight,
+        s.dtype,
         s.device
     );
     let train = TrainShape {
@@ -120,7 +132,13 @@ pub fn exec(a: Args) -> Result<()> {
         s.rank,
         targets.join(", ")
     );
-    let items = plan::training(&cfg, train, &s.targets, 4.0);
+    let mut items = plan::training(&cfg, train, &s.targets, per_weight);
+    if cpu && !s.dtype.is_f32() {
+        items.push(Item {
+            what: "f32 weight copies (CPU)",
+            bytes: plan::widened_copy_bytes(&cfg),
+        });
+    }
     print_items(&items, cpu.then_some(2 * weights));
     let generate = GenerateShape {
         rows: s.rows,
@@ -132,7 +150,7 @@ pub fn exec(a: Args) -> Result<()> {
         s.rows, s.tokens
     );
     print_items(
-        &plan::generation(&cfg, generate, 4.0),
+        &plan::generation(&cfg, generate, per_weight),
         cpu.then_some(2 * weights),
     );
     Ok(())
