@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Builds persona-model for AArch64 and runs its packed-kernel tests (the
-# NEON kernels against an f64 product and the f32 panels) under qemu's user
-# mode emulation. Installs what is missing: the target's standard library
+# Builds persona-kernels (the packed decoding kernels, a small crate without
+# burn) for AArch64 and runs its tests (the NEON kernels against an f64
+# product and the f32 panels) under qemu's user mode emulation. Installs what is missing: the target's standard library
 # (rustup) and Debian's cross compiler and qemu-user (apt; CI runs as root).
 # When the toolchain cannot be installed (no network to its registries), it
 # says so on one line and exits 0: the NEON kernels are then untested here.
@@ -31,4 +31,4 @@ export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch
 export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
 export CXX_aarch64_unknown_linux_gnu=aarch64-linux-gnu-g++
 # The kernel-family tests: every family this (emulated) CPU runs.
-cargo test --release --target "$TARGET" -p persona-model --lib packed
+cargo test --release --target "$TARGET" -p persona-kernels

@@ -127,7 +127,7 @@ impl Model {
     fn build<'w>(config: ModelConfig, take: &mut Take<'_, 'w>, device: &Device) -> Result<Self> {
         if crate::device::is_cpu(device) {
             // A bad PERSONA_CPU_KERNELS is refused before any work.
-            crate::CpuKernels::selected()?;
+            crate::packed::selected_kernels()?;
             crate::device::tune_cpu_matmul();
         }
         let mut layers = Vec::with_capacity(config.n_layers);

@@ -103,7 +103,7 @@ pub fn exec(a: Args) -> Result<()> {
     // 16-bit weights are never packed (see `persona_model::dtype`).
     let packs = cpu
         && s.dtype.is_f32()
-        && persona_model::CpuKernels::selected()? != persona_model::CpuKernels::Generic;
+        && persona_model::selected_kernels()? != persona_model::CpuKernels::Generic;
     let packed = if packs {
         plan::packed_bytes_per_weight(&identity.path)?
     } else {

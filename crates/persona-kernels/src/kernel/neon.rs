@@ -22,7 +22,7 @@ use half::f16;
 
 use super::PanelRange;
 use super::slices::{Slices, row_chunks, slices_for};
-use crate::packed::format::{BLOCK, Format, LINE_BYTES, PANEL, Q4_1_LINES, Q8_0_LINES};
+use crate::format::{BLOCK, Format, LINE_BYTES, PANEL, Q4_1_LINES, Q8_0_LINES};
 
 /// Columns per quarter panel: one NEON register of f32.
 const QUARTER: usize = PANEL / 4;

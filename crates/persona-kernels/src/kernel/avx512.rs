@@ -13,7 +13,7 @@ use std::arch::x86_64::{
 };
 
 use super::PanelRange;
-use crate::packed::format::{BLOCK, Format, LINE_BYTES, PANEL, Q4_1_LINES, Q8_0_LINES};
+use crate::format::{BLOCK, Format, LINE_BYTES, PANEL, Q4_1_LINES, Q8_0_LINES};
 
 /// How far ahead of its loads the f32 kernel prefetches a panel, in
 /// lines (64 lines = 4 KiB): far enough that memory keeps up at 16 rows,

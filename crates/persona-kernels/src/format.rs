@@ -30,7 +30,7 @@ pub(super) struct Line(pub(super) [u8; LINE_BYTES]);
 /// `16 p .. 16 p + 16` (the last one zero-padded); all its lines are one
 /// contiguous stream, `k` in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Format {
+pub enum Format {
     /// One line per `l`: `w[l, 16 p + j]` as f32 at bytes `4 j ..`.
     F32,
     /// Per block of 32 `l` ([`Q4_1_LINES`] lines): bytes `2 j ..` hold
@@ -46,7 +46,7 @@ pub(crate) enum Format {
 }
 
 impl Format {
-    pub(crate) fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Self::F32 => "F32",
             Self::Q4_1 => "Q4_1",

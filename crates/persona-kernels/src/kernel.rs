@@ -6,7 +6,12 @@ use std::sync::OnceLock;
 #[cfg(target_arch = "x86_64")]
 use super::format::PANEL;
 use super::format::{Format, Line};
-use crate::error::{ModelError, Result};
+
+/// A kernel family that cannot be used: [`CPU_KERNELS_VAR`] names no
+/// family, or one this CPU cannot run. The message names the choices.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct KernelChoiceError(String);
 
 /// Runs a family's kernels for a `format` and a row count known only at
 /// run time: `$run($target, GROUP, wide, single)` with the kernel made for
@@ -148,15 +153,15 @@ impl CpuKernels {
     /// The family products use: the one [`CPU_KERNELS_VAR`] names, or the
     /// fastest this CPU supports. Read once per process; an unknown name,
     /// or a family this CPU lacks, is an error every time it is asked.
-    pub fn selected() -> Result<Self> {
-        static SELECTED: OnceLock<std::result::Result<CpuKernels, String>> = OnceLock::new();
+    pub fn selected() -> Result<Self, KernelChoiceError> {
+        static SELECTED: OnceLock<Result<CpuKernels, String>> = OnceLock::new();
         SELECTED
             .get_or_init(|| Self::from_var(std::env::var(CPU_KERNELS_VAR).ok().as_deref()))
             .clone()
-            .map_err(ModelError::Input)
+            .map_err(KernelChoiceError)
     }
 
-    fn from_var(value: Option<&str>) -> std::result::Result<Self, String> {
+    fn from_var(value: Option<&str>) -> Result<Self, String> {
         let names = || {
             Self::supported_here()
                 .iter()

@@ -1,15 +1,18 @@
-//! Frozen weights repacked once for products with few rows (decoding):
-//! [`format`] (the panel formats and packing), [`kernel`] (the CPU kernels
-//! and their dispatch), and [`PackedWeight`] here (building a packed copy
-//! and running a product over it). The model sees only
-//! `model::linear::Weight`, which decides when to use it.
+//! Frozen weights repacked once for products with few rows (decoding), on
+//! the CPU: `format` (the panel formats and packing), `kernel` (the CPU
+//! kernels and their dispatch), and [`PackedMatrix`] here (building a
+//! packed copy and running a product over it), all on plain host slices.
+//! It is its own crate, free of burn, so the kernels of every CPU family
+//! build and test on their own (the NEON ones under AArch64 emulation in a
+//! minute). The model (`persona-model`'s `packed` module and
+//! `model::linear::Weight`) decides when to use it.
 //!
 //! A decoding step multiplies a few rows (one per sequence) by every weight
 //! matrix, so it is bound by reading the weights from memory. gemm, under
 //! burn's CPU backend, copies ("packs") each `[k, n]` weight into panels on
 //! every call before its kernel runs, so the weights are read, written and
 //! read again every step; and its kernel covers at most 6 rows, so a batch
-//! of 16 passes over each panel three times. [`PackedWeight`] keeps the
+//! of 16 passes over each panel three times. [`PackedMatrix`] keeps the
 //! weight in panels of 16 columns from the start (built once, on the first
 //! few-row product), and its own kernels multiply up to 16 rows (AVX-512)
 //! or 8 rows (AVX2, NEON) in one pass over each panel, prefetching the
@@ -35,7 +38,7 @@
 //!
 //! On x86-64 CPUs with AVX-512F or AVX2 + FMA + F16C and on AArch64 (NEON)
 //! (checked at run time, or forced with `PERSONA_CPU_KERNELS`:
-//! [`CpuKernels`]); elsewhere [`PackedWeight::new`] returns `None` and
+//! [`CpuKernels`]); elsewhere [`PackedMatrix::pack`] returns `None` and
 //! callers use burn's matmul.
 
 mod format;
@@ -43,21 +46,13 @@ mod kernel;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use burn::tensor::{Tensor, TensorData};
-
-pub(crate) use format::Format;
+pub use format::Format;
 use format::{BLOCK, LINE_BYTES, Line, PANEL, pack_panel};
 use kernel::PanelRange;
-pub use kernel::{CPU_KERNELS_VAR, CpuKernels};
-
-/// Products with at most this many rows use the packed weights; larger
-/// ones (prefill, training) are faster in gemm, which then reuses each
-/// packed panel for many rows. Measured (gemm's kernel on pre-packed
-/// panels): ours wins up to 32 rows and ties at 64 (benches/RESULTS.md).
-pub(crate) const PACKED_MAX_ROWS: usize = 32;
+pub use kernel::{CPU_KERNELS_VAR, CpuKernels, KernelChoiceError};
 
 /// Panel ranges per rayon thread in one product (see
-/// [`PackedWeight::run_group`]), each at least [`MIN_RANGE_PANELS`] panels.
+/// [`PackedMatrix::run_group`]), each at least [`MIN_RANGE_PANELS`] panels.
 const RANGES_PER_THREAD: usize = 4;
 const MIN_RANGE_PANELS: usize = 4;
 
@@ -67,7 +62,7 @@ const MAX_GROUP_ROWS: usize = 16;
 
 /// A `[k, n]` weight as `ceil(n / 16)` panels of `panel_lines` [`Line`]s in
 /// `format`.
-pub(crate) struct PackedWeight {
+pub struct PackedMatrix {
     k: usize,
     n: usize,
     format: Format,
@@ -76,30 +71,21 @@ pub(crate) struct PackedWeight {
     lines: Vec<Line>,
 }
 
-impl std::fmt::Debug for PackedWeight {
+impl std::fmt::Debug for PackedMatrix {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PackedWeight [{}, {}] {:?}", self.k, self.n, self.format)
+        write!(f, "PackedMatrix [{}, {}] {:?}", self.k, self.n, self.format)
     }
 }
 
-impl PackedWeight {
-    /// Packs `w` (`[k, n]`, f32) for the selected kernels
-    /// ([`CpuKernels::selected`]). `None` when they are
-    /// [`CpuKernels::Generic`] or `w` is not f32.
-    pub(crate) fn new(w: &Tensor<2>) -> Option<Self> {
-        Self::for_kernels(w, CpuKernels::selected().ok()?)
-    }
-
-    /// Packs `w` in the first of Q4_1, Q8_0 and f32 that holds every value
-    /// exactly, for `kernels`. `None` when `kernels` are generic or not
-    /// supported by this CPU, or `w` is not f32.
-    fn for_kernels(w: &Tensor<2>, kernels: CpuKernels) -> Option<Self> {
-        if kernels == CpuKernels::Generic || !kernels.supported() {
+impl PackedMatrix {
+    /// Packs `w` (`[k, n]`, row-major) in the first of Q4_1, Q8_0 and f32
+    /// that holds every value exactly, for `kernels`. `None` when `kernels`
+    /// are generic or not supported by this CPU, or `w` is not `k * n`
+    /// values.
+    pub fn pack(w: &[f32], k: usize, n: usize, kernels: CpuKernels) -> Option<Self> {
+        if kernels == CpuKernels::Generic || !kernels.supported() || w.len() != k * n {
             return None;
         }
-        let [k, n] = w.dims();
-        let data = w.clone().into_data();
-        let w = data.as_slice::<f32>().ok()?;
         let formats: &[Format] = if k > 0 && k.is_multiple_of(BLOCK) {
             &[Format::Q4_1, Format::Q8_0, Format::F32]
         } else {
@@ -107,12 +93,12 @@ impl PackedWeight {
         };
         formats
             .iter()
-            .find_map(|&f| Self::pack(w, k, n, f, kernels))
+            .find_map(|&f| Self::pack_as(w, k, n, f, kernels))
     }
 
     /// `w` (`[k, n]`, row-major) in `format`, or `None` when some value is
     /// not exactly representable in it (never for [`Format::F32`]).
-    fn pack(w: &[f32], k: usize, n: usize, format: Format, kernels: CpuKernels) -> Option<Self> {
+    fn pack_as(w: &[f32], k: usize, n: usize, format: Format, kernels: CpuKernels) -> Option<Self> {
         let panel_lines = format.panel_lines(k);
         let n_panels = n.div_ceil(PANEL);
         // A weight that is not in `format` nearly always fails on its first
@@ -129,7 +115,7 @@ impl PackedWeight {
         // Panels 1.. are left.
         if panel_lines > 0 && n_panels > 1 {
             // Plain threads, not rayon's: this runs inside a `OnceLock`
-            // initialiser (see `model::Weight`), where a rayon job could
+            // initialiser (the model's `Weight`), where a rayon job could
             // steal work that waits on the same lock. As many as rayon
             // has, so `RAYON_NUM_THREADS` holds here too. Checking and
             // packing all of SmolLM2 takes ~0.8-1 s, once.
@@ -162,27 +148,30 @@ impl PackedWeight {
         })
     }
 
-    pub(crate) fn format(&self) -> Format {
+    pub fn format(&self) -> Format {
         self.format
     }
 
+    /// `(k, n)`: the matrix is `[k, n]`.
+    pub fn dims(&self) -> (usize, usize) {
+        (self.k, self.n)
+    }
+
     /// Bytes the panels take (what a decoding step reads).
-    pub(crate) fn bytes(&self) -> usize {
+    pub fn bytes(&self) -> usize {
         self.lines.len() * LINE_BYTES
     }
 
-    /// `x @ w`. `None` (nothing computed) when `x` is not f32 or its width
-    /// is not `k`.
+    /// `x @ w`, row-major. `None` (nothing computed) when `x` is not `m`
+    /// rows of width `k`.
     ///
     /// # Shapes
     /// `x`: `[m, k]` -> `[m, n]`
-    pub(crate) fn matmul(&self, x: &Tensor<2>) -> Option<Tensor<2>> {
-        let [m, k] = x.dims();
-        if k != self.k {
+    pub fn matmul(&self, x_host: &[f32], m: usize) -> Option<Vec<f32>> {
+        let k = self.k;
+        if x_host.len() != m * k {
             return None;
         }
-        let data = x.clone().into_data();
-        let x_host = data.as_slice::<f32>().ok()?;
         let len = m * self.n;
         // With `k == 0` the zeros are the answer; with `n == 0` there is
         // nothing to write.
@@ -209,10 +198,7 @@ impl PackedWeight {
             unsafe { out.set_len(len) };
             out
         };
-        Some(Tensor::from_data(
-            TensorData::new(out, [m, self.n]),
-            &x.device(),
-        ))
+        Some(out)
     }
 
     /// `out = x @ w` for one group of `rows <= 16` rows (`x`: `[rows, k]`,
@@ -272,25 +258,17 @@ impl PackedWeight {
 
 /// The output pointer, shared by the threads that write disjoint blocks.
 struct SharedOut(*mut f32);
-// SAFETY: see `PackedWeight::run_group`: each block is written by one
+// SAFETY: see `PackedMatrix::run_group`: each block is written by one
 // thread only.
 unsafe impl Sync for SharedOut {}
 
 #[cfg(test)]
 mod tests {
-    use burn::tensor::{Distribution, Tensor, TensorData};
-
     use half::f16;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 
-    use super::{CpuKernels, Format, PackedWeight};
-    use crate::quant::{GgmlType, dequantize};
-    use crate::testing::test_device;
-
-    fn host(t: Tensor<2>) -> Vec<f32> {
-        crate::host_vec(t).unwrap()
-    }
+    use super::{CpuKernels, Format, PackedMatrix};
 
     /// The packed kernel families this CPU runs (the generic one packs
     /// nothing).
@@ -303,6 +281,13 @@ mod tests {
             eprintln!("no packed kernels on this CPU: packed products not tested");
         }
         families
+    }
+
+    fn normal(len: usize, rng: &mut ChaCha8Rng) -> Vec<f32> {
+        // A sum of uniforms: roughly normal, enough for products' rounding.
+        (0..len)
+            .map(|_| (0..4).map(|_| rng.random_range(-1.0f32..1.0)).sum::<f32>() * 0.85)
+            .collect()
     }
 
     /// `x @ w` in f64 (`x`: `[m, k]`, `w`: `[k, n]`).
@@ -336,24 +321,24 @@ mod tests {
 
     /// Every family gives the bits of the scalar fused multiply-add chain
     /// (so every CPU gives the same bits) and agrees with an f64 product
-    /// (within f32 rounding of `k` terms), for widths that are and are not a multiple of the panel
-    /// width and for panel counts that do and do not fill the kernels'
-    /// groups; each row's result is the same bits whatever other rows
-    /// share the product (1 to 21 rows: one and two row groups, every
-    /// kernel shape), whatever the thread count and whatever the family.
+    /// (within f32 rounding of `k` terms), for widths that are and are not
+    /// a multiple of the panel width and for panel counts that do and do
+    /// not fill the kernels' groups; each row's result is the same bits
+    /// whatever other rows share the product (1 to 21 rows: one and two
+    /// row groups, every kernel shape), whatever the thread count and
+    /// whatever the family.
     #[test]
     fn packed_products_are_the_fma_chain_and_do_not_depend_on_the_batch() {
-        let dev = test_device();
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
         for (k, n) in [(96, 128), (70, 200), (33, 7), (17, 16 * 7 + 3), (40, 8)] {
-            let w = Tensor::<2>::random([k, n], Distribution::Normal(0.0, 1.0), &dev);
-            let x = Tensor::<2>::random([21, k], Distribution::Normal(0.0, 1.0), &dev);
-            let (x_host, w_host) = (host(x.clone()), host(w.clone()));
-            let want = reference(&x_host, &w_host, k, n);
-            let chain = fma_chain(&x_host, &w_host, k, n);
+            let w = normal(k * n, &mut rng);
+            let x = normal(21 * k, &mut rng);
+            let want = reference(&x, &w, k, n);
+            let chain = fma_chain(&x, &w, k, n);
             for kernels in families() {
-                let packed = PackedWeight::for_kernels(&w, kernels).unwrap();
+                let packed = PackedMatrix::pack(&w, k, n, kernels).unwrap();
                 assert_eq!(packed.format(), Format::F32, "random weights, k {k}, n {n}");
-                let got = host(packed.matmul(&x).unwrap());
+                let got = packed.matmul(&x, 21).unwrap();
                 assert_eq!(got, chain, "{kernels:?}, k {k}, n {n}");
                 for (g, w) in got.iter().zip(&want) {
                     let err = (f64::from(*g) - w).abs();
@@ -364,107 +349,117 @@ mod tests {
                 }
                 for rows in 1..=20 {
                     let first = 20 - rows;
-                    let part = host(packed.matmul(&x.clone().narrow(0, first, rows)).unwrap());
-                    let rows_of = &got[first * n..21 * n - n];
+                    let part = packed.matmul(&x[first * k..20 * k], rows).unwrap();
+                    let rows_of = &got[first * n..20 * n];
                     assert_eq!(part, rows_of, "{kernels:?}, rows {first}..20, k {k}, n {n}");
                 }
                 let one_thread = rayon::ThreadPoolBuilder::new()
                     .num_threads(1)
                     .build()
                     .unwrap()
-                    .install(|| host(packed.matmul(&x).unwrap()));
+                    .install(|| packed.matmul(&x, 21).unwrap());
                 assert_eq!(one_thread, got, "{kernels:?}, 1 thread, k {k}, n {n}");
             }
         }
     }
 
     #[test]
-    fn a_mismatched_width_is_refused() {
-        let dev = test_device();
-        let w = Tensor::<2>::random([8, 64], Distribution::Default, &dev);
+    fn a_mismatched_input_is_refused() {
+        let w = vec![0.5f32; 8 * 64];
         for kernels in families() {
-            let packed = PackedWeight::for_kernels(&w, kernels).unwrap();
-            assert!(packed.matmul(&Tensor::<2>::zeros([2, 9], &dev)).is_none());
+            let packed = PackedMatrix::pack(&w, 8, 64, kernels).unwrap();
+            assert!(packed.matmul(&[0.0; 2 * 9], 2).is_none());
+            assert!(PackedMatrix::pack(&w, 8, 65, kernels).is_none());
         }
+        assert!(PackedMatrix::pack(&w, 8, 64, CpuKernels::Generic).is_none());
     }
 
-    /// A random `[k, n]` weight quantised to blocks of `t` by ggml's
-    /// reference quantiser (`quantize_row_q4_1_ref`, `..._q8_0_ref`,
-    /// `..._q4_0_ref`)
-    /// along `k` and dequantised by the loader, as the model would hold it
-    /// (one block in ten constant, with scale 0).
-    fn dequantised_weight(t: GgmlType, k: usize, n: usize, seed: u64) -> Vec<f32> {
+    /// A random `[k, n]` weight whose blocks of 32 along `k` lie on the
+    /// grid of `format`, with the block's extremes on the grid's ends as
+    /// ggml's reference quantisers put them (Q4_1: `q = 0` and `15`; Q8_0:
+    /// `|q| = 127`; `q4_0` Q4_0 blocks: `q - 8 = -8`, kept as Q8_0), each
+    /// value computed as the dequantiser does (`q * d + m`, `q * d`); one
+    /// block in ten constant (Q4_1 with scale 0). Also returns the format
+    /// the packer must choose: a Q4_0 block whose values reach `7 d` is
+    /// exactly a Q4_1 block too (`m = -8 d`), so a Q4_0 weight all of whose
+    /// blocks do is packed as the more compact Q4_1, any other as Q8_0.
+    fn block_weight(
+        format: Format,
+        q4_0: bool,
+        k: usize,
+        n: usize,
+        seed: u64,
+    ) -> (Vec<f32>, Format) {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let mut bytes = Vec::new();
-        for _ in 0..n * k / 32 {
-            let constant = rng.random_bool(0.1);
-            let first: f32 = rng.random_range(-1.0..1.0);
-            let x: Vec<f32> = (0..32)
-                .map(|_| {
-                    if constant {
-                        first
+        let mut w = vec![0f32; k * n];
+        let mut all_reach_top = true;
+        for c in 0..n {
+            for b in 0..k / 32 {
+                let constant = rng.random_bool(0.1);
+                let d = if constant && format == Format::Q4_1 {
+                    0.0
+                } else {
+                    f16::from_f32(rng.random_range(0.01..0.1)).to_f32()
+                };
+                let m = f16::from_f32(rng.random_range(-1.0..0.0)).to_f32();
+                let mut qs: Vec<i32> = (0..32)
+                    .map(|_| match (format, q4_0) {
+                        (Format::Q4_1, _) => rng.random_range(0..16),
+                        (_, true) => rng.random_range(-8..8),
+                        _ => rng.random_range(-127..128),
+                    })
+                    .collect();
+                match (format, q4_0) {
+                    (Format::Q4_1, _) => (qs[0], qs[1]) = (0, 15),
+                    (_, true) => qs[0] = -8,
+                    _ => qs[0] = if rng.random_bool(0.5) { 127 } else { -127 },
+                }
+                if constant {
+                    // Q4_1: scale 0, every value `m`; Q8_0: every `q` at the
+                    // grid's end.
+                    qs = vec![qs[0]; 32];
+                }
+                all_reach_top &= qs.contains(&7);
+                for (j, q) in qs.into_iter().enumerate() {
+                    w[(b * 32 + j) * n + c] = if format == Format::Q4_1 {
+                        q as f32 * d + m
                     } else {
-                        rng.random_range(-1.0..1.0)
-                    }
-                })
-                .collect();
-            if t == GgmlType::Q4_1 {
-                let min = x.iter().copied().fold(f32::INFINITY, f32::min);
-                let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let d = (max - min) / 15.0;
-                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-                bytes.extend(f16::from_f32(d).to_le_bytes());
-                bytes.extend(f16::from_f32(min).to_le_bytes());
-                let q = |v: f32| ((((v - min) * id) + 0.5) as i8).min(15) as u8;
-                bytes.extend((0..16).map(|j| q(x[j]) | (q(x[j + 16]) << 4)));
-            } else if t == GgmlType::Q4_0 {
-                // The value of largest magnitude, with its sign.
-                let max = x
-                    .iter()
-                    .copied()
-                    .fold(0f32, |a, v| if v.abs() > a.abs() { v } else { a });
-                let d = max / -8.0;
-                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-                bytes.extend(f16::from_f32(d).to_le_bytes());
-                let q = |v: f32| ((v * id + 8.5) as i8).min(15) as u8;
-                bytes.extend((0..16).map(|j| q(x[j]) | (q(x[j + 16]) << 4)));
-            } else {
-                let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
-                let d = amax / 127.0;
-                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-                bytes.extend(f16::from_f32(d).to_le_bytes());
-                bytes.extend(x.iter().map(|v| (v * id).round() as i8 as u8));
+                        q as f32 * d
+                    };
+                }
             }
         }
-        let rows = dequantize(t, &bytes, "w").unwrap(); // [n, k]
-        (0..k * n).map(|i| rows[(i % n) * k + i / n]).collect()
+        let packed_as = if q4_0 && all_reach_top {
+            Format::Q4_1
+        } else {
+            format
+        };
+        (w, packed_as)
     }
 
-    /// Weights that are dequantised Q4_1 / Q8_0 / Q4_0 blocks are packed as
-    /// Q4_1 / Q8_0 / Q8_0,
-    /// and their products are bit for bit those of f32 panels of the same
-    /// weights, for every row count.
+    /// Weights on the Q4_1 / Q8_0 / Q4_0 grids are packed as Q4_1 / Q8_0 /
+    /// Q8_0 (or Q4_1, see [`block_weight`]), and their products are bit for
+    /// bit those of f32 panels of the same weights, for every row count.
     #[test]
-    fn quantised_weights_pack_as_blocks_with_the_same_bits_as_f32() {
-        let dev = test_device();
-        for (t, format) in [
-            (GgmlType::Q4_1, Format::Q4_1),
-            (GgmlType::Q8_0, Format::Q8_0),
-            (GgmlType::Q4_0, Format::Q8_0),
+    fn block_weights_pack_as_blocks_with_the_same_bits_as_f32() {
+        let mut rng = ChaCha8Rng::seed_from_u64(2);
+        for (format, q4_0) in [
+            (Format::Q4_1, false),
+            (Format::Q8_0, false),
+            (Format::Q8_0, true),
         ] {
             for (k, n) in [(64, 48), (96, 16 * 9 + 3), (32, 7)] {
-                let w = dequantised_weight(t, k, n, k as u64 + n as u64);
-                let tensor = Tensor::<2>::from_data(TensorData::new(w.clone(), [k, n]), &dev);
+                let (w, packed_as) = block_weight(format, q4_0, k, n, k as u64 + n as u64);
                 for kernels in families() {
-                    let packed = PackedWeight::for_kernels(&tensor, kernels).unwrap();
-                    assert_eq!(packed.format(), format, "k {k}, n {n}");
-                    let plain = PackedWeight::pack(&w, k, n, Format::F32, kernels).unwrap();
-                    let x = Tensor::<2>::random([20, k], Distribution::Normal(0.0, 1.0), &dev);
+                    let packed = PackedMatrix::pack(&w, k, n, kernels).unwrap();
+                    assert_eq!(packed.format(), packed_as, "k {k}, n {n}, q4_0 {q4_0}");
+                    let plain = PackedMatrix::pack_as(&w, k, n, Format::F32, kernels).unwrap();
+                    let x = normal(20 * k, &mut rng);
                     for rows in 1..=20 {
-                        let x = x.clone().narrow(0, 0, rows);
+                        let x = &x[..rows * k];
                         assert_eq!(
-                            host(packed.matmul(&x).unwrap()),
-                            host(plain.matmul(&x).unwrap()),
+                            packed.matmul(x, rows).unwrap(),
+                            plain.matmul(x, rows).unwrap(),
                             "{kernels:?}, {format:?}, rows {rows}, k {k}, n {n}"
                         );
                     }
@@ -477,16 +472,18 @@ mod tests {
     /// f32: the block formats are used only when they are exact.
     #[test]
     fn a_value_off_the_block_grid_keeps_the_weight_in_f32() {
-        let dev = test_device();
-        for t in [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_0] {
+        for (format, q4_0) in [
+            (Format::Q4_1, false),
+            (Format::Q8_0, false),
+            (Format::Q8_0, true),
+        ] {
             let (k, n) = (64, 32);
-            let mut w = dequantised_weight(t, k, n, 7);
+            let (mut w, _) = block_weight(format, q4_0, k, n, 7);
             let i = 40 * n + 5;
             w[i] = f32::from_bits(w[i].to_bits() + 1);
-            let tensor = Tensor::<2>::from_data(TensorData::new(w, [k, n]), &dev);
             for kernels in families() {
-                let packed = PackedWeight::for_kernels(&tensor, kernels).unwrap();
-                assert_eq!(packed.format(), Format::F32, "{kernels:?}, {t:?}");
+                let packed = PackedMatrix::pack(&w, k, n, kernels).unwrap();
+                assert_eq!(packed.format(), Format::F32, "{kernels:?}, {format:?}");
             }
         }
     }

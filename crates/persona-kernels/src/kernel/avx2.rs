@@ -20,7 +20,7 @@ use std::arch::x86_64::{
 
 use super::PanelRange;
 use super::slices::{Slices, row_chunks, slices_for};
-use crate::packed::format::{BLOCK, Format, LINE_BYTES, Line, PANEL, Q4_1_LINES, Q8_0_LINES};
+use crate::format::{BLOCK, Format, LINE_BYTES, Line, PANEL, Q4_1_LINES, Q8_0_LINES};
 
 /// Columns per half panel: one AVX2 register of f32.
 const HALF: usize = PANEL / 2;

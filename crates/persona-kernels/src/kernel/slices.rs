@@ -4,7 +4,7 @@
 //! rows of a product are split into chunks that fit the registers.
 
 use super::PanelRange;
-use crate::packed::format::PANEL;
+use crate::format::PANEL;
 
 /// Consecutive `W`-column slices of one panel range and the rows they are
 /// multiplied by.
