@@ -83,7 +83,7 @@ impl PackedMatrix {
     /// are generic or not supported by this CPU, or `w` is not `k * n`
     /// values.
     pub fn pack(w: &[f32], k: usize, n: usize, kernels: CpuKernels) -> Option<Self> {
-        if kernels == CpuKernels::Generic || !kernels.supported() || w.len() != k * n {
+        if kernels == CpuKernels::Generic || !kernels.supported() || k.checked_mul(n)? != w.len() {
             return None;
         }
         let formats: &[Format] = if k > 0 && k.is_multiple_of(BLOCK) {
@@ -169,10 +169,10 @@ impl PackedMatrix {
     /// `x`: `[m, k]` -> `[m, n]`
     pub fn matmul(&self, x_host: &[f32], m: usize) -> Option<Vec<f32>> {
         let k = self.k;
-        if x_host.len() != m * k {
+        if m.checked_mul(k)? != x_host.len() {
             return None;
         }
-        let len = m * self.n;
+        let len = m.checked_mul(self.n)?;
         // With `k == 0` the zeros are the answer; with `n == 0` there is
         // nothing to write.
         let out = if k == 0 || self.n == 0 {

@@ -6,8 +6,9 @@
 //! results for no memory saved. A product with a 16-bit weight runs as
 //! [`crate::model`]'s `Weight::matmul` says: on the CPU the weight is
 //! widened to f32 for the product (burn's CPU backend computes 16-bit
-//! products in f32 anyway), elsewhere the activations are narrowed to the
-//! weight's type so the device's 16-bit matrix units run it.
+//! products in f32 anyway; decoding packs the widened values once),
+//! elsewhere the activations are narrowed to the weight's type so the
+//! device's 16-bit matrix units run it.
 
 use std::fmt;
 use std::str::FromStr;

@@ -295,21 +295,26 @@ impl HostModel {
     /// `config.json`, `tokenizer.json`, `tokenizer_config.json`.
     pub fn write_hf_dir(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| ModelError::write(dir, e))?;
-        let mut weights = self.weights.clone();
-        if self.config.tie_embeddings {
-            weights.remove("lm_head.weight");
-        }
-        weights::write_safetensors(&weights, &dir.join("model.safetensors"))?;
+        let skip: &[&str] = if self.config.tie_embeddings {
+            &["lm_head.weight"]
+        } else {
+            &[]
+        };
+        weights::write_safetensors_except(&self.weights, skip, &dir.join("model.safetensors"))?;
         let write_json = |name: &str, v: &serde_json::Value| -> Result<()> {
             let p = dir.join(name);
             let text =
                 serde_json::to_string_pretty(v).map_err(|e| ModelError::Data(e.to_string()))?;
             write_atomic(&p, text.as_bytes())
         };
-        write_json(
-            "config.json",
-            &self.config.to_hf_json(self.codec.bos_id, self.codec.eos_id),
-        )?;
+        let mut config = self.config.to_hf_json(self.codec.bos_id, self.codec.eos_id);
+        config["torch_dtype"] = match self.dtype {
+            WeightDtype::F32 => "float32",
+            WeightDtype::Bf16 => "bfloat16",
+            WeightDtype::F16 => "float16",
+        }
+        .into();
+        write_json("config.json", &config)?;
         write_atomic(
             &dir.join("tokenizer.json"),
             self.codec.tokenizer_json.as_bytes(),

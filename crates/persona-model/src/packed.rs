@@ -26,15 +26,15 @@ pub fn selected_kernels() -> Result<CpuKernels> {
 pub(crate) struct PackedWeight(PackedMatrix);
 
 impl PackedWeight {
-    /// Packs `w` (`[k, n]`) for the selected kernels. `None` when they are
-    /// [`CpuKernels::Generic`] or `w` is not f32.
+    /// Packs `w` (`[k, n]`; f32, or 16-bit values widened exactly) for the
+    /// selected kernels. `None` when they are [`CpuKernels::Generic`].
     pub(crate) fn new(w: &Tensor<2>) -> Option<Self> {
         let kernels = CpuKernels::selected().ok()?;
         if kernels == CpuKernels::Generic {
             return None;
         }
         let [k, n] = w.dims();
-        let data = w.clone().into_data();
+        let data = w.clone().into_data().try_cast_as::<f32>().ok()?;
         PackedMatrix::pack(data.as_slice::<f32>().ok()?, k, n, kernels).map(Self)
     }
 

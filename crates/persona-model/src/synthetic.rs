@@ -77,7 +77,7 @@ pub fn weights(cfg: &ModelConfig, dtype: WeightDtype) -> Result<WeightMap> {
         .map(|(name, shape)| {
             let mut rng = ChaCha8Rng::seed_from_u64(SEED ^ tensor_seed(&name));
             let data = draw(&name, &shape, &mut rng);
-            let t = HostTensor::f32(shape, data).into_dtype(dtype, &name)?;
+            let t = HostTensor::f32(shape, data).into_kept(dtype, &name)?;
             Ok((name, t))
         })
         .collect::<Result<_>>()?;

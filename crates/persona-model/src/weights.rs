@@ -91,6 +91,23 @@ impl HostTensor {
         }
     }
 
+    /// The type a tensor of `shape` is kept in when the weights are kept as
+    /// `dtype`: matrices (projections, embedding table) take it, vectors
+    /// (norm weights, biases) stay f32 (see [`crate::dtype`]).
+    pub fn kept_type(shape: &[usize], dtype: WeightDtype) -> WeightDtype {
+        if shape.len() >= 2 {
+            dtype
+        } else {
+            WeightDtype::F32
+        }
+    }
+
+    /// The tensor kept as [`HostTensor::kept_type`] says for `dtype`.
+    pub fn into_kept(self, dtype: WeightDtype, name: &str) -> Result<Self> {
+        let dtype = Self::kept_type(&self.shape, dtype);
+        self.into_dtype(dtype, name)
+    }
+
     /// The tensor kept as `dtype`, rounded to nearest. `name` is for the
     /// error when a finite value is beyond the type's range (f16 above 65504).
     pub fn into_dtype(self, dtype: WeightDtype, name: &str) -> Result<Self> {
@@ -298,7 +315,7 @@ pub fn from_gguf(g: &GgufFile, cfg: &ModelConfig, dtype: WeightDtype) -> Result<
                     data = unpermute_rows(&data, n, row_len);
                 }
             }
-            let t = HostTensor::f32(info.shape.clone(), data).into_dtype(dtype, &hf)?;
+            let t = HostTensor::f32(info.shape.clone(), data).into_kept(dtype, &hf)?;
             Ok((hf, t))
         })
         .collect();
@@ -414,7 +431,7 @@ fn read_safetensors(path: &Path, dtype: WeightDtype, out: &mut WeightMap) -> Res
             };
             let shape = view.shape().to_vec();
             let pairs = || b.chunks_exact(2).map(|c| [c[0], c[1]]);
-            let t = match (ggml, dtype) {
+            let t = match (ggml, HostTensor::kept_type(&shape, dtype)) {
                 (GgmlType::BF16, WeightDtype::Bf16) => HostTensor {
                     shape,
                     data: HostData::Bf16(pairs().map(bf16::from_le_bytes).collect()),
@@ -423,9 +440,7 @@ fn read_safetensors(path: &Path, dtype: WeightDtype, out: &mut WeightMap) -> Res
                     shape,
                     data: HostData::F16(pairs().map(f16::from_le_bytes).collect()),
                 },
-                _ => {
-                    HostTensor::f32(shape, dequantize(ggml, b, &name)?).into_dtype(dtype, &name)?
-                }
+                _ => HostTensor::f32(shape, dequantize(ggml, b, &name)?).into_kept(dtype, &name)?,
             };
             Ok((name, t))
         })
@@ -483,8 +498,15 @@ pub fn check_unique_keys(bytes: &[u8]) -> std::result::Result<(), String> {
 /// kept in (f32, BF16 or F16), atomically (see
 /// [`crate::files::write_atomic_with`]).
 pub fn write_safetensors(weights: &WeightMap, path: &Path) -> Result<()> {
+    write_safetensors_except(weights, &[], path)
+}
+
+/// [`write_safetensors`] without the tensors named in `skip` (no copy of
+/// the rest is made).
+pub fn write_safetensors_except(weights: &WeightMap, skip: &[&str], path: &Path) -> Result<()> {
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = weights
         .iter()
+        .filter(|(k, _)| !skip.contains(&k.as_str()))
         .map(|(k, t)| {
             let (dtype, bytes) = match &t.data {
                 HostData::F32(v) => (safetensors::Dtype::F32, plain_bytes(v)),

@@ -1,5 +1,6 @@
 //! Frozen weights kept as bf16 / f16: tiny random HF checkpoints stored in
-//! each type load without conversion, and the model built from them gives
+//! each type load their matrices without conversion (norm weights as f32),
+//! and the model built from them gives
 //! the logits and LoRA gradients of the f32 model of the same values.
 //!
 //! Tolerances. On the CPU a 16-bit weight is widened to f32 for each
@@ -27,19 +28,12 @@ use persona_model::{
 const SIXTEEN: [WeightDtype; 2] = [WeightDtype::Bf16, WeightDtype::F16];
 
 /// The tiny model's weights (from its GGUF) written as an HF folder with
-/// every tensor stored as `dtype`; returns the unrounded f32 weights.
+/// its matrices stored as `dtype`; returns the unrounded f32 weights.
 fn write_checkpoint(dir: &Path, dtype: WeightDtype) -> WeightMap {
     let gguf = dir.join("tiny.gguf");
     std::fs::write(&gguf, tiny_gguf(3)).unwrap();
-    let mut host = load_host(gguf.to_str().unwrap()).unwrap();
-    let original = host.weights.clone();
-    host.weights = std::mem::take(&mut host.weights)
-        .into_iter()
-        .map(|(k, t)| {
-            let t = t.into_dtype(dtype, &k).unwrap();
-            (k, t)
-        })
-        .collect();
+    let original = load_host(gguf.to_str().unwrap()).unwrap().weights;
+    let host = load_host_as(gguf.to_str().unwrap(), dtype).unwrap();
     host.write_hf_dir(&dir.join("hf")).unwrap();
     original
 }
@@ -101,10 +95,26 @@ fn sixteen_bit_checkpoints_load_in_their_type_and_give_the_f32_logits() {
         let dir = tempfile::tempdir().unwrap();
         let original = write_checkpoint(dir.path(), dtype);
         let hf = dir.path().join("hf");
+        let config = std::fs::read_to_string(hf.join("config.json")).unwrap();
+        let torch = if dtype == WeightDtype::Bf16 {
+            "bfloat16"
+        } else {
+            "float16"
+        };
+        assert!(
+            config.contains(&format!("\"torch_dtype\": \"{torch}\"")),
+            "{config}"
+        );
         let kept = load_host_as(hf.to_str().unwrap(), dtype).unwrap();
         assert_eq!(kept.dtype, dtype);
+        // Matrices as stored; norm weights widened to f32.
         for (name, t) in &kept.weights {
-            assert_eq!(t.dtype(), dtype, "{name} was converted on loading");
+            let want = if t.shape.len() == 2 {
+                dtype
+            } else {
+                WeightDtype::F32
+            };
+            assert_eq!(t.dtype(), want, "{name}");
         }
         // The same file read as f32: the 16-bit values widened, exactly.
         let wide = load_host(hf.to_str().unwrap()).unwrap();

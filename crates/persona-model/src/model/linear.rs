@@ -55,11 +55,11 @@ impl Weight {
             return narrow.matmul(self.tensor.clone()).cast(FloatDType::F32);
         }
         // Not on an autodiff device: the packed product is computed on the
-        // host, outside burn's graph. 16-bit weights are not packed (a
-        // packed copy would undo the memory they save); on the CPU they are
-        // widened block by block inside `matmul_few_rows`.
+        // host, outside burn's graph. 16-bit weights are packed from their
+        // widened values too: widening a whole weight for every decoding
+        // step (in `matmul_few_rows`) made a 0.5B model decode at 0.5
+        // tokens/s (benches/RESULTS.md).
         if m <= PACKED_MAX_ROWS
-            && dtype == DType::F32
             && !x.is_autodiff()
             && cpu
             && let Some(y) = self

@@ -39,13 +39,19 @@ use crate::weights::{HostTensor, WeightMap, check_strict};
 /// shaders have no bf16), before anything is moved.
 fn check_types(w: &WeightMap, device: &Device) -> Result<()> {
     let types: BTreeSet<WeightDtype> = w.values().map(HostTensor::dtype).collect();
-    match types.into_iter().find(|t| !device.supports_dtype(t.burn())) {
-        Some(t) => Err(ModelError::Input(format!(
-            "device {device:?} cannot compute with {t} weights (wgpu's shaders have no bf16); \
-             choose another dtype (`--dtype`, `[model] dtype`): f32, or f16 on wgpu"
-        ))),
-        None => Ok(()),
-    }
+    let Some(t) = types.into_iter().find(|t| !device.supports_dtype(t.burn())) else {
+        return Ok(());
+    };
+    let usable: Vec<&str> = [WeightDtype::F32, WeightDtype::Bf16, WeightDtype::F16]
+        .into_iter()
+        .filter(|t| device.supports_dtype(t.burn()))
+        .map(WeightDtype::name)
+        .collect();
+    Err(ModelError::Input(format!(
+        "device {device:?} cannot compute with {t} weights (wgpu's shaders have no bf16); \
+         choose a type it has (`--dtype`, `[model] dtype`): {}",
+        usable.join(", ")
+    )))
 }
 
 /// Yields a model's host tensors by HF name (see `Model::build`).
@@ -104,32 +110,33 @@ impl Model {
     ) -> Result<Self> {
         check_strict(&config, &w)?;
         check_types(&w, device)?;
-        // The LM head of a tied model is a transposed copy of the embedding
-        // table: keep the table until both are built.
-        let mut keep = if config.tie_embeddings {
-            w.get("model.embed_tokens.weight").cloned()
-        } else {
-            None
-        };
         Self::build(
             config,
-            &mut |name| match w.remove(name) {
-                Some(t) => Cow::Owned(t),
-                None => Cow::Owned(keep.take().expect("checked by check_strict")),
-            },
+            &mut |name| Cow::Owned(w.remove(name).expect("checked by check_strict")),
             device,
         )
     }
 
     /// The model from `take(name)`, which yields each HF tensor (checked
-    /// beforehand) exactly once, except the embedding table of a tied
-    /// model, asked for twice.
+    /// beforehand) exactly once.
     fn build<'w>(config: ModelConfig, take: &mut Take<'_, 'w>, device: &Device) -> Result<Self> {
         if crate::device::is_cpu(device) {
             // A bad PERSONA_CPU_KERNELS is refused before any work.
             crate::packed::selected_kernels()?;
             crate::device::tune_cpu_matmul();
         }
+        // First, so that a tied LM head (a transposed copy of the table) is
+        // built from the same host tensor, which is then released.
+        let embed = take("model.embed_tokens.weight");
+        let embed_tokens = host_to_tensor(&embed, device);
+        let head = if config.tie_embeddings {
+            embed
+        } else {
+            drop(embed);
+            take("lm_head.weight")
+        };
+        let lm_head = Weight::new(transposed_concat(&[&head], device));
+        drop(head);
         let mut layers = Vec::with_capacity(config.n_layers);
         for l in 0..config.n_layers {
             let p = format!("model.layers.{l}");
@@ -148,15 +155,9 @@ impl Model {
                 ),
             });
         }
-        let head = if config.tie_embeddings {
-            "model.embed_tokens.weight"
-        } else {
-            "lm_head.weight"
-        };
-        let lm_head = Weight::new(transposed_concat(&[&take(head)], device));
         Ok(Self {
             rope: Rope::new(&config),
-            embed_tokens: host_to_tensor(&take("model.embed_tokens.weight"), device),
+            embed_tokens,
             norm: host_to_f32(&take("model.norm.weight"), device),
             layers,
             lm_head,

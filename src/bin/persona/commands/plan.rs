@@ -100,14 +100,13 @@ pub fn exec(a: Args) -> Result<()> {
         );
     }
     let cpu = s.device == "cpu";
-    // 16-bit weights are never packed (see `persona_model::dtype`).
-    let packs = cpu
-        && s.dtype.is_f32()
-        && persona_model::selected_kernels()? != persona_model::CpuKernels::Generic;
-    let packed = if packs {
-        plan::packed_bytes_per_weight(&identity.path)?
-    } else {
-        0.0
+    let packs = cpu && persona_model::selected_kernels()? != persona_model::CpuKernels::Generic;
+    let packed = match (packs, s.dtype.is_f32()) {
+        (false, _) => 0.0,
+        (true, true) => plan::packed_bytes_per_weight(&identity.path)?,
+        // Rounded to 16 bits, a GGUF's values leave its block grids: the
+        // packed copy is f32.
+        (true, false) => 4.0,
     };
     let per_weight = s.dtype.bytes() as f64;
     let weights = plan::weight_bytes(&cfg, per_weight);
