@@ -475,6 +475,33 @@ fn bad_requests_name_the_field() {
         assert!(p.starts_with(param), "{body}: param {p}, want {param}");
         assert!(!v["error"]["message"].as_str().unwrap().is_empty());
     }
+    // A prompt longer than the context (8192 tokens) names the field it
+    // came from on each endpoint.
+    let long = "hi ".repeat(9000);
+    let too_long = [
+        (
+            chat.clone(),
+            json!({"model": MODEL, "messages": [{"role": "user", "content": long}]}),
+            "messages",
+        ),
+        (
+            s.url("/v1/completions"),
+            json!({"model": MODEL, "prompt": long}),
+            "prompt",
+        ),
+    ];
+    for (url, body, param) in too_long {
+        let (got, v, _) = post(&url, &body, None);
+        assert_eq!(
+            (got, v["error"]["param"].as_str()),
+            (400, Some(param)),
+            "{v}"
+        );
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains("at most"),
+            "{v}"
+        );
+    }
     // Not JSON, and a body over the limit.
     let mut r = agent()
         .post(&chat)

@@ -34,6 +34,14 @@ enum Kind {
 }
 
 impl Kind {
+    /// The body field the prompt comes from.
+    fn prompt_field(self) -> &'static str {
+        match self {
+            Kind::Chat => "messages",
+            Kind::Text => "prompt",
+        }
+    }
+
     fn endpoint(self) -> &'static str {
         match self {
             Kind::Chat => "/v1/chat/completions",
@@ -198,6 +206,7 @@ fn start(
         &s.vectors,
         &s.limits,
         prompt,
+        kind.prompt_field(),
         common,
         max_tokens,
         top_logprobs,

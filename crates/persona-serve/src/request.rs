@@ -112,13 +112,15 @@ fn check_unsupported(c: &Common) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Builds the job of a request whose prompt is `prompt`.
+/// Builds the job of a request whose prompt is `prompt`, read from the
+/// body's field `prompt_field` (`messages` or `prompt`: errors name it).
 #[allow(clippy::too_many_arguments)]
 pub fn prepare(
     model: &LoadedModel,
     vectors: &VectorStore,
     limits: &Limits,
     prompt: Vec<u32>,
+    prompt_field: &'static str,
     common: Common,
     max_tokens: Option<usize>,
     top_logprobs: Option<usize>,
@@ -130,12 +132,12 @@ pub fn prepare(
         ApiError::field(p, m)
     }
     if prompt.is_empty() {
-        return Err(field("prompt", "the prompt is empty"));
+        return Err(field(prompt_field, "the prompt is empty"));
     }
     let max_prompt = limits.max_prompt_tokens.min(context - 1);
     if prompt.len() > max_prompt {
         return Err(field(
-            "messages",
+            prompt_field,
             format!(
                 "the prompt has {} tokens; this server takes at most {max_prompt} (--max-prompt-tokens, and the context of {context} leaves room for one new token)",
                 prompt.len()
