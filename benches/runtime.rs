@@ -252,9 +252,11 @@ fn decode_bench(m: &persona_model::LoadedModel, batch_size: usize) {
     // Each decoding step reads every weight once: the weight bandwidth a
     // GPU reaches (the CPU reads packed copies; see `packed` above).
     if !persona_model::device::is_cpu(m.model.device()) {
-        let bytes = 4.0 * persona_model::plan::decode_read_values(&m.model.config) as f64;
+        let dtype = bench_dtype();
+        let bytes =
+            dtype.bytes() as f64 * persona_model::plan::decode_read_values(&m.model.config) as f64;
         println!(
-            "  weights read at {:.0} GB/s (f32 matrices of the blocks and the head)",
+            "  weights read at {:.0} GB/s ({dtype} matrices of the blocks and the head)",
             decode_rate / batch_size as f64 * bytes / 1e9
         );
     }

@@ -12,9 +12,11 @@
 # 8 x 128, decode batch 1 and 16, a LoRA r16 step on 4 x 256 tokens. For
 # each it prints the bench's lines (tokens/s and GFLOP/s, with the fraction
 # of GPU_PEAK_TFLOPS when set) and the peak GPU memory nvidia-smi saw.
-# Frozen weights are bf16 (GPU_BENCH_DTYPE=f32|bf16|f16 changes it): the
-# products run in bf16 with f32 accumulation, so compare with the card's
-# dense bf16 peak (GPU_PEAK_TFLOPS; H100 SXM: 989).
+# Frozen weights are f16 (GPU_BENCH_DTYPE=f32|f16 changes it): the
+# products run in f16 with f32 accumulation, so compare with the card's
+# dense f16 peak (GPU_PEAK_TFLOPS; H100 SXM: 989, the same as bf16). Not
+# bf16: burn's wgpu device compiles WGSL, which has no bf16 type, and the
+# model refuses bf16 weights there (bf16 needs the CUDA backend).
 # GPU_BENCH_SHAPES (config paths) replaces the two shapes, and
 # GPU_BENCH_ANY_VULKAN=1 skips the NVIDIA checks: for a smoke run of this
 # script on any Vulkan device (lavapipe) with a tiny config.
@@ -67,7 +69,7 @@ for shape in $shapes; do
       "$smi" --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 >"$log" &
       sampler=$!
     fi
-    env BENCH_DEVICE=wgpu BENCH_DTYPE="${GPU_BENCH_DTYPE:-bf16}" BENCH_MODEL="synthetic:$shape" BENCH_TRAIN=4x256 \
+    env BENCH_DEVICE=wgpu BENCH_DTYPE="${GPU_BENCH_DTYPE:-f16}" BENCH_MODEL="synthetic:$shape" BENCH_TRAIN=4x256 \
       BENCH_ONLY=$part ${roof:+BENCH_ROOF_GFLOPS=$roof} "$bin" \
       | grep -E "^(model|prefill|decode|  weights|train|peak)" || echo "$shape $part: failed"
     if [ -n "$sampler" ]; then
