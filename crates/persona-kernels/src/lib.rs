@@ -31,7 +31,8 @@
 //! anything else (HF checkpoints, merged adapters). The scales are found
 //! from each block's extremes, which ggml's reference quantiser puts on
 //! the grid's ends (Q4_1: `q = 0` and `15`; Q8_0: `|q| = 127`; Q4_0, kept
-//! as Q8_0: `q - 8 = -8`); blocks from other quantisers may not be found
+//! as Q8_0, or as Q4_1 when every block also reaches `7 d`: `q - 8 = -8`);
+//! blocks from other quantisers may not be found
 //! and then stay f32. The kernels rebuild each weight in registers with the
 //! same f32 arithmetic as the dequantiser, so the format changes the bytes
 //! read per decoding step (SmolLM2: 540 -> 98 MB), never a result.

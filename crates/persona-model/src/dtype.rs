@@ -33,13 +33,22 @@ pub enum WeightDtype {
 }
 
 impl WeightDtype {
-    pub const NAMES: [&'static str; 3] = ["f32", "bf16", "f16"];
+    pub const ALL: [Self; 3] = [Self::F32, Self::Bf16, Self::F16];
 
     pub fn name(self) -> &'static str {
         match self {
             Self::F32 => "f32",
             Self::Bf16 => "bf16",
             Self::F16 => "f16",
+        }
+    }
+
+    /// transformers' name for it (`torch_dtype` in `config.json`).
+    pub fn torch_name(self) -> &'static str {
+        match self {
+            Self::F32 => "float32",
+            Self::Bf16 => "bfloat16",
+            Self::F16 => "float16",
         }
     }
 
@@ -77,15 +86,13 @@ impl FromStr for WeightDtype {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "f32" => Ok(Self::F32),
-            "bf16" => Ok(Self::Bf16),
-            "f16" => Ok(Self::F16),
-            other => Err(format!(
-                "unknown weight dtype `{other}` (one of {})",
-                Self::NAMES.join(", ")
-            )),
-        }
+        Self::ALL
+            .into_iter()
+            .find(|d| d.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.map(Self::name).into();
+                format!("unknown weight dtype `{s}` (one of {})", names.join(", "))
+            })
     }
 }
 
@@ -95,8 +102,8 @@ mod tests {
 
     #[test]
     fn names_parse_back_and_others_are_refused() {
-        for name in WeightDtype::NAMES {
-            assert_eq!(name.parse::<WeightDtype>().unwrap().name(), name);
+        for dtype in WeightDtype::ALL {
+            assert_eq!(dtype.name().parse::<WeightDtype>().unwrap(), dtype);
         }
         assert!("fp16".parse::<WeightDtype>().unwrap_err().contains("bf16"));
         #[derive(serde::Deserialize)]

@@ -123,3 +123,10 @@ macro_rules! boxed_from {
         }
     )*};
 }
+
+/// A bad `PERSONA_CPU_KERNELS` is bad input like any other.
+impl From<persona_kernels::KernelChoiceError> for ModelError {
+    fn from(e: persona_kernels::KernelChoiceError) -> Self {
+        ModelError::Input(e.to_string())
+    }
+}

@@ -51,7 +51,7 @@ pub use load::{
 };
 pub use lora::{Lora, LoraDropout, PeftScaling, Scaling, Target};
 pub use model::{ForwardArgs, ForwardOutput, Logits, Model, host_vec};
-pub use packed::{CPU_KERNELS_VAR, CpuKernels, selected_kernels};
+pub use packed::{CPU_KERNELS_VAR, CpuKernels};
 pub use sites::{
     Batch, CaptureRequest, PadSide, Positions, Reduction, Role, Sequence, SteerOp, Steering,
 };

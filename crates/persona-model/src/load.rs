@@ -308,12 +308,7 @@ impl HostModel {
             write_atomic(&p, text.as_bytes())
         };
         let mut config = self.config.to_hf_json(self.codec.bos_id, self.codec.eos_id);
-        config["torch_dtype"] = match self.dtype {
-            WeightDtype::F32 => "float32",
-            WeightDtype::Bf16 => "bfloat16",
-            WeightDtype::F16 => "float16",
-        }
-        .into();
+        config["torch_dtype"] = self.dtype.torch_name().into();
         write_json("config.json", &config)?;
         write_atomic(
             &dir.join("tokenizer.json"),

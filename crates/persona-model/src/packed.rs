@@ -7,19 +7,11 @@ use burn::tensor::{Tensor, TensorData};
 use persona_kernels::PackedMatrix;
 pub use persona_kernels::{CPU_KERNELS_VAR, CpuKernels, Format};
 
-use crate::error::{ModelError, Result};
-
 /// Products with at most this many rows use the packed weights; larger
 /// ones (prefill, training) are faster in gemm, which then reuses each
 /// packed panel for many rows. Measured (gemm's kernel on pre-packed
 /// panels): ours wins up to 32 rows and ties at 64 (benches/RESULTS.md).
 pub(crate) const PACKED_MAX_ROWS: usize = 32;
-
-/// The kernel family this process uses ([`CpuKernels::selected`]); a bad
-/// `PERSONA_CPU_KERNELS` is a one-line error naming the choices.
-pub fn selected_kernels() -> Result<CpuKernels> {
-    CpuKernels::selected().map_err(|e| ModelError::Input(e.to_string()))
-}
 
 /// A frozen weight packed for the selected kernels.
 #[derive(Debug)]

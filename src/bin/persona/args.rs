@@ -16,16 +16,24 @@ pub struct ModelArgs {
     /// cpu, cuda or wgpu (the latter two need the cargo feature of that name).
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    #[command(flatten)]
+    pub dtype: DtypeArg,
+}
+
+/// `--dtype`.
+#[derive(Args, Debug)]
+pub struct DtypeArg {
     /// The type the frozen weights are kept in: f32, bf16 or f16 (half the
-    /// memory; on the CPU the products are still computed in f32).
-    #[arg(long, default_value = "f32")]
-    pub dtype: WeightDtype,
+    /// memory; on the CPU the products are still computed in f32; merged
+    /// adapters stay f32).
+    #[arg(long = "dtype", value_name = "DTYPE", default_value = "f32")]
+    pub value: WeightDtype,
 }
 
 impl ModelArgs {
     pub fn load(&self) -> Result<LoadedModel> {
         let device = persona_model::parse_device(&self.device)?;
-        persona_model::load_as(&self.model, &device, self.dtype)
+        persona_model::load_as(&self.model, &device, self.dtype.value)
             .with_context(|| format!("loading model `{}`", self.model))
     }
 }

@@ -70,7 +70,15 @@ impl Weight {
         {
             return y;
         }
-        matmul_few_rows(x, &self.tensor, blocks_per_thread)
+        if dtype == DType::F32 {
+            matmul_few_rows(x, &self.tensor, blocks_per_thread)
+        } else {
+            // On the CPU a 16-bit weight is widened to f32 for the product,
+            // exactly (burn's CPU backend would widen it inside a 16-bit
+            // product anyway, and round the result).
+            let wide = self.tensor.clone().cast(FloatDType::F32);
+            matmul_few_rows(x, &wide, blocks_per_thread)
+        }
     }
 }
 

@@ -42,7 +42,7 @@ fn check_types(w: &WeightMap, device: &Device) -> Result<()> {
     let Some(t) = types.into_iter().find(|t| !device.supports_dtype(t.burn())) else {
         return Ok(());
     };
-    let usable: Vec<&str> = [WeightDtype::F32, WeightDtype::Bf16, WeightDtype::F16]
+    let usable: Vec<&str> = WeightDtype::ALL
         .into_iter()
         .filter(|t| device.supports_dtype(t.burn()))
         .map(WeightDtype::name)
@@ -122,7 +122,7 @@ impl Model {
     fn build<'w>(config: ModelConfig, take: &mut Take<'_, 'w>, device: &Device) -> Result<Self> {
         if crate::device::is_cpu(device) {
             // A bad PERSONA_CPU_KERNELS is refused before any work.
-            crate::packed::selected_kernels()?;
+            crate::CpuKernels::selected()?;
             crate::device::tune_cpu_matmul();
         }
         // First, so that a tied LM head (a transposed copy of the table) is

@@ -6,7 +6,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use burn::tensor::{DType, FloatDType, Tensor};
+use burn::tensor::Tensor;
 use rayon::prelude::*;
 
 use super::{ForwardArgs, ForwardOutput, Logits, Model};
@@ -160,7 +160,7 @@ pub(super) fn matmul_few_rows(x: Tensor<2>, w: &Tensor<2>, blocks_per_thread: us
     let [_, n] = w.dims();
     let blocks = column_blocks(m, n, blocks_per_thread);
     if blocks < 2 || x.is_autodiff() || !crate::device::is_cpu(&x.device()) {
-        return x.matmul(widened(w.clone()));
+        return x.matmul(w.clone());
     }
     let width = n.div_ceil(blocks);
     let outs: Vec<Tensor<2>> = (0..n.div_ceil(width))
@@ -168,21 +168,10 @@ pub(super) fn matmul_few_rows(x: Tensor<2>, w: &Tensor<2>, blocks_per_thread: us
         .map(|b| {
             let start = b * width;
             x.clone()
-                .matmul(widened(w.clone().narrow(1, start, width.min(n - start))))
+                .matmul(w.clone().narrow(1, start, width.min(n - start)))
         })
         .collect();
     Tensor::cat(outs, 1)
-}
-
-/// `w` as f32: a 16-bit weight (see [`crate::dtype`]) is widened for the
-/// product, exactly, a column block at a time (burn's CPU backend would
-/// widen it inside a 16-bit product anyway, and round the result too).
-fn widened(w: Tensor<2>) -> Tensor<2> {
-    if w.dtype() == DType::F32 {
-        w
-    } else {
-        w.cast(FloatDType::F32)
-    }
 }
 
 /// How many column blocks [`matmul_few_rows`] splits an `[m, k] @ [k, n]`

@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
+use crate::args::DtypeArg;
 use anyhow::{Context, Result};
-use persona_model::WeightDtype;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -12,22 +12,21 @@ pub struct Args {
     model: String,
     /// Output directory (must not exist or be empty).
     out: PathBuf,
-    /// The type the tensors are written in: f32, bf16 or f16 (rounded to
-    /// nearest; f16 refuses values beyond its range).
-    #[arg(long, default_value = "f32")]
-    dtype: WeightDtype,
+    // Also the type the tensors are written in (rounded to nearest).
+    #[command(flatten)]
+    dtype: DtypeArg,
 }
 
 pub fn exec(a: Args) -> Result<()> {
     super::ensure_empty(&a.out)?;
-    let host = persona_model::load_host_as(&a.model, a.dtype)
+    let host = persona_model::load_host_as(&a.model, a.dtype.value)
         .with_context(|| format!("loading model `{}`", a.model))?;
     host.write_hf_dir(&a.out)?;
     println!(
         "wrote {} ({} tensors, {})",
         a.out.display(),
         host.weights.len(),
-        a.dtype
+        a.dtype.value
     );
     Ok(())
 }

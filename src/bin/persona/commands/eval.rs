@@ -30,10 +30,8 @@ pub struct Args {
     /// cpu, cuda or wgpu.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// The type the frozen weights are kept in: f32, bf16 or f16 (merged
-    /// adapters stay f32).
-    #[arg(long, default_value = "f32")]
-    dtype: persona_model::WeightDtype,
+    #[command(flatten)]
+    dtype: crate::args::DtypeArg,
 }
 
 pub fn exec(a: Args) -> Result<()> {
@@ -41,7 +39,7 @@ pub fn exec(a: Args) -> Result<()> {
         .judge(&a.judge)
         .base_model(&a.model)
         .device(&a.device)
-        .dtype(a.dtype);
+        .dtype(a.dtype.value);
     match (&a.steer, a.coef) {
         (Some(vector), Some(coef)) => evaluation = evaluation.steer(vector, coef),
         (None, None) => {}

@@ -46,7 +46,7 @@ pub struct Args {
 pub fn exec(a: Args) -> Result<()> {
     // Checked before the model loads.
     persona_model::Sampling::from_settings(a.temperature, a.top_p)?;
-    let lm = Model::load_as(&a.model.model, &a.model.device, a.model.dtype)?;
+    let lm = Model::load_as(&a.model.model, &a.model.device, a.model.dtype.value)?;
     let context = lm.runtime().model.config.max_positions;
     if a.max_new_tokens > context {
         bail!(

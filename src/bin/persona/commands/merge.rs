@@ -16,16 +16,14 @@ pub struct Args {
     /// Output directory (must not exist or be empty).
     #[arg(long)]
     out: PathBuf,
-    /// The type the base's weights are read and written in: f32, bf16 or
-    /// f16 (the merged projections are written in f32).
-    #[arg(long, default_value = "f32")]
-    dtype: persona_model::WeightDtype,
+    #[command(flatten)]
+    dtype: crate::args::DtypeArg,
 }
 
 pub fn exec(a: Args) -> Result<()> {
     super::ensure_empty(&a.out)?;
     let dir = persona_eval::arm::adapter_dir(&a.adapter);
-    let mut host = persona_model::load_host_as(&a.model, a.dtype)
+    let mut host = persona_model::load_host_as(&a.model, a.dtype.value)
         .with_context(|| format!("loading model `{}`", a.model))?;
     let lora = persona_train::checkpoint::read_adapter(&dir, &host.config, &Device::flex())?;
     lora.merge_into(&mut host.weights)?;

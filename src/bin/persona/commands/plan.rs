@@ -100,7 +100,7 @@ pub fn exec(a: Args) -> Result<()> {
         );
     }
     let cpu = s.device == "cpu";
-    let packs = cpu && persona_model::selected_kernels()? != persona_model::CpuKernels::Generic;
+    let packs = cpu && persona_model::CpuKernels::selected()? != persona_model::CpuKernels::Generic;
     let packed = match (packs, s.dtype.is_f32()) {
         (false, _) => 0.0,
         (true, true) => plan::packed_bytes_per_weight(&identity.path)?,

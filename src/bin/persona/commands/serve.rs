@@ -52,7 +52,7 @@ pub fn exec(a: Args) -> Result<()> {
     let opts = ServeOptions {
         model: a.model.model.clone(),
         device: persona_model::parse_device(&a.model.device)?,
-        dtype: a.model.dtype,
+        dtype: a.model.dtype.value,
         vectors: a.vectors,
         adapters: a.adapters,
         max_batch: a.max_batch,
