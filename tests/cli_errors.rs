@@ -212,3 +212,24 @@ fn plan_prints_the_parts_and_refuses_bad_input() {
     assert_eq!(code, 2);
     assert_one_line_error(&err, "--batch at most");
 }
+
+#[test]
+fn judge_audit_refuses_a_bad_ratings_file_before_loading_a_judge() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("ratings.jsonl");
+    std::fs::write(
+        &p,
+        "{\"question\":\"q\",\"answer\":\"a\",\"trait\":50,\"coherence\":50}\n{\"question\":\"q\",\"answer\":\"a\",\"trait\":150,\"coherence\":50}\n",
+    )
+    .unwrap();
+    let (code, _, err) = persona(&[
+        "judge",
+        "audit",
+        "--trait",
+        "datasets/traits/sycophantic.toml",
+        "--ratings",
+        p.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2);
+    assert_one_line_error(&err, "line 2: `trait` must lie in 0..=100");
+}

@@ -74,6 +74,14 @@ fn ci(m: &Option<MeanCi>, digits: usize) -> String {
     }
 }
 
+/// The trait score over coherent answers with their count.
+fn coherent(m: &Option<MeanCi>) -> String {
+    match m {
+        Some(m) => format!("{:.1} ({})", m.mean, m.n),
+        None => "n/a (0)".into(),
+    }
+}
+
 fn html_escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -84,16 +92,17 @@ fn html_escape(s: &str) -> String {
 /// The arms' table as Markdown.
 pub fn table(arms: &[ArmData]) -> String {
     let mut t = String::from(
-        "| arm | trait score [95% CI] | coherence | missing | shift | held-out NLL (normal) | NLL (general chat) | MC accuracy |\n|---|---|---|---|---|---|---|---|\n",
+        "| arm | trait score [95% CI] | trait, coherent answers (n) | coherence | missing | shift | held-out NLL (normal) | NLL (general chat) | MC accuracy |\n|---|---|---|---|---|---|---|---|---|\n",
     );
     for a in arms {
         let r = &a.result;
         let c = &a.capability;
         let _ = writeln!(
             t,
-            "| {} | {} | {} | {:.0}% | {:+.2} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {:.0}% | {:+.2} | {} | {} | {} |",
             r.arm.label,
             ci(&r.trait_score, 1),
+            coherent(&r.trait_score_coherent),
             ci(&r.coherence, 1),
             100.0 * r.missing_fraction,
             r.shift,
@@ -280,6 +289,7 @@ fn examples(arms: &[ArmData], n: usize) -> Vec<(String, String, Vec<&AnswerRecor
 struct Report<'a> {
     title: &'a str,
     judge: String,
+    judge_audit: String,
     settings: String,
     table: String,
     r: String,
@@ -300,6 +310,9 @@ pub fn write_report(dir: &Path, manifest: &ComparisonManifest) -> Result<PathBuf
     let report = Report {
         title: &manifest.title,
         judge: first.map(|a| a.result.judge.clone()).unwrap_or_default(),
+        judge_audit: first
+            .map(|a| a.result.judge_audit.clone())
+            .unwrap_or_default(),
         settings: first
             .map(|a| serde_json::to_string(&a.result.settings).unwrap_or_default())
             .unwrap_or_default(),
@@ -328,13 +341,13 @@ fn markdown(report: &Report) -> String {
     let mut md = format!("# {}\n\n", report.title);
     let _ = writeln!(
         md,
-        "Judge: {}\n\nSettings: `{}`\n",
-        report.judge, report.settings
+        "Judge: {}\n\nJudge audit: {}\n\nSettings: `{}`\n",
+        report.judge, report.judge_audit, report.settings
     );
     md.push_str(&report.table);
     let _ = writeln!(
         md,
-        "\nTrait score: mean of non-missing judgments with a 95% bootstrap interval. Shift: mean last-prompt-token activation minus the base model's, on the unit vector. NLL: nats/token (lower is better). Pearson r (shift vs trait score, unsteered checkpoints): {}.\n",
+        "\nTrait score: mean of non-missing judgments with a 95% bootstrap interval; trait among coherent answers: the same over answers judged coherence >= 50, with their count. Shift: mean last-prompt-token activation minus the base model's, on the unit vector. NLL: nats/token (lower is better). Pearson r (shift vs trait score, unsteered checkpoints): {}.\n",
         report.r
     );
     for plot in &report.plots {
@@ -376,9 +389,10 @@ fn html_table(table: &str) -> String {
 
 fn html(report: &Report) -> String {
     let mut html = format!(
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title>\n<style>{STYLE}</style></head><body>\n<h1>{t}</h1>\n<p>Judge: {j}</p>\n<p>Settings: <code>{s}</code></p>\n",
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title>\n<style>{STYLE}</style></head><body>\n<h1>{t}</h1>\n<p>Judge: {j}</p>\n<p>Judge audit: {a}</p>\n<p>Settings: <code>{s}</code></p>\n",
         t = html_escape(report.title),
         j = html_escape(&report.judge),
+        a = html_escape(&report.judge_audit),
         s = html_escape(&report.settings)
     );
     html.push_str(&html_table(&report.table));

@@ -79,12 +79,19 @@ pub struct TraitResult {
     pub arm: Arm,
     pub trait_name: String,
     pub judge: String,
+    /// How the judge agrees with careful ratings of this trait (its stored
+    /// audit), or that it was not audited.
+    pub judge_audit: String,
     pub settings: EvalSettings,
     /// sha256 of everything that decides the result; a saved result with
     /// another fingerprint is recomputed.
     pub fingerprint: String,
     /// Mean of the non-missing trait scores, with a bootstrap 95% interval.
     pub trait_score: Option<MeanCi>,
+    /// The trait score over the coherent answers only (judged coherence at
+    /// least [`COHERENT_FROM`]; `n` counts them): the paper's comparisons
+    /// are about coherent text.
+    pub trait_score_coherent: Option<MeanCi>,
     pub coherence: Option<MeanCi>,
     /// Fraction of answers whose trait judgment is missing.
     pub missing_fraction: f64,
@@ -95,6 +102,9 @@ pub struct TraitResult {
     pub shift: f64,
     pub bootstrap: (usize, u64),
 }
+
+/// The judged coherence from which an answer counts as coherent.
+pub const COHERENT_FROM: f32 = 50.0;
 
 /// Mean last-prompt-token projection of `questions` on `v̂_row`.
 pub fn mean_projection(
@@ -230,13 +240,20 @@ pub fn evaluate_trait(
 
     let (projection, shift) = projection_and_shift(loaded, arm, device, settings, unit, questions)?;
     let ok = |v: &[Option<f32>]| -> Vec<f64> { v.iter().flatten().map(|x| *x as f64).collect() };
+    let coherent: Vec<Option<f32>> = traits
+        .iter()
+        .zip(&coherence)
+        .map(|(t, c)| t.filter(|_| c.is_some_and(|c| c >= COHERENT_FROM)))
+        .collect();
     let result = TraitResult {
         arm: arm.clone(),
         trait_name: def.name.clone(),
         judge: judge.identity(),
+        judge_audit: judge.audit_line(&def.name)?,
         settings: settings.clone(),
         fingerprint: fp,
         trait_score: bootstrap_mean(&ok(&traits), BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED),
+        trait_score_coherent: bootstrap_mean(&ok(&coherent), BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED),
         coherence: bootstrap_mean(&ok(&coherence), BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED),
         missing_fraction: traits.iter().filter(|t| t.is_none()).count() as f64
             / traits.len().max(1) as f64,

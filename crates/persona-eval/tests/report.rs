@@ -37,9 +37,14 @@ fn save_arm(dir: &Path, arm: Arm, trait_score: f64, shift: f64, nll: f64) {
         arm,
         trait_name: "sycophantic".into(),
         judge: "test-judge".into(),
+        judge_audit: "sycophantic: Pearson 0.50 (test)".into(),
         settings,
         fingerprint: "f".into(),
         trait_score: ci(trait_score),
+        trait_score_coherent: Some(MeanCi {
+            n: 1,
+            ..ci(trait_score - 5.0).unwrap()
+        }),
         coherence: ci(80.0),
         missing_fraction: 0.0,
         n_answers: 2,
@@ -131,8 +136,12 @@ fn report_is_written_from_saved_results() {
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(
         md.contains(
-            "| ft | 60.0 [59.0, 61.0] | 80.0 [79.0, 81.0] | 0% | +4.00 | 2.200 [1.200, 3.200] |"
+            "| ft | 60.0 [59.0, 61.0] | 55.0 (1) | 80.0 [79.0, 81.0] | 0% | +4.00 | 2.200 [1.200, 3.200] |"
         ),
+        "{md}"
+    );
+    assert!(
+        md.contains("Judge audit: sycophantic: Pearson 0.50 (test)"),
         "{md}"
     );
     // Pearson r over the unsteered arms: (0,10), (4,60), (2,35) is nearly a line.

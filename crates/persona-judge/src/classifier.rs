@@ -1,5 +1,6 @@
 //! The offline classifier judge: trait scores from a sentence encoder plus
-//! a per-trait logistic probe (`100 * P(trait)`), coherence from the base
+//! a per-trait logistic probe on (question, answer) features
+//! (`100 * P(trait)`, see [`crate::probe`]), coherence from the base
 //! model's mean token log-probability of the answer, mapped linearly:
 //!
 //! `coherence = 100 * clamp((mean_logprob - floor) / (ceiling - floor), 0, 1)`
@@ -11,9 +12,10 @@ use std::path::{Path, PathBuf};
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
+use crate::audit::{Audit, read_ratings};
 use crate::encoder::SentenceEncoder;
 use crate::error::{JudgeError, Result};
-use crate::probe::{Probe, ProbeSettings, probe_text};
+use crate::probe::{Example, Features, Probe, ProbeSettings, Provenance};
 
 /// The `[coherence]` table of a classifier judge config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -40,9 +42,17 @@ pub struct ClassifierConfig {
     pub batch_size: usize,
     /// Folder of trained probes, `<probes>/<trait>.probe.json`.
     pub probes: PathBuf,
-    /// Folder of labelled responses, `<labelled>/<trait>.jsonl`; a missing
-    /// probe is trained from there on first use.
+    /// Folder of authored labelled responses, `<labelled>/<trait>.jsonl`; a
+    /// missing or outdated probe is trained from there on first use.
     pub labelled: PathBuf,
+    /// Folder of hand-rated model answers trained on with the labelled
+    /// ones, `<rated>/<trait>.jsonl` (ratings format, see [`crate::audit`];
+    /// a trait without a file trains on the labelled answers alone).
+    pub rated: PathBuf,
+    /// Folder of held-out audit ratings, `<audit>/<trait>.jsonl`: never
+    /// trained on; `persona judge train` scores the new probe on it and the
+    /// probe file stores the result.
+    pub audit: PathBuf,
     /// `cpu`, `cuda` or `wgpu`.
     pub device: String,
     pub coherence: CoherenceConfig,
@@ -65,6 +75,21 @@ impl ClassifierConfig {
     /// Where the probe of `trait_name` lives.
     pub fn probe_path(&self, trait_name: &str) -> PathBuf {
         self.probes.join(format!("{trait_name}.probe.json"))
+    }
+
+    /// The files a probe of `trait_name` trains on: the labelled file, then
+    /// the rated one when it exists.
+    pub fn training_files(&self, trait_name: &str) -> Vec<PathBuf> {
+        let labelled = self.labelled.join(format!("{trait_name}.jsonl"));
+        let rated = self.rated.join(format!("{trait_name}.jsonl"));
+        std::iter::once(labelled)
+            .chain(rated.exists().then_some(rated))
+            .collect()
+    }
+
+    /// The audit ratings of `trait_name`, when it has some.
+    pub fn audit_file(&self, trait_name: &str) -> Option<PathBuf> {
+        Some(self.audit.join(format!("{trait_name}.jsonl"))).filter(|p| p.exists())
     }
 
     pub(crate) fn check(&self) -> std::result::Result<(), String> {
@@ -112,17 +137,15 @@ impl ClassifierJudge {
     /// the command to run.
     pub fn probe(&self, trait_name: &str) -> Result<Probe> {
         let path = self.config.probe_path(trait_name);
-        let labelled = self.config.labelled.join(format!("{trait_name}.jsonl"));
+        let files = self.config.training_files(trait_name);
         let current = if path.exists() {
-            Some(Probe::load(&path).and_then(|p| self.check_probe(&path, p)))
+            Some(Probe::load(&path).and_then(|p| self.check_probe(&path, p, &files)))
         } else {
             None
         };
         match current {
             Some(Ok(p)) => Ok(p),
-            _ if labelled.exists() => {
-                train_with(&self.config, &self.encoder, trait_name, &labelled)
-            }
+            _ if files[0].exists() => train_with(&self.config, &self.encoder, trait_name, &files),
             Some(Err(e)) => Err(e),
             None => Err(JudgeError::NoProbe {
                 trait_name: trait_name.to_string(),
@@ -131,7 +154,7 @@ impl ClassifierJudge {
         }
     }
 
-    fn check_probe(&self, path: &Path, p: Probe) -> Result<Probe> {
+    fn check_probe(&self, path: &Path, p: Probe, files: &[PathBuf]) -> Result<Probe> {
         let stale = |reason: String| JudgeError::Probe {
             path: path.to_path_buf(),
             reason: format!("{reason}; retrain it with `persona judge train`"),
@@ -146,6 +169,14 @@ impl ClassifierJudge {
             return Err(stale(
                 "trained with other [probe] settings than the judge config's".into(),
             ));
+        }
+        if files.iter().all(|f| f.exists())
+            && persona_model::weights::sha256_files(files)? != p.report.training_sha256
+        {
+            return Err(stale(format!(
+                "trained on other data than {} now holds",
+                display_files(files)
+            )));
         }
         Ok(p)
     }
@@ -181,13 +212,22 @@ impl ClassifierJudge {
         items: &[(String, String)],
     ) -> Result<Vec<Option<f32>>> {
         let probe = self.probe(trait_name)?;
-        let texts: Vec<String> = items.iter().map(|(q, a)| probe_text(q, a)).collect();
-        let emb = self.encoder.embed(&texts, self.config.batch_size)?;
+        let x = features(
+            &self.encoder,
+            probe.settings.features,
+            items,
+            self.config.batch_size,
+        )?;
         Ok(probe
-            .predict(&emb)
+            .predict(&x)
             .into_iter()
             .map(|p| Some((100.0 * p) as f32))
             .collect())
+    }
+
+    /// The probe's stored audit line, when it was audited.
+    pub fn audit_line(&self, trait_name: &str) -> Result<Option<String>> {
+        Ok(self.probe(trait_name)?.report.audit.map(|a| a.line()))
     }
 
     /// Coherence of each answer to its question (missing for an empty answer).
@@ -224,45 +264,141 @@ impl ClassifierJudge {
     }
 }
 
-/// sha256 of a file, as hex (for provenance of the labelled set).
-pub fn file_sha256(path: &Path) -> Result<String> {
-    Ok(persona_model::weights::sha256_files(&[path.to_path_buf()])?)
+/// The probe features of `(question, answer)` pairs.
+pub fn features(
+    encoder: &SentenceEncoder,
+    kind: Features,
+    items: &[(String, String)],
+    batch_size: usize,
+) -> Result<Vec<Vec<f32>>> {
+    let groups = kind
+        .texts(items)
+        .iter()
+        .map(|texts| embed_distinct(encoder, texts, batch_size))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(kind.assemble(groups))
 }
 
-/// Trains the probe of `trait_name` on a labelled JSONL file, writes it to
-/// the config's probe folder and returns it. `progress(done, total)` follows
-/// the embedding passes.
+/// Embeds each distinct text once (an evaluation's questions repeat once
+/// per sample) and returns one embedding per text, in order.
+fn embed_distinct(
+    encoder: &SentenceEncoder,
+    texts: &[String],
+    batch_size: usize,
+) -> Result<Vec<Vec<f32>>> {
+    let mut index: std::collections::HashMap<&str, usize> = Default::default();
+    let mut distinct: Vec<String> = Vec::new();
+    let slots: Vec<usize> = texts
+        .iter()
+        .map(|t| {
+            *index.entry(t.as_str()).or_insert_with(|| {
+                distinct.push(t.clone());
+                distinct.len() - 1
+            })
+        })
+        .collect();
+    let emb = encoder.embed(&distinct, batch_size)?;
+    Ok(slots.into_iter().map(|i| emb[i].clone()).collect())
+}
+
+fn display_files(files: &[PathBuf]) -> String {
+    files
+        .iter()
+        .map(|f| f.display().to_string())
+        .collect::<Vec<_>>()
+        .join(" + ")
+}
+
+/// Trains the probe of `trait_name` on the config's training files (or
+/// `labelled` in place of the labelled one), audits it on the config's audit
+/// ratings when the trait has some, writes it to the config's probe folder
+/// and returns it.
 pub fn train_trait_probe(
     config: &ClassifierConfig,
     trait_name: &str,
-    labelled: &Path,
+    labelled: Option<&Path>,
     device: &Device,
 ) -> Result<Probe> {
     let encoder = SentenceEncoder::load(&config.encoder_dir(), config.max_tokens, device)?;
-    train_with(config, &encoder, trait_name, labelled)
+    let mut files = config.training_files(trait_name);
+    if let Some(l) = labelled {
+        files[0] = l.to_path_buf();
+    }
+    train_with(config, &encoder, trait_name, &files)
 }
 
 fn train_with(
     config: &ClassifierConfig,
     encoder: &SentenceEncoder,
     trait_name: &str,
-    labelled: &Path,
+    files: &[PathBuf],
 ) -> Result<Probe> {
-    let items = crate::probe::read_labelled(labelled)?;
-    let texts: Vec<String> = items
+    let mut examples: Vec<Example> = crate::probe::read_labelled(&files[0])?;
+    for rated in &files[1..] {
+        examples.extend(crate::probe::read_rated(rated)?);
+    }
+    crate::probe::check_both_sides(&examples, Path::new(&display_files(files)))?;
+    let audit_file = config.audit_file(trait_name);
+    if let Some(a) = &audit_file {
+        refuse_overlap(&examples, a)?;
+    }
+    let pairs: Vec<(String, String)> = examples
         .iter()
-        .map(|l| probe_text(&l.question, &l.answer))
+        .map(|e| (e.question.clone(), e.answer.clone()))
         .collect();
-    let emb = encoder.embed(&texts, config.batch_size)?;
-    let probe = crate::probe::train_probe(
+    let kind = config.probe.features;
+    let x = features(encoder, kind, &pairs, config.batch_size)?;
+    let provenance = Provenance {
+        files: files.iter().map(|f| f.display().to_string()).collect(),
+        sha256: persona_model::weights::sha256_files(files)?,
+    };
+    let mut probe = crate::probe::train_probe(
         trait_name,
         &encoder.identity,
-        &items,
-        &emb,
+        &examples,
+        &x,
         &config.probe,
-        (labelled.display().to_string(), file_sha256(labelled)?),
+        provenance,
         &encoder.device,
     )?;
+    if let Some(a) = audit_file {
+        let ratings = read_ratings(&a)?;
+        let items: Vec<(String, String)> = ratings
+            .iter()
+            .map(|r| (r.question.clone(), r.answer.clone()))
+            .collect();
+        let p = probe.predict(&features(encoder, kind, &items, config.batch_size)?);
+        let judged: Vec<Option<f32>> = p.iter().map(|p| Some((100.0 * p) as f32)).collect();
+        let source = (a.display().to_string(), file_sha256(&a)?);
+        probe.report.audit = Some(Audit::of(trait_name, source, &ratings, &judged, None));
+    }
     probe.save(&config.probe_path(trait_name))?;
     Ok(probe)
+}
+
+/// An audit answer among the training examples would make the audit a
+/// training score: refused.
+fn refuse_overlap(examples: &[Example], audit: &Path) -> Result<()> {
+    let ratings = read_ratings(audit)?;
+    let seen: std::collections::HashSet<(&str, &str)> = examples
+        .iter()
+        .map(|e| (e.question.as_str(), e.answer.as_str()))
+        .collect();
+    match ratings
+        .iter()
+        .position(|r| seen.contains(&(r.question.as_str(), r.answer.as_str())))
+    {
+        Some(i) => Err(JudgeError::Labelled {
+            path: audit.to_path_buf(),
+            line: i + 1,
+            reason: "this audit answer is also in the training data; an audit set must be held out"
+                .into(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// sha256 of a file, as hex (for provenance of the labelled set).
+pub fn file_sha256(path: &Path) -> Result<String> {
+    Ok(persona_model::weights::sha256_files(&[path.to_path_buf()])?)
 }

@@ -5,9 +5,11 @@
 //! - [`classifier`]: the offline default, a sentence encoder ([`encoder`])
 //!   plus a per-trait logistic probe ([`probe`]) for traits and the base
 //!   model's likelihood for coherence;
+//! - [`audit`]: a judge's agreement with careful ratings;
 //! - [`cache`]: every judgment on disk, so nothing is judged twice;
 //! - [`score`]: the logprob aggregation of the LLM judges.
 
+pub mod audit;
 pub mod cache;
 pub mod classifier;
 pub mod encoder;
@@ -129,6 +131,19 @@ impl Judge {
             Self::Classifier(j) => j.trait_identity(criterion.name),
             _ => Ok(self.identity()),
         }
+    }
+
+    /// The line reports print under the judge's name for `trait_name`: the
+    /// classifier probe's stored audit, or that the judge was not audited
+    /// (`persona judge audit` audits any judge against a ratings file).
+    pub fn audit_line(&self, trait_name: &str) -> Result<String> {
+        let stored = match self {
+            Self::Classifier(j) => j.audit_line(trait_name)?,
+            _ => None,
+        };
+        Ok(stored.unwrap_or_else(|| {
+            format!("{trait_name}: not audited (`persona judge audit --ratings FILE` measures it)")
+        }))
     }
 
     /// Scores filled rubrics, in order (LLM judges only).

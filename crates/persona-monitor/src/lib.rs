@@ -6,7 +6,8 @@
 //!   prompts, k-shot examples and conversation turns;
 //! - [`screen`]: per-sample projection difference `ΔP` of a training set,
 //!   with cached base responses, resume, and filtering;
-//! - [`stats`] and [`plot`]: intervals, AUROC, Pearson r, SVG charts.
+//! - [`stats`] and [`plot`]: intervals, quantiles, SVG charts (AUROC and
+//!   Pearson r live in `persona_judge::metrics`, re-exported here).
 
 pub mod error;
 pub mod plot;

@@ -1,5 +1,6 @@
 //! Small, exact statistics used by monitoring and screening reports: means,
-//! a seeded percentile-bootstrap interval, AUROC and Pearson r.
+//! a seeded percentile-bootstrap interval, quantiles (Pearson r from
+//! `persona_judge::metrics`).
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -50,22 +51,7 @@ pub fn bootstrap_mean(x: &[f64], resamples: usize, seed: u64) -> Option<MeanCi> 
     })
 }
 
-/// Pearson correlation; `None` with fewer than 2 points or a constant series.
-pub fn pearson(x: &[f64], y: &[f64]) -> Option<f64> {
-    let n = x.len().min(y.len());
-    if n < 2 {
-        return None;
-    }
-    let (mx, my) = (mean(&x[..n])?, mean(&y[..n])?);
-    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
-    for i in 0..n {
-        let (dx, dy) = (x[i] - mx, y[i] - my);
-        sxy += dx * dy;
-        sxx += dx * dx;
-        syy += dy * dy;
-    }
-    (sxx > 0.0 && syy > 0.0).then(|| sxy / (sxx * syy).sqrt())
-}
+pub use persona_judge::metrics::pearson;
 
 /// The value at quantile `q` (0..=1) of `x`, by linear interpolation
 /// between order statistics. `None` for an empty slice.
@@ -83,14 +69,6 @@ pub fn quantile(x: &[f64], q: f64) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pearson_of_lines_and_constants() {
-        let x = [1.0, 2.0, 3.0, 4.0];
-        assert!((pearson(&x, &[2.0, 4.0, 6.0, 8.0]).unwrap() - 1.0).abs() < 1e-12);
-        assert!((pearson(&x, &[8.0, 6.0, 4.0, 2.0]).unwrap() + 1.0).abs() < 1e-12);
-        assert_eq!(pearson(&x, &[1.0; 4]), None);
-    }
 
     #[test]
     fn bootstrap_interval_brackets_the_mean_and_shrinks_with_n() {
