@@ -233,7 +233,9 @@ impl Audit {
         format!(
             "audited on {} (sha256 {}): {}: {t}",
             self.ratings_file,
-            &self.ratings_sha256[..self.ratings_sha256.len().min(12)],
+            self.ratings_sha256
+                .get(..12)
+                .unwrap_or(&self.ratings_sha256),
             self.trait_name
         )
     }

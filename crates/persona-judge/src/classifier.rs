@@ -92,6 +92,27 @@ impl ClassifierConfig {
         Some(self.audit.join(format!("{trait_name}.jsonl"))).filter(|p| p.exists())
     }
 
+    /// The data folders must exist: a mistyped `rated` or `audit` would
+    /// otherwise train without the ratings or leave probes unaudited
+    /// without a word.
+    pub fn check_folders(&self) -> Result<()> {
+        for (key, dir) in [
+            ("labelled", &self.labelled),
+            ("rated", &self.rated),
+            ("audit", &self.audit),
+        ] {
+            if !dir.is_dir() {
+                return Err(JudgeError::Probe {
+                    path: dir.clone(),
+                    reason: format!(
+                        "the judge config's `{key}` folder does not exist; create it or fix the path"
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
     pub(crate) fn check(&self) -> std::result::Result<(), String> {
         let c = &self.coherence;
         if c.ceiling <= c.floor {
@@ -121,6 +142,7 @@ pub struct ClassifierJudge {
 
 impl ClassifierJudge {
     pub fn new(config: ClassifierConfig, device: &Device) -> Result<Self> {
+        config.check_folders()?;
         let encoder = SentenceEncoder::load(&config.encoder_dir(), config.max_tokens, device)?;
         let coherence_model = persona_model::load(&config.coherence.model, device)?;
         Ok(Self {
@@ -177,6 +199,15 @@ impl ClassifierJudge {
                 "trained on other data than {} now holds",
                 display_files(files)
             )));
+        }
+        let audit_now = match self.config.audit_file(&p.trait_name) {
+            Some(a) => Some(file_sha256(&a)?),
+            None => None,
+        };
+        if audit_now.as_deref() != p.report.audit.as_ref().map(|a| a.ratings_sha256.as_str()) {
+            return Err(stale(
+                "audited against other ratings than the audit folder holds".into(),
+            ));
         }
         Ok(p)
     }
@@ -309,22 +340,47 @@ fn display_files(files: &[PathBuf]) -> String {
         .join(" + ")
 }
 
-/// Trains the probe of `trait_name` on the config's training files (or
-/// `labelled` in place of the labelled one), audits it on the config's audit
-/// ratings when the trait has some, writes it to the config's probe folder
-/// and returns it.
+/// Trains the probe of `trait_name` on the config's training files, audits
+/// it on the config's audit ratings when the trait has some, writes it to
+/// the config's probe folder and returns it.
 pub fn train_trait_probe(
     config: &ClassifierConfig,
     trait_name: &str,
-    labelled: Option<&Path>,
     device: &Device,
 ) -> Result<Probe> {
+    config.check_folders()?;
     let encoder = SentenceEncoder::load(&config.encoder_dir(), config.max_tokens, device)?;
-    let mut files = config.training_files(trait_name);
-    if let Some(l) = labelled {
-        files[0] = l.to_path_buf();
+    train_with(
+        config,
+        &encoder,
+        trait_name,
+        &config.training_files(trait_name),
+    )
+}
+
+/// How many of `ratings` the probe of `trait_name` trains on (an audit of
+/// those measures the training fit, not agreement).
+pub fn trained_on(
+    config: &ClassifierConfig,
+    trait_name: &str,
+    ratings: &[crate::audit::Rating],
+) -> Result<usize> {
+    let mut examples = Vec::new();
+    for (i, f) in config.training_files(trait_name).iter().enumerate() {
+        match i {
+            0 if f.exists() => examples.extend(crate::probe::read_labelled(f)?),
+            0 => {}
+            _ => examples.extend(crate::probe::read_rated(f)?),
+        }
     }
-    train_with(config, &encoder, trait_name, &files)
+    let seen: std::collections::HashSet<(&str, &str)> = examples
+        .iter()
+        .map(|e| (e.question.as_str(), e.answer.as_str()))
+        .collect();
+    Ok(ratings
+        .iter()
+        .filter(|r| seen.contains(&(r.question.as_str(), r.answer.as_str())))
+        .count())
 }
 
 fn train_with(

@@ -184,7 +184,9 @@ pub struct CalibrationBin {
     pub fraction_positive: f64,
 }
 
-/// How well the probe did, stored with it.
+/// How well the probe did, stored with it. AUROC, accuracy, Brier score
+/// and calibration count an example as positive when its target is at
+/// least 0.5 (a rated answer's `trait` at least 50).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProbeReport {
     /// The authored labelled file and the hand-rated file (when present).

@@ -20,14 +20,11 @@ pub enum Command {
         /// Trait file (its `name` names the probe).
         #[arg(long = "trait")]
         trait_file: PathBuf,
-        /// Classifier judge config (encoder, probe folder, training data,
-        /// audit ratings, probe settings).
+        /// Classifier judge config (encoder, probe folder, training data:
+        /// `<labelled>/<trait>.jsonl` and `<rated>/<trait>.jsonl`, audit
+        /// ratings, probe settings).
         #[arg(long, default_value = "judges/classifier.toml")]
         config: PathBuf,
-        /// Labelled JSONL `{"question", "answer", "label"}` in place of the
-        /// config's `<labelled>/<trait name>.jsonl`.
-        #[arg(long)]
-        labelled: Option<PathBuf>,
     },
     /// Score a judge against a file of ratings: Pearson, Spearman, agreement
     /// on the 50 line, mean bias, and bias per `group`.
@@ -53,11 +50,7 @@ pub enum Command {
 
 pub fn exec(cmd: Command) -> Result<()> {
     match cmd {
-        Command::Train {
-            trait_file,
-            config,
-            labelled,
-        } => train(&trait_file, &config, labelled.as_deref()),
+        Command::Train { trait_file, config } => train(&trait_file, &config),
         Command::Audit {
             judge,
             trait_file,
@@ -68,7 +61,7 @@ pub fn exec(cmd: Command) -> Result<()> {
     }
 }
 
-fn train(trait_file: &Path, config: &Path, labelled: Option<&Path>) -> Result<()> {
+fn train(trait_file: &Path, config: &Path) -> Result<()> {
     let def = persona_vectors::TraitDef::load(trait_file)?;
     let JudgeConfig::Classifier(cfg) = JudgeConfig::load(config)? else {
         bail!(
@@ -78,7 +71,7 @@ fn train(trait_file: &Path, config: &Path, labelled: Option<&Path>) -> Result<()
     };
     let device = persona_model::parse_device(&cfg.device)?;
     let t0 = std::time::Instant::now();
-    let probe = persona_judge::classifier::train_trait_probe(&cfg, &def.name, labelled, &device)
+    let probe = persona_judge::classifier::train_trait_probe(&cfg, &def.name, &device)
         .with_context(|| format!("training the `{}` probe", def.name))?;
     println!(
         "probe `{}` -> {} ({:.1} s)",
