@@ -93,6 +93,24 @@ pub struct Agreement {
     pub groups: Vec<GroupBias>,
 }
 
+impl GroupBias {
+    /// The bias over `members` (`None` when there are none).
+    fn of<'p, 'a: 'p>(group: &str, members: impl Iterator<Item = &'p Pair<'a>>) -> Option<Self> {
+        let (mut n, mut judge, mut rating) = (0usize, 0.0, 0.0);
+        for p in members {
+            (n, judge, rating) = (n + 1, judge + p.0, rating + p.1);
+        }
+        let (mean_judge, mean_rating) = (judge / n as f64, rating / n as f64);
+        (n > 0).then(|| Self {
+            group: group.to_string(),
+            n,
+            mean_judge,
+            mean_rating,
+            bias: mean_judge - mean_rating,
+        })
+    }
+}
+
 /// One judged, rated answer: (judge, rating, group).
 pub type Pair<'a> = (f64, f64, Option<&'a str>);
 
@@ -110,19 +128,7 @@ impl Agreement {
         names.dedup();
         let groups = names
             .into_iter()
-            .map(|g| {
-                let members: Vec<&Pair<'_>> = pairs.iter().filter(|p| p.2 == Some(g)).collect();
-                let m = members.len() as f64;
-                let mean_judge = members.iter().map(|p| p.0).sum::<f64>() / m;
-                let mean_rating = members.iter().map(|p| p.1).sum::<f64>() / m;
-                GroupBias {
-                    group: g.to_string(),
-                    n: members.len(),
-                    mean_judge,
-                    mean_rating,
-                    bias: mean_judge - mean_rating,
-                }
-            })
+            .filter_map(|g| GroupBias::of(g, pairs.iter().filter(|p| p.2 == Some(g))))
             .collect();
         Some(Self {
             n: pairs.len(),
@@ -182,25 +188,23 @@ impl Audit {
         trait_judged: &[Option<f32>],
         coherence_judged: Option<&[Option<f32>]>,
     ) -> Self {
-        let incoherent = format!("rated coherence < {INCOHERENT_BELOW}");
-        let mut trait_pairs: Vec<Pair<'_>> = Vec::new();
+        let (mut trait_pairs, mut incoherent): (Vec<Pair<'_>>, Vec<Pair<'_>>) = (vec![], vec![]);
         for (r, j) in ratings.iter().zip(trait_judged) {
             if let (Some(j), Some(t)) = (j, r.trait_score) {
                 trait_pairs.push((*j as f64, t, r.group.as_deref()));
                 if r.coherence.is_some_and(|c| c < INCOHERENT_BELOW) {
-                    trait_pairs.push((*j as f64, t, Some(incoherent.as_str())));
+                    incoherent.push((*j as f64, t, None));
                 }
             }
         }
-        // The incoherent copies feed their group only, not the totals.
-        let totals: Vec<Pair<'_>> = trait_pairs
-            .iter()
-            .filter(|p| p.2 != Some(incoherent.as_str()))
-            .copied()
-            .collect();
-        let mut trait_agreement = Agreement::of(&totals);
-        if let (Some(a), Some(all)) = (&mut trait_agreement, Agreement::of(&trait_pairs)) {
-            a.groups = all.groups;
+        let mut trait_agreement = Agreement::of(&trait_pairs);
+        let name = format!("rated coherence < {INCOHERENT_BELOW}");
+        if let (Some(a), Some(g)) = (
+            &mut trait_agreement,
+            GroupBias::of(&name, incoherent.iter()),
+        ) {
+            a.groups.push(g);
+            a.groups.sort_by(|x, y| x.group.cmp(&y.group));
         }
         let coherence_agreement = coherence_judged.and_then(|c| {
             let pairs: Vec<Pair<'_>> = ratings

@@ -365,22 +365,29 @@ pub fn trained_on(
     trait_name: &str,
     ratings: &[crate::audit::Rating],
 ) -> Result<usize> {
-    let mut examples = Vec::new();
-    for (i, f) in config.training_files(trait_name).iter().enumerate() {
-        match i {
-            0 if f.exists() => examples.extend(crate::probe::read_labelled(f)?),
-            0 => {}
-            _ => examples.extend(crate::probe::read_rated(f)?),
-        }
+    let examples = training_examples(&config.training_files(trait_name))?;
+    Ok(in_examples(&examples, ratings).len())
+}
+
+/// The examples of `files` ([`ClassifierConfig::training_files`]): the
+/// labelled file's, then the rated file's.
+fn training_examples(files: &[PathBuf]) -> Result<Vec<Example>> {
+    let mut examples = crate::probe::read_labelled(&files[0])?;
+    for rated in &files[1..] {
+        examples.extend(crate::probe::read_rated(rated)?);
     }
+    Ok(examples)
+}
+
+/// The positions of the `ratings` whose (question, answer) is one of `examples`.
+fn in_examples(examples: &[Example], ratings: &[crate::audit::Rating]) -> Vec<usize> {
     let seen: std::collections::HashSet<(&str, &str)> = examples
         .iter()
         .map(|e| (e.question.as_str(), e.answer.as_str()))
         .collect();
-    Ok(ratings
-        .iter()
-        .filter(|r| seen.contains(&(r.question.as_str(), r.answer.as_str())))
-        .count())
+    (0..ratings.len())
+        .filter(|&i| seen.contains(&(ratings[i].question.as_str(), ratings[i].answer.as_str())))
+        .collect()
 }
 
 fn train_with(
@@ -389,10 +396,7 @@ fn train_with(
     trait_name: &str,
     files: &[PathBuf],
 ) -> Result<Probe> {
-    let mut examples: Vec<Example> = crate::probe::read_labelled(&files[0])?;
-    for rated in &files[1..] {
-        examples.extend(crate::probe::read_rated(rated)?);
-    }
+    let examples = training_examples(files)?;
     crate::probe::check_both_sides(&examples, Path::new(&display_files(files)))?;
     let audit_file = config.audit_file(trait_name);
     if let Some(a) = &audit_file {
@@ -435,15 +439,7 @@ fn train_with(
 /// An audit answer among the training examples would make the audit a
 /// training score: refused.
 fn refuse_overlap(examples: &[Example], audit: &Path) -> Result<()> {
-    let ratings = read_ratings(audit)?;
-    let seen: std::collections::HashSet<(&str, &str)> = examples
-        .iter()
-        .map(|e| (e.question.as_str(), e.answer.as_str()))
-        .collect();
-    match ratings
-        .iter()
-        .position(|r| seen.contains(&(r.question.as_str(), r.answer.as_str())))
-    {
+    match in_examples(examples, &read_ratings(audit)?).first() {
         Some(i) => Err(JudgeError::Labelled {
             path: audit.to_path_buf(),
             line: i + 1,
