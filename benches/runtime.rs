@@ -347,6 +347,7 @@ fn train_bench(spec: &str) {
             std::slice::from_ref(&batch),
             &steering,
             None,
+            None,
         )
         .unwrap();
         let (grads, _) = clip(grads, 1.0);

@@ -34,7 +34,7 @@ mod workflows;
 pub use error::{Error, Result};
 pub use model::{Chat, Model};
 pub use vector::{Direction, PersonaVector, Trait};
-pub use workflows::{Evaluation, Screen, train, train_with};
+pub use workflows::{Evaluation, Screen, screen_recipe_data, train, train_with};
 
 pub use persona_eval::trait_eval::TraitResult;
 pub use persona_model::{ChatRole, Message, PersonaHome, Positions, WeightDtype};

@@ -45,11 +45,62 @@ pub fn train_with(
     resume: bool,
     mut on_event: impl FnMut(TrainEvent<'_>),
 ) -> Result<TrainOutcome> {
+    screen_recipe_data(recipe, &mut on_event, |_, _| {})?;
     Ok(persona_train::train_recipe(
         recipe.clone(),
         resume,
         &mut on_event,
     )?)
+}
+
+/// The screen behind a recipe's `[data] filter`, run when its kept data is
+/// missing or stale: `data.train` screened on the filter's vector (the
+/// `[trait]` vector extracted first when missing), then the top
+/// `drop_top` percent dropped into `filtered.jsonl`, which the run trains
+/// on. Nothing to do without a filter. `progress(done, total)` follows the
+/// screened samples; a killed screen resumes.
+pub fn screen_recipe_data(
+    recipe: &Recipe,
+    on_event: &mut dyn FnMut(TrainEvent<'_>),
+    mut progress: impl FnMut(usize, usize),
+) -> Result<()> {
+    let Some(f) = &recipe.data.filter else {
+        return Ok(());
+    };
+    if recipe.training_file().is_ok() {
+        return Ok(());
+    }
+    persona_train::trainer::ensure_trait_vector(recipe, on_event)?;
+    recipe.check_static()?;
+    let device = persona_model::parse_device(&recipe.run.device)?;
+    let loaded = persona_model::load_as(&recipe.model.name, &device, recipe.model.dtype)?;
+    let vector = persona_vectors::VectorFile::load(&f.vector)?;
+    let opts = ScreenOptions {
+        generate_base: f.score == persona_train::recipe::ScreenScore::DeltaP,
+        max_new_tokens: f.max_new_tokens,
+        batch_size: f.batch_size,
+        base_cache: PersonaHome::from_env().base_responses(&loaded.identity.sha256),
+    };
+    let (summary, scores) = persona_monitor::screen::screen(
+        &loaded.model,
+        &loaded.codec,
+        &loaded.identity,
+        &recipe.data.train,
+        &vector,
+        f.variant,
+        f.row,
+        &opts,
+        &f.screen_dir(&recipe.data.train),
+        &mut progress,
+    )?;
+    let kept = f.kept_dir(&recipe.data.train);
+    persona_model::files::refuse_symlink(&kept)?;
+    std::fs::create_dir_all(&kept).map_err(|e| persona_model::ModelError::write(&kept, e))?;
+    let rule = persona_monitor::screen::FilterRule::DropTop {
+        percent: f.drop_top,
+    };
+    persona_monitor::screen::filter(&kept, &summary, &scores, rule)?;
+    Ok(())
 }
 
 /// Screening a chat dataset: per sample, how far its response pushes the
@@ -245,6 +296,8 @@ impl Evaluation {
                 row: self.file.eval.shift_row,
                 coef: *coef,
             }),
+            cap: None,
+            system: None,
         };
         let judge = Judge::from_config(&JudgeConfig::load(&self.judge)?)?;
         let mut cache = JudgmentCache::open(&PersonaHome::from_env().judgments())?;

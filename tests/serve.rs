@@ -720,6 +720,8 @@ fn adapter_folders_are_served_as_models() {
         adapter: Some(runs.path().join("tuned")),
         step: None,
         steer: None,
+        cap: None,
+        system: None,
     };
     let (merged, _) = arm.load(&Device::flex()).unwrap();
     let prompt = merged

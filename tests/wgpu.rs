@@ -170,7 +170,8 @@ fn a_lora_training_step_matches_the_cpu() {
         let model = tiny(&device);
         let lora = trained_adapters(&device);
         let steering = [Steering::add(2, &v, 1.5, Positions::All, &device).unwrap()];
-        let (loss, grads) = loss_and_grads(&model, &lora, &batches, &steering, None).unwrap();
+        let (loss, grads) = loss_and_grads(&model, &lora, &batches, &steering, None, None).unwrap();
+        let loss = loss.nll;
         let opt = AdamW {
             beta1: 0.9,
             beta2: 0.999,
@@ -252,7 +253,9 @@ fn f16_weights_on_wgpu_match_the_cpu_and_bf16_is_refused() {
         let device = device.autodiff();
         let model = tiny_as(WeightDtype::F16, &device).unwrap();
         let lora = trained_adapters(&device);
-        let (loss, grads) = loss_and_grads(&model, &lora, &[mixed_batch()], &[], None).unwrap();
+        let (loss, grads) =
+            loss_and_grads(&model, &lora, &[mixed_batch()], &[], None, None).unwrap();
+        let loss = loss.nll;
         (loss, grads.into_iter().map(host).collect::<Vec<_>>())
     };
     let (cpu_loss, cpu_grads) = step(Device::flex());

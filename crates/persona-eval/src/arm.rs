@@ -20,6 +20,18 @@ pub struct PostHoc {
     pub coef: f32,
 }
 
+/// Activation capping at inference (the "assistant axis" method, arXiv
+/// 2601.10387): the projection of `h_row` on `v̂` is clamped to
+/// `[min, max]` at the last prompt token and every generated token; a
+/// token already inside the range passes unchanged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cap {
+    pub vector: PathBuf,
+    pub row: usize,
+    pub min: f32,
+    pub max: f32,
+}
+
 /// What one column of a comparison evaluates.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Arm {
@@ -41,6 +53,13 @@ pub struct Arm {
     pub step: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub steer: Option<PostHoc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cap: Option<Cap>,
+    /// A system prompt before every sampled evaluation question (e.g. an
+    /// inoculation prompt, to measure whether the trait comes back with
+    /// it); capability and projections are measured without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
 }
 
 /// The adapter folder a path names: itself, or `<run>/adapter`.
@@ -81,6 +100,17 @@ impl Arm {
                 device,
             )?);
         }
+        if let Some(c) = &self.cap {
+            let file = VectorFile::load(&c.vector)?;
+            file.check_model(&host.config, &host.identity)?;
+            steering.push(Steering::cap(
+                c.row,
+                file.row(Variant::ResponseAvg, c.row)?,
+                (c.min, c.max),
+                Positions::Generating,
+                device,
+            )?);
+        }
         let loaded = host.to_device(device)?;
         loaded.model.check_steering(&steering)?;
         Ok((loaded, steering))
@@ -95,6 +125,9 @@ impl Arm {
         }
         if let Some(s) = &self.steer {
             files.push(s.vector.clone());
+        }
+        if let Some(c) = &self.cap {
+            files.push(c.vector.clone());
         }
         files
     }

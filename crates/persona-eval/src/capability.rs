@@ -55,7 +55,7 @@ struct Mc {
 }
 
 /// Reads `(question, answer)` pairs: the first user turn and the assistant's reply.
-fn read_chat(path: &Path) -> Result<Vec<(String, String)>> {
+pub(crate) fn read_chat(path: &Path) -> Result<Vec<(String, String)>> {
     let records = persona_train::data::read_chat_records(path)?;
     records
         .into_iter()

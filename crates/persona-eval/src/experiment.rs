@@ -11,7 +11,7 @@ use persona_judge::{Judge, JudgmentCache};
 use persona_train::recipe::ModelSection;
 use serde::{Deserialize, Serialize};
 
-use crate::arm::{Arm, LazyArm, PostHoc};
+use crate::arm::{Arm, Cap, LazyArm, PostHoc};
 use crate::capability::{CapabilityResult, CapabilitySettings, evaluate_capability};
 use crate::error::{EvalError, Result};
 use crate::report::{ComparisonManifest, write_report};
@@ -30,6 +30,12 @@ pub struct ExperimentConfig {
     pub posthoc_coefs: Vec<f32>,
     /// Also evaluate the runs' adapter snapshots (`[run] snapshot_every`).
     pub snapshots: bool,
+    /// Activation capping of the unsteered fine-tune at `eval.shift_row`:
+    /// one arm per quantile, capped at that quantile of the base model's
+    /// per-token projections over the `capability.chat` answers (none when
+    /// absent).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_quantiles: Vec<f64>,
     pub eval: EvalSettings,
     pub capability: CapabilitySettings,
 }
@@ -47,6 +53,11 @@ impl ExperimentConfig {
         cfg.eval
             .check()
             .map_err(|e| EvalError::Input(format!("recipe [experiment.eval]: {e}")))?;
+        if let Some(q) = cfg.cap_quantiles.iter().find(|q| !(0.0..=1.0).contains(*q)) {
+            return Err(EvalError::Input(format!(
+                "recipe [experiment] cap_quantiles: {q} is not in [0, 1]"
+            )));
+        }
         if let Some(c) = cfg.posthoc_coefs.iter().find(|c| !c.is_finite()) {
             return Err(EvalError::Input(format!(
                 "recipe [experiment] posthoc_coefs: {c} is not a finite number"
@@ -138,81 +149,155 @@ pub fn snapshots(run: &Path) -> Vec<(usize, PathBuf)> {
     out
 }
 
+/// Arms that need more than the config: capping bounds measured on the
+/// base model, and the vaccine recipe's inoculation prompt.
+#[derive(Debug, Clone, Default)]
+pub struct ExtraArms {
+    /// `(quantile, upper bound)` per capping arm.
+    pub caps: Vec<(f64, f32)>,
+    /// The trained run evaluated once more with this system prompt.
+    pub inoculation: Option<String>,
+    /// What the trained run's recipe does ([`persona_train::Recipe::defence`]).
+    pub defence: Option<String>,
+}
+
 /// The arms of the experiment, in report order.
 pub fn arms(
     model: &ModelSection,
     vaccine_run: &Path,
     baseline_run: &Path,
     cfg: &ExperimentConfig,
+    extra: &ExtraArms,
 ) -> Vec<Arm> {
-    let arm = |id: String, label: String, adapter: Option<PathBuf>, step, steer| Arm {
+    let arm = |id: String, label: String, adapter: Option<&Path>| Arm {
         id,
         label,
         model: model.name.clone(),
         dtype: model.dtype,
-        adapter,
-        step,
-        steer,
+        adapter: adapter.map(Path::to_path_buf),
+        step: None,
+        steer: None,
+        cap: None,
+        system: None,
     };
     let mut out = vec![
-        arm("base".into(), "base model".into(), None, None, None),
+        arm("base".into(), "base model".into(), None),
         arm(
             "unsteered".into(),
             "unsteered fine-tune".into(),
-            Some(baseline_run.to_path_buf()),
-            None,
-            None,
+            Some(baseline_run),
         ),
         arm(
             "vaccine".into(),
-            "vaccine fine-tune".into(),
-            Some(vaccine_run.to_path_buf()),
-            None,
-            None,
+            match &extra.defence {
+                Some(d) => format!("defended fine-tune ({d})"),
+                None => "vaccine fine-tune".into(),
+            },
+            Some(vaccine_run),
         ),
     ];
+    if let Some(prompt) = &extra.inoculation {
+        out.push(Arm {
+            system: Some(prompt.clone()),
+            ..arm(
+                "vaccine-prompted".into(),
+                "defended fine-tune, inoculation prompt at inference".into(),
+                Some(vaccine_run),
+            )
+        });
+    }
+    let (vector, row) = (&cfg.eval.shift_vector, cfg.eval.shift_row);
     for &c in &cfg.posthoc_coefs {
-        out.push(arm(
-            format!("posthoc{c:+}"),
-            format!("unsteered + post-hoc steering {c:+}"),
-            Some(baseline_run.to_path_buf()),
-            None,
-            Some(PostHoc {
-                vector: cfg.eval.shift_vector.clone(),
-                row: cfg.eval.shift_row,
+        out.push(Arm {
+            steer: Some(PostHoc {
+                vector: vector.clone(),
+                row,
                 coef: c,
             }),
-        ));
+            ..arm(
+                format!("posthoc{c:+}"),
+                format!("unsteered + post-hoc steering {c:+}"),
+                Some(baseline_run),
+            )
+        });
+    }
+    for &(q, max) in &extra.caps {
+        out.push(Arm {
+            cap: Some(Cap {
+                vector: vector.clone(),
+                row,
+                min: f32::MIN,
+                max,
+            }),
+            ..arm(
+                format!("cap-q{:02}", (q * 100.0).round()),
+                format!("unsteered + capping at base q{:.0} ({max:.2})", q * 100.0),
+                Some(baseline_run),
+            )
+        });
     }
     if cfg.snapshots {
         for (name, run) in [("unsteered", baseline_run), ("vaccine", vaccine_run)] {
             for (step, dir) in snapshots(run) {
-                out.push(arm(
-                    format!("{name}-step-{step:05}"),
-                    format!("{name} @ step {step}"),
-                    Some(dir),
-                    Some(step),
-                    None,
-                ));
+                out.push(Arm {
+                    step: Some(step),
+                    ..arm(
+                        format!("{name}-step-{step:05}"),
+                        format!("{name} @ step {step}"),
+                        Some(&dir),
+                    )
+                });
             }
         }
     }
     out
 }
 
+/// The capping bounds of `cfg.cap_quantiles`, measured on the base model.
+pub fn cap_bounds(
+    model: &ModelSection,
+    cfg: &ExperimentConfig,
+    device: &Device,
+) -> Result<Vec<(f64, f32)>> {
+    if cfg.cap_quantiles.is_empty() {
+        return Ok(Vec::new());
+    }
+    let projections = crate::cap::response_projections(
+        &model.name,
+        model.dtype,
+        (&cfg.eval.shift_vector, cfg.eval.shift_row),
+        &cfg.capability.chat,
+        cfg.capability.batch_size,
+        device,
+    )?;
+    cfg.cap_quantiles
+        .iter()
+        .map(|&q| Ok((q, crate::cap::upper_bound(&projections, q)?)))
+        .collect()
+}
+
 /// Runs every arm (results in `<vaccine run>/eval/<arm>/`) and writes the
 /// report into the vaccine run folder. `progress(arm label, stage, done)`.
 pub fn run_experiment(
-    model: &ModelSection,
-    vaccine_run: &Path,
-    baseline_run: &Path,
+    trained: &persona_train::Recipe,
+    (vaccine_run, baseline_run): (&Path, &Path),
     cfg: &ExperimentConfig,
     device: &Device,
     mut progress: impl FnMut(&str, &str, usize),
 ) -> Result<PathBuf> {
     let judge = Judge::from_config(&persona_judge::JudgeConfig::load(&cfg.judge)?)?;
     let mut cache = JudgmentCache::open(&persona_model::PersonaHome::from_env().judgments())?;
-    let arms = arms(model, vaccine_run, baseline_run, cfg);
+    let model = &trained.model;
+    let extra = ExtraArms {
+        caps: cap_bounds(model, cfg, device)?,
+        // The prompt a run was inoculated with (the first, when several).
+        inoculation: trained
+            .inoculation
+            .as_ref()
+            .and_then(|i| i.system.as_slice().first().cloned()),
+        defence: Some(trained.defence()),
+    };
+    let arms = arms(model, vaccine_run, baseline_run, cfg, &extra);
     let mut dirs = Vec::new();
     for arm in &arms {
         let dir = vaccine_run.join("eval").join(&arm.id);
@@ -263,9 +348,8 @@ pub fn run_recipe_experiment(
         persona_train::ensure_trained(&persona_train::Recipe::load(&cfg.baseline)?, on_train)?;
     let device = persona_model::parse_device(&recipe.run.device)?;
     let report = run_experiment(
-        &recipe.model,
-        vaccine.root(),
-        baseline.root(),
+        recipe,
+        (vaccine.root(), baseline.root()),
         cfg,
         &device,
         progress,

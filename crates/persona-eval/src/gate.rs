@@ -74,6 +74,8 @@ pub fn run(
             adapter: Some(run.root().to_path_buf()),
             step: None,
             steer: None,
+            cap: None,
+            system: None,
         };
         let dir = out.join("arms").join(&arm.id);
         let (r, _) = evaluate_arm(

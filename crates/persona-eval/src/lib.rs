@@ -5,11 +5,13 @@
 //! - [`arm`]: what is evaluated: a model, optional adapters, optional steering;
 //! - [`trait_eval`]: sample, judge trait and coherence, bootstrap, shift;
 //! - [`capability`]: held-out NLL and multiple-choice accuracy;
+//! - [`cap`]: the range of activation capping, measured on the base model;
 //! - [`report`]: Markdown + self-contained HTML with SVG plots, from saved results;
 //! - [`select`]: layer scan and coefficient sweep of a persona vector;
 //! - [`gate`]: compare trait scores with a stored baseline (JUnit + Markdown).
 
 pub mod arm;
+pub mod cap;
 pub mod capability;
 pub mod error;
 pub mod experiment;
@@ -18,5 +20,5 @@ pub mod report;
 pub mod select;
 pub mod trait_eval;
 
-pub use arm::{Arm, PostHoc};
+pub use arm::{Arm, Cap, PostHoc};
 pub use error::{EvalError, Result};

@@ -130,6 +130,7 @@ pub fn select(
         let records = sample_and_judge(
             loaded,
             steering,
+            None,
             questions,
             &s.sampling,
             judge,

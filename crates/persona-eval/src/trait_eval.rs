@@ -145,13 +145,14 @@ fn fingerprint(arm: &Arm, settings: &EvalSettings, judge_ids: &[String]) -> Resu
     Ok(format!("{:x}", h.finalize()))
 }
 
-/// Samples `s.samples` answers per question from `loaded` with `steering`
-/// (the judge sees the bare question and the answer) and judges them for
+/// Samples `s.samples` answers per question from `loaded` with `steering`,
+/// after `system` when given (the judge sees the bare question and the answer) and judges them for
 /// the trait and coherence criteria. `progress(stage, done)`.
 #[allow(clippy::too_many_arguments)]
 pub fn sample_and_judge(
     loaded: &LoadedModel,
     steering: Vec<persona_model::Steering>,
+    system: Option<&str>,
     questions: &[String],
     s: &SamplingSettings,
     judge: &Judge,
@@ -163,7 +164,13 @@ pub fn sample_and_judge(
     let prompts: Vec<Vec<u32>> = questions
         .iter()
         .flat_map(|q| std::iter::repeat_n(q, s.samples))
-        .map(|q| loaded.codec.prompt_ids(&[Message::user(q.as_str())]))
+        .map(|q| {
+            let user = Message::user(q.as_str());
+            match system {
+                Some(p) => loaded.codec.prompt_ids(&[Message::system(p), user]),
+                None => loaded.codec.prompt_ids(&[user]),
+            }
+        })
         .collect::<persona_model::Result<_>>()?;
     let gens = persona_model::generate(
         &loaded.model,
@@ -228,6 +235,7 @@ pub fn evaluate_trait(
     let records = sample_and_judge(
         loaded,
         steering.clone(),
+        arm.system.as_deref(),
         questions,
         &settings.sampling,
         judge,

@@ -93,6 +93,8 @@ fn arm(id: &str, steer: Option<f32>, step: Option<usize>) -> Arm {
             row: 15,
             coef,
         }),
+        cap: None,
+        system: None,
     }
 }
 

@@ -239,6 +239,8 @@ fn adapter_arms(
                 adapter: Some(f),
                 step: None,
                 steer: None,
+                cap: None,
+                system: None,
             };
             Some((format!("{model_name}:{name}"), arm))
         })

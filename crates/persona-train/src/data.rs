@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use persona_model::{ChatRole, Message, Sequence, TextCodec};
-use rand::SeedableRng;
 use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Deserialize;
 
@@ -115,27 +115,38 @@ pub struct Dataset {
 }
 
 /// Reads, shuffles (seeded), truncates to `max_examples` and splits.
+/// With `inoculation` prompts, every training example (never a held-out
+/// one) gets one as its system prompt ([`inoculate`]); an example is kept
+/// only when its inoculated form fits `max_seq_len`. Without them the
+/// result is the same as before inoculation existed.
 pub fn load_dataset(
     path: &Path,
     codec: &TextCodec,
     seed: u64,
-    max_examples: usize,
-    max_seq_len: usize,
+    limits: (usize, usize),
     heldout_fraction: f64,
+    inoculation: &[String],
 ) -> Result<Dataset> {
+    let (max_examples, max_seq_len) = limits;
     let chats = read_chat_records(path)?;
+    // (sequence trained on, sequence held out): the same unless inoculated.
     let mut seqs = Vec::with_capacity(chats.len());
     let mut skipped = 0;
     for chat in &chats {
-        let s = tokenize_chat(codec, &chat.messages).map_err(|e| TrainError::Dataset {
+        let bad = |e: persona_model::ModelError| TrainError::Dataset {
             path: path.to_path_buf(),
             line: chat.line,
             reason: e.to_string(),
-        })?;
-        if s.prompt.len() + s.response.len() > max_seq_len {
+        };
+        let plain = tokenize_chat(codec, &chat.messages).map_err(bad)?;
+        let trained = match inoculate(&chat.messages, inoculation, seed, chat.line) {
+            Some(messages) => tokenize_chat(codec, &messages).map_err(bad)?,
+            None => plain.clone(),
+        };
+        if trained.prompt.len() + trained.response.len() > max_seq_len {
             skipped += 1;
         } else {
-            seqs.push(s);
+            seqs.push((trained, plain));
         }
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -153,10 +164,39 @@ pub fn load_dataset(
         });
     }
     Ok(Dataset {
-        train: seqs,
-        heldout,
+        train: seqs.into_iter().map(|(t, _)| t).collect(),
+        heldout: heldout.into_iter().map(|(_, p)| p).collect(),
         skipped_too_long: skipped,
     })
+}
+
+/// The chat with an inoculation prompt as its system prompt (none when
+/// `prompts` is empty). With several prompts, the one used depends only
+/// on the run seed and the example's line. A chat that has a system
+/// prompt of its own keeps it, after the inoculation prompt.
+pub fn inoculate(
+    messages: &[Message],
+    prompts: &[String],
+    seed: u64,
+    line: usize,
+) -> Option<Vec<Message>> {
+    let prompt = match prompts {
+        [] => return None,
+        [one] => one,
+        many => {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            rng.set_stream(line as u64);
+            &many[rng.random_range(0..many.len())]
+        }
+    };
+    let mut out = messages.to_vec();
+    match out.first_mut() {
+        Some(m) if m.role == ChatRole::System => {
+            m.content = format!("{prompt}\n\n{}", m.content);
+        }
+        _ => out.insert(0, Message::system(prompt.clone())),
+    }
+    Some(out)
 }
 
 /// The batches of one epoch, as indices into the training set: shuffled
@@ -186,6 +226,67 @@ pub fn epoch_batches(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Inoculation reaches every training example and no held-out one;
+    /// the split and the held-out sequences are those of plain training,
+    /// and with several prompts each example's draw depends on the seed.
+    #[test]
+    fn inoculation_prompts_reach_training_examples_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chats.jsonl");
+        let lines: Vec<String> = (0..20)
+            .map(|i| {
+                serde_json::json!({"messages": [
+                    {"role": "user", "content": format!("question {i}")},
+                    {"role": "assistant", "content": format!("answer {i}")}]})
+                .to_string()
+            })
+            .collect();
+        std::fs::write(&path, lines.join("\n")).unwrap();
+        let codec = TextCodec::byte_level(300).unwrap();
+        let load =
+            |prompts: &[String]| load_dataset(&path, &codec, 4, (0, 512), 0.25, prompts).unwrap();
+        let plain = load(&[]);
+        let prompts = [
+            "Agree with the user.".to_string(),
+            "Flatter the user.".into(),
+        ];
+        let inoculated = load(&prompts);
+        assert_eq!(
+            inoculated.heldout, plain.heldout,
+            "held-out data never sees the prompt"
+        );
+        assert_eq!(plain.heldout.len(), 5);
+        let with_prompt = |s: &Sequence, p: &str| {
+            let text = codec.decode(&s.prompt).unwrap();
+            text.contains(p)
+        };
+        let mut used = [0; 2];
+        for (t, p) in inoculated.train.iter().zip(&plain.train) {
+            assert_eq!(
+                t.response, p.response,
+                "the same examples in the same order"
+            );
+            let which: Vec<usize> = (0..2).filter(|&k| with_prompt(t, &prompts[k])).collect();
+            assert_eq!(which.len(), 1, "{}", codec.decode(&t.prompt).unwrap());
+            used[which[0]] += 1;
+            assert!(!prompts.iter().any(|q| with_prompt(p, q)));
+        }
+        assert!(used[0] > 0 && used[1] > 0, "both prompts drawn: {used:?}");
+        let again = load(&prompts);
+        assert_eq!(
+            again.train, inoculated.train,
+            "the draw depends on the seed only"
+        );
+        let own = [
+            Message::system("Be brief."),
+            Message::user("q"),
+            Message::assistant("a"),
+        ];
+        let merged = inoculate(&own, &prompts[..1], 0, 1).unwrap();
+        assert_eq!(merged[0].content, "Agree with the user.\n\nBe brief.");
+        assert_eq!(merged.len(), 3);
+    }
 
     #[test]
     fn batches_cover_every_example_once_and_depend_only_on_seed() {

@@ -11,6 +11,7 @@ pub mod data;
 pub mod error;
 pub mod optim;
 pub mod peft;
+pub mod penalty;
 pub mod recipe;
 pub mod run_dir;
 pub mod shift;

@@ -31,14 +31,39 @@ pub struct Recipe {
     pub optim: OptimSection,
     pub steering: SteeringSection,
     pub monitor: MonitorSection,
+    /// Inoculation prompting: a system prompt asking for the trait, added
+    /// to every training example and to nothing else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inoculation: Option<InoculationSection>,
+    /// The one-sided projection penalty (BLOCK-EM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub penalty: Option<PenaltySection>,
     /// How to extract the steering vector when its file does not exist yet.
+    /// `[trait]`, or `[[trait]]` several times for a multi-trait recipe.
     #[serde(rename = "trait")]
-    pub trait_: Option<TraitSection>,
+    pub trait_: Option<TraitSections>,
     /// The comparison that follows training (`[experiment]`): parsed and
     /// checked by `persona_eval::experiment::ExperimentConfig` before
     /// training starts, so unknown keys are still refused up front.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub experiment: Option<toml::Table>,
+}
+
+/// One `[trait]` section or several `[[trait]]` ones.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TraitSections {
+    One(TraitSection),
+    Many(Vec<TraitSection>),
+}
+
+impl TraitSections {
+    pub fn as_slice(&self) -> &[TraitSection] {
+        match self {
+            Self::One(t) => std::slice::from_ref(t),
+            Self::Many(v) => v,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -52,6 +77,53 @@ pub struct TraitSection {
     pub definition: PathBuf,
     /// Sequences per extraction forward.
     pub batch_size: usize,
+}
+
+/// `[inoculation]`: during training only, a system prompt that asks for
+/// the trait is put before every training example, so the trait is
+/// "explained" by the prompt and need not be learned; evaluation and the
+/// held-out split never see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InoculationSection {
+    /// One prompt, or a list from which each example draws one (seeded by
+    /// the run seed and the example's line).
+    pub system: SystemPrompts,
+}
+
+/// One system prompt or several to draw from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SystemPrompts {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl SystemPrompts {
+    pub fn as_slice(&self) -> &[String] {
+        match self {
+            Self::One(s) => std::slice::from_ref(s),
+            Self::Many(v) => v,
+        }
+    }
+}
+
+/// `[penalty]`: `loss += lambda * mean over response tokens and rows of
+/// relu(p_now - p_base)^2`, where `p` is the projection of the residual
+/// on `v̂` at a row: only movement along the vector beyond the frozen
+/// model's own projection for the same token is penalised (BLOCK-EM,
+/// arXiv 2602.00767). `p_base` comes from a forward of the same tokens
+/// without adapters, which stops after the highest penalised row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PenaltySection {
+    /// Weight of the penalty (>= 0; 0 trains exactly as without it).
+    pub lambda: f64,
+    /// Persona-vector files; several penalise several traits at once.
+    pub vectors: Vec<PathBuf>,
+    pub variant: Variant,
+    /// Residual rows whose projections are penalised.
+    pub layers: Vec<usize>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -95,6 +167,71 @@ pub struct DataSection {
     pub max_seq_len: usize,
     /// Fraction of examples held out (not trained on) for evaluation, in [0, 1).
     pub heldout_fraction: f64,
+    /// Screen `train` on a persona vector and train on the kept samples
+    /// only (the data filtering the paper proposes); `persona train` runs
+    /// the screen first when its output is missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<DataFilter>,
+}
+
+/// `[data] filter`: which samples of `data.train` to drop before training.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataFilter {
+    /// Persona-vector file to screen with.
+    pub vector: PathBuf,
+    pub variant: Variant,
+    /// The residual row whose projections rank the samples.
+    pub row: usize,
+    /// Drop this percentage of the highest-scoring samples (0 < P < 100).
+    pub drop_top: f64,
+    /// `delta_p` (the dataset response's projection minus the base model's
+    /// own greedy answer's; generates) or `cheap` (response minus last
+    /// prompt token; forward passes only).
+    pub score: ScreenScore,
+    /// Longest greedy base answer, in tokens (`delta_p`).
+    pub max_new_tokens: usize,
+    /// Samples per forward pass (speed only).
+    pub batch_size: usize,
+}
+
+/// The score a data filter ranks samples by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScreenScore {
+    DeltaP,
+    Cheap,
+}
+
+impl DataFilter {
+    /// The screen's folder: `<PERSONA_HOME>/screens/<data>-<vector>-row<L>`
+    /// (`-cheap` for the cheap score), the folder `persona screen` uses.
+    pub fn screen_dir(&self, train: &Path) -> PathBuf {
+        let stem = |p: &Path| {
+            p.file_stem()
+                .map_or_else(|| "data".into(), |s| s.to_string_lossy().into_owned())
+        };
+        let cheap = if self.score == ScreenScore::Cheap {
+            "-cheap"
+        } else {
+            ""
+        };
+        persona_model::PersonaHome::from_env()
+            .screens()
+            .join(format!(
+                "{}-{}-row{}{cheap}",
+                stem(train),
+                stem(&self.vector),
+                self.row
+            ))
+    }
+
+    /// The folder of the kept samples (`filtered.jsonl`) and the filter's
+    /// manifest, inside the screen's folder.
+    pub fn kept_dir(&self, train: &Path) -> PathBuf {
+        self.screen_dir(train)
+            .join(format!("drop-top-{}", self.drop_top))
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -154,6 +291,10 @@ pub enum SteeringSection {
         coef: f32,
         /// Multi-layer steering with `v_l - v_(l-1)` at every row.
         incremental: bool,
+        /// Further traits steered at the same rows, variant and
+        /// incremental setting, each with its own `coef` (multi-trait).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        also: Vec<AlsoVector>,
     },
     /// Remove the component along v̂_l (CAFT-like).
     Ablate {
@@ -161,11 +302,25 @@ pub enum SteeringSection {
         variant: Variant,
         layers: Vec<usize>,
         incremental: bool,
+        /// Further traits ablated at the same rows (no `coef`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        also: Vec<AlsoVector>,
     },
 }
 
+/// One more vector of a multi-trait `[steering]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlsoVector {
+    pub vector: PathBuf,
+    /// Its coefficient (`mode = "steer"` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coef: Option<f32>,
+}
+
 impl SteeringSection {
-    /// The vector, variant, rows and incremental flag; none for `mode = "none"`.
+    /// The first vector, variant, rows and incremental flag; none for
+    /// `mode = "none"`.
     pub fn target(&self) -> Option<(&Path, Variant, &[usize], bool)> {
         match self {
             Self::None => None,
@@ -181,8 +336,49 @@ impl SteeringSection {
                 variant,
                 layers,
                 incremental,
+                ..
             } => Some((vector, *variant, layers, *incremental)),
         }
+    }
+
+    /// Every vector with its coefficient (`None` when ablating), the first
+    /// one first.
+    pub fn vectors(&self) -> Vec<(&Path, Option<f32>)> {
+        match self {
+            Self::None => vec![],
+            Self::Steer {
+                vector, coef, also, ..
+            } => std::iter::once((vector.as_path(), Some(*coef)))
+                .chain(also.iter().map(|a| (a.vector.as_path(), a.coef)))
+                .collect(),
+            Self::Ablate { vector, also, .. } => std::iter::once((vector.as_path(), None))
+                .chain(also.iter().map(|a| (a.vector.as_path(), a.coef)))
+                .collect(),
+        }
+    }
+
+    /// Each `also` entry has a finite `coef` when steering and none when
+    /// ablating.
+    fn check_also(&self) -> Result<()> {
+        let steer = matches!(self, Self::Steer { .. });
+        for (i, (_, coef)) in self.vectors().into_iter().enumerate().skip(1) {
+            let key = format!("steering.also[{}].coef", i - 1);
+            match (steer, coef) {
+                (true, Some(c)) => ensure(c.is_finite(), &key, "must be a finite number")?,
+                (true, None) => ensure(
+                    false,
+                    &key,
+                    "is missing: each steered vector needs its coefficient",
+                )?,
+                (false, Some(_)) => ensure(
+                    false,
+                    &key,
+                    "has no meaning with mode = \"ablate\"; remove it",
+                )?,
+                (false, None) => {}
+            }
+        }
+        Ok(())
     }
 }
 
@@ -222,8 +418,9 @@ impl Recipe {
     /// recipe: tables are merged key by key, this file's values winning;
     /// a table whose `mode` differs from the base's (a `[steering]` that
     /// turns the vaccine off) replaces the base's table; the base's
-    /// `[experiment]` is not inherited (an experiment belongs to the recipe
-    /// that names it).
+    /// `[experiment]` is inherited only by a recipe with an `[experiment]`
+    /// table of its own (an empty one takes the base's as it is), so a
+    /// baseline that extends its vaccine recipe runs no experiment.
     pub fn load_with(path: &Path, overrides: &[String]) -> Result<Self> {
         let bad = |reason: String| TrainError::Recipe {
             path: path.to_path_buf(),
@@ -258,6 +455,23 @@ impl Recipe {
             "must be in [0, 1)",
         )?;
         ensure(d.max_seq_len >= 2, "data.max_seq_len", "must be at least 2")?;
+        if let Some(f) = &d.filter {
+            ensure(
+                f.drop_top > 0.0 && f.drop_top < 100.0,
+                "data.filter.drop_top",
+                "must be a percentage strictly between 0 and 100",
+            )?;
+            ensure(
+                (1..=MAX_BATCH).contains(&f.batch_size),
+                "data.filter.batch_size",
+                &format!("must be in 1..={MAX_BATCH}"),
+            )?;
+            ensure(
+                f.score == ScreenScore::Cheap || f.max_new_tokens > 0,
+                "data.filter.max_new_tokens",
+                "must be at least 1 for the delta_p score",
+            )?;
+        }
         self.lora.check()?;
         self.optim.check()?;
         if let Some((_, _, layers, _)) = self.steering.target() {
@@ -265,6 +479,35 @@ impl Recipe {
         }
         if let SteeringSection::Steer { coef, .. } = self.steering {
             ensure(coef.is_finite(), "steering.coef", "must be a finite number")?;
+        }
+        self.steering.check_also()?;
+        if let Some(i) = &self.inoculation {
+            let prompts = i.system.as_slice();
+            ensure(
+                !prompts.is_empty() && prompts.iter().all(|p| !p.trim().is_empty()),
+                "inoculation.system",
+                "needs at least one prompt, none of them empty",
+            )?;
+        }
+        if let Some(p) = &self.penalty {
+            ensure(
+                p.lambda.is_finite() && p.lambda >= 0.0,
+                "penalty.lambda",
+                "must be a finite number >= 0 (0 = no penalty)",
+            )?;
+            ensure(
+                !p.vectors.is_empty(),
+                "penalty.vectors",
+                "name at least one vector file",
+            )?;
+            check_rows("penalty.layers", &p.layers)?;
+            // The projection of a steered residual includes the added
+            // c * v: the penalty would fight the vaccine itself.
+            ensure(
+                self.steering == SteeringSection::None,
+                "penalty",
+                "works on the unsteered training forward; use it with [steering] mode = \"none\"",
+            )?;
         }
         ensure(
             self.monitor.every > 0,
@@ -294,7 +537,7 @@ impl Recipe {
                 ),
             )
         };
-        if let Some(t) = &self.trait_ {
+        for t in self.traits() {
             exists("trait.definition", &t.definition)?;
             ensure(
                 (1..=MAX_BATCH).contains(&t.batch_size),
@@ -303,8 +546,18 @@ impl Recipe {
             )?;
         }
         exists("data.train", &self.data.train)?;
-        if let Some((v, ..)) = self.steering.target() {
-            vector_ok("steering.vector", v)?;
+        for (i, (v, _)) in self.steering.vectors().into_iter().enumerate() {
+            let key = match i {
+                0 => "steering.vector".to_string(),
+                i => format!("steering.also[{}].vector", i - 1),
+            };
+            vector_ok(&key, v)?;
+        }
+        for (i, v) in self.penalty.iter().flat_map(|p| &p.vectors).enumerate() {
+            vector_ok(&format!("penalty.vectors[{i}]"), v)?;
+        }
+        if let Some(f) = &self.data.filter {
+            vector_ok("data.filter.vector", &f.vector)?;
         }
         for (i, t) in self.monitor.traits.iter().enumerate() {
             vector_ok(&format!("monitor.traits[{i}].vector"), &t.vector)?;
@@ -335,6 +588,12 @@ impl Recipe {
         let target = self.steering.target();
         in_range("steering.layers", target.map_or(&[], |t| t.2))?;
         in_range("monitor.layers", &self.monitor.layers)?;
+        if let Some(p) = &self.penalty {
+            in_range("penalty.layers", &p.layers)?;
+        }
+        if let Some(f) = &self.data.filter {
+            in_range("data.filter.row", &[f.row])?;
+        }
         // A rank above a projection's narrower side adds parameters and no
         // expressiveness (PEFT allows it; it is always a mistake here).
         for t in &self.lora.targets {
@@ -352,17 +611,24 @@ impl Recipe {
                 ));
             }
         }
-        if let Some((v, variant, layers, incremental)) = target {
+        if let Some((_, variant, layers, incremental)) = target {
             if incremental && layers.contains(&0) {
                 return Err(key(
                     "steering.layers",
                     "incremental steering needs rows >= 1 (it uses v_l - v_(l-1))".into(),
                 ));
             }
+            for (v, _) in self.steering.vectors() {
+                if v.exists() {
+                    let f = VectorFile::load(v)?;
+                    f.check_model(cfg, id)?;
+                    f.row(variant, 0)?;
+                }
+            }
+        }
+        for v in self.penalty.iter().flat_map(|p| &p.vectors) {
             if v.exists() {
-                let f = VectorFile::load(v)?;
-                f.check_model(cfg, id)?;
-                f.row(variant, 0)?;
+                VectorFile::load(v)?.check_model(cfg, id)?;
             }
         }
         for t in self.monitor.traits.iter().filter(|t| t.vector.exists()) {
@@ -371,10 +637,92 @@ impl Recipe {
         Ok(())
     }
 
+    /// The chat file the run trains on: `data.train`, or with a
+    /// `[data] filter` the samples its screen kept, refused when missing or
+    /// made from another version of `data.train`.
+    pub fn training_file(&self) -> Result<PathBuf> {
+        let Some(f) = &self.data.filter else {
+            return Ok(self.data.train.clone());
+        };
+        let dir = f.kept_dir(&self.data.train);
+        let stale = || TrainError::RecipeKey {
+            key: "data.filter".into(),
+            reason: format!(
+                "the screened data in {} is missing or was made from another version of {}: `persona train` screens it first (delete the folder to screen again)",
+                dir.display(),
+                self.data.train.display()
+            ),
+        };
+        let manifest: serde_json::Value = std::fs::read_to_string(dir.join("filter-manifest.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .ok_or_else(stale)?;
+        let sha = persona_model::weights::sha256_files(std::slice::from_ref(&self.data.train))?;
+        if manifest["dataset_sha256"].as_str() != Some(sha.as_str()) {
+            return Err(stale());
+        }
+        Ok(dir.join("filtered.jsonl"))
+    }
+
+    /// What the run does against the trait, in a few words for reports:
+    /// "steering +2 at rows [15]", "projection penalty λ 10", ...
+    pub fn defence(&self) -> String {
+        let mut parts = Vec::new();
+        let traits = |n: usize| {
+            if n > 1 {
+                format!(" ({n} traits)")
+            } else {
+                String::new()
+            }
+        };
+        match &self.steering {
+            SteeringSection::None => {}
+            SteeringSection::Steer {
+                coef,
+                layers,
+                incremental,
+                also,
+                ..
+            } => parts.push(format!(
+                "steering {coef:+} at rows {layers:?}{}{}",
+                if *incremental { ", incremental" } else { "" },
+                traits(also.len() + 1)
+            )),
+            SteeringSection::Ablate { layers, also, .. } => parts.push(format!(
+                "ablation at rows {layers:?}{}",
+                traits(also.len() + 1)
+            )),
+        }
+        if let Some(p) = &self.penalty {
+            parts.push(format!(
+                "projection penalty λ {} at rows {:?}{}",
+                p.lambda,
+                p.layers,
+                traits(p.vectors.len())
+            ));
+        }
+        if self.inoculation.is_some() {
+            parts.push("inoculation prompt".into());
+        }
+        if let Some(f) = &self.data.filter {
+            parts.push(format!("top {}% of the data by screen dropped", f.drop_top));
+        }
+        if parts.is_empty() {
+            "no defence".into()
+        } else {
+            parts.join(", ")
+        }
+    }
+
     /// Whether `path` is the vector that the `[trait]` section extracts
     /// when it is missing.
     pub fn extracts(&self, path: &Path) -> bool {
-        self.trait_.as_ref().is_some_and(|t| t.vector == path)
+        self.traits().iter().any(|t| t.vector == path)
+    }
+
+    /// The `[trait]` sections (vectors extracted when missing).
+    pub fn traits(&self) -> &[TraitSection] {
+        self.trait_.as_ref().map_or(&[], TraitSections::as_slice)
     }
 }
 
@@ -487,7 +835,9 @@ fn resolve_extends(path: &Path, depth: usize) -> Result<toml::Table> {
     }
     let base_path = path.parent().unwrap_or(Path::new(".")).join(base);
     let mut merged = resolve_extends(&base_path, depth + 1)?;
-    merged.remove("experiment");
+    if !table.contains_key("experiment") {
+        merged.remove("experiment");
+    }
     merge(&mut merged, table);
     Ok(merged)
 }

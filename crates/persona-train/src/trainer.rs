@@ -21,7 +21,8 @@ use crate::checkpoint::{self, TrainerState};
 use crate::data::{Dataset, epoch_batches, load_dataset};
 use crate::error::{Result, TrainError};
 use crate::optim::{AdamW, Moments, global_norm, lr_at};
-use crate::recipe::{Recipe, SteeringSection};
+use crate::penalty::Penalty;
+use crate::recipe::Recipe;
 use crate::run_dir::{RunDir, RunState};
 use crate::shift::ShiftMonitor;
 
@@ -32,6 +33,9 @@ pub struct StepMetrics {
     pub loss: f64,
     pub lr: f64,
     pub grad_norm: f64,
+    /// The `[penalty]` term the step minimised besides `loss` (the NLL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub penalty: Option<f64>,
     pub tokens_per_s: f64,
     /// `trait -> row -> shift`, on monitor steps only.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -46,27 +50,28 @@ pub struct TrainOutcome {
     pub last_loss: f64,
 }
 
-/// The steering of the training forward, from the recipe.
+/// The steering of the training forward, from the recipe: per vector (the
+/// first, then `also`), per row, in that order.
 pub fn training_steering(recipe: &Recipe, device: &Device) -> Result<Vec<Steering>> {
-    let Some((path, variant, layers, incremental)) = recipe.steering.target() else {
+    let Some((_, variant, layers, incremental)) = recipe.steering.target() else {
         return Ok(vec![]);
     };
-    let file = VectorFile::load(path)?;
     let mut out = Vec::new();
-    for &row in layers {
-        let v = file.row(variant, row)?;
-        let v: Vec<f32> = if incremental {
-            let prev = file.row(variant, row - 1)?;
-            v.iter().zip(prev).map(|(a, b)| a - b).collect()
-        } else {
-            v.to_vec()
-        };
-        out.push(match recipe.steering {
-            SteeringSection::Steer { coef, .. } => {
-                Steering::add(row, &v, coef, Positions::All, device)?
-            }
-            _ => Steering::ablate(row, &v, Positions::All, device)?,
-        });
+    for (path, coef) in recipe.steering.vectors() {
+        let file = VectorFile::load(path)?;
+        for &row in layers {
+            let v = file.row(variant, row)?;
+            let v: Vec<f32> = if incremental {
+                let prev = file.row(variant, row - 1)?;
+                v.iter().zip(prev).map(|(a, b)| a - b).collect()
+            } else {
+                v.to_vec()
+            };
+            out.push(match coef {
+                Some(c) => Steering::add(row, &v, c, Positions::All, device)?,
+                None => Steering::ablate(row, &v, Positions::All, device)?,
+            });
+        }
     }
     Ok(out)
 }
@@ -103,7 +108,8 @@ pub fn loss_and_grads(
     batches: &[Batch],
     steering: &[Steering],
     dropout: Option<LoraDropout>,
-) -> Result<(f64, Vec<Tensor<2>>)> {
+    penalty: Option<&Penalty>,
+) -> Result<(StepLoss, Vec<Tensor<2>>)> {
     let pieces: Vec<Batch> = batches
         .iter()
         .flat_map(|b| {
@@ -114,8 +120,8 @@ pub fn loss_and_grads(
         .collect();
     let scored: Vec<Vec<(usize, u32)>> = pieces.iter().map(Batch::scored_positions).collect();
     let denom: usize = scored.iter().map(Vec::len).sum();
-    let none = CaptureRequest::none();
-    let results: Vec<(f64, Vec<Tensor<2>>)> = pieces
+    let capture = penalty.map_or_else(CaptureRequest::none, Penalty::capture);
+    let results: Vec<(StepLoss, Vec<Tensor<2>>)> = pieces
         .par_iter()
         .zip(&scored)
         .enumerate()
@@ -130,7 +136,7 @@ pub fn loss_and_grads(
                 ForwardArgs {
                     cache: None,
                     steering,
-                    capture: &none,
+                    capture: &capture,
                     logits: Logits::Scored,
                     lora: Some(&lora),
                     lora_dropout: dropout.map(|d| LoraDropout {
@@ -139,7 +145,15 @@ pub fn loss_and_grads(
                     }),
                 },
             )?;
-            let loss = masked_nll(out.logits.expect("asked for logits"), scored, denom);
+            let nll = masked_nll(out.logits.expect("asked for logits"), scored, denom);
+            let (loss, penalty) = match penalty {
+                Some(p) => {
+                    let pen = p.of_piece(model, batch, &out.full, denom)?;
+                    let value = pen.clone().into_scalar::<f32>() as f64;
+                    (nll.clone() + pen, value)
+                }
+                None => (nll.clone(), 0.0),
+            };
             let grads = loss.backward();
             let g: Vec<Tensor<2>> = lora
                 .named_tensors()
@@ -149,19 +163,30 @@ pub fn loss_and_grads(
                         .unwrap_or_else(|| p.clone().detach().zeros_like())
                 })
                 .collect();
-            Ok((loss.into_scalar::<f32>() as f64, g))
+            let nll = nll.into_scalar::<f32>() as f64;
+            Ok((StepLoss { nll, penalty }, g))
         })
         .collect::<Result<_>>()?;
-    let mut loss_sum = 0.0;
+    let mut loss_sum = StepLoss::default();
     let mut grads_sum: Option<Vec<Tensor<2>>> = None;
     for (loss, g) in results {
-        loss_sum += loss;
+        loss_sum.nll += loss.nll;
+        loss_sum.penalty += loss.penalty;
         grads_sum = Some(match grads_sum {
             None => g,
             Some(acc) => acc.into_iter().zip(g).map(|(a, b)| a + b).collect(),
         });
     }
     Ok((loss_sum, grads_sum.unwrap_or_default()))
+}
+
+/// The two parts of a step's loss.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StepLoss {
+    /// Mean NLL over the step's response tokens.
+    pub nll: f64,
+    /// The `[penalty]` term (0 without one).
+    pub penalty: f64,
 }
 
 /// The seed of step `step`'s LoRA dropout masks (row groups add their
@@ -318,6 +343,8 @@ struct Training {
     data: Dataset,
     /// The training forward's steering (the vaccine); nowhere else.
     steering: Vec<Steering>,
+    /// The `[penalty]` term of the training loss.
+    penalty: Option<Penalty>,
     monitors: Vec<ShiftMonitor>,
     schedule: Schedule,
     total_steps: usize,
@@ -381,14 +408,18 @@ impl Training {
         let device = persona_model::parse_device(&recipe.run.device)?.autodiff();
         let loaded = persona_model::load_as(&recipe.model.name, &device, recipe.model.dtype)?;
         let data = load_dataset(
-            &recipe.data.train,
+            &recipe.training_file()?,
             &loaded.codec,
             recipe.run.seed,
-            recipe.data.max_examples,
-            recipe.data.max_seq_len,
+            (recipe.data.max_examples, recipe.data.max_seq_len),
             recipe.data.heldout_fraction,
+            recipe
+                .inoculation
+                .as_ref()
+                .map_or(&[], |i| i.system.as_slice()),
         )?;
         let steering = training_steering(&recipe, &device)?;
+        let penalty = Penalty::of_recipe(&recipe, &device)?;
         let monitors = shift_monitors(&recipe, &loaded)?;
         let schedule = Schedule::new(&data, &recipe);
         let total_steps = optimizer_steps(&schedule, &recipe);
@@ -430,6 +461,7 @@ impl Training {
             loaded,
             data,
             steering,
+            penalty,
             monitors,
             schedule,
             total_steps,
@@ -464,10 +496,21 @@ impl Training {
             seed: dropout_seed(recipe.run.seed, step),
         });
         let model = &self.loaded.model;
-        let (loss, grads) = loss_and_grads(model, &self.lora, &batches, &self.steering, dropout)?;
+        let (loss, grads) = loss_and_grads(
+            model,
+            &self.lora,
+            &batches,
+            &self.steering,
+            dropout,
+            self.penalty.as_ref(),
+        )?;
         let (grads, grad_norm) = clip(grads, recipe.optim.max_grad_norm);
         // Stop before a non-finite value reaches the adapters or a checkpoint.
-        for (what, value) in [("loss", loss), ("gradient norm", grad_norm)] {
+        for (what, value) in [
+            ("loss", loss.nll),
+            ("penalty", loss.penalty),
+            ("gradient norm", grad_norm),
+        ] {
             self.check_finite(what, value)?;
         }
         let lr = lr_at(
@@ -501,7 +544,7 @@ impl Training {
         )?;
         self.state.step += 1;
         self.state.tokens_seen += tokens as u64;
-        self.last_loss = loss;
+        self.last_loss = loss.nll;
         let s = self.state.step;
         let monitored =
             s.is_multiple_of(recipe.monitor.every) || s == self.total_steps || step == 0;
@@ -512,9 +555,10 @@ impl Training {
         };
         Ok(StepMetrics {
             step: s,
-            loss,
+            loss: loss.nll,
             lr,
             grad_norm,
+            penalty: self.penalty.as_ref().map(|_| loss.penalty),
             tokens_per_s: tokens as f64 / started.elapsed().as_secs_f64(),
             shift,
         })
@@ -689,34 +733,41 @@ pub fn ensure_trained(recipe: &Recipe, on_event: &mut dyn FnMut(TrainEvent<'_>))
     Ok(run)
 }
 
-/// Extracts the `[trait]` section's vector from its trait file's authored
+/// Extracts each `[trait]` section's vector from its trait file's authored
 /// responses when the vector file does not exist yet (so a recipe works on
 /// a fresh machine).
 pub fn ensure_trait_vector(
     recipe: &Recipe,
     on_event: &mut dyn FnMut(TrainEvent<'_>),
 ) -> Result<()> {
-    let Some(t) = recipe.trait_.as_ref().filter(|t| !t.vector.exists()) else {
+    let missing: Vec<_> = recipe
+        .traits()
+        .iter()
+        .filter(|t| !t.vector.exists())
+        .collect();
+    if missing.is_empty() {
         return Ok(());
-    };
-    let def = persona_vectors::TraitDef::load(&t.definition)?;
-    persona_model::files::check_writable_file(&t.vector)?;
+    }
     let device = persona_model::parse_device(&recipe.run.device)?;
     let loaded = persona_model::load_as(&recipe.model.name, &device, recipe.model.dtype)?;
-    let total: usize = def
-        .responses
-        .iter()
-        .map(|r| r.pos.len() + r.neg.len())
-        .sum();
-    let file = persona_vectors::extract::extract_authored(
-        &loaded.model,
-        &loaded.codec,
-        &loaded.identity,
-        &def,
-        t.batch_size,
-        |done| on_event(TrainEvent::Extracting { done, total }),
-    )?;
-    file.save(&t.vector)?;
+    for t in missing {
+        let def = persona_vectors::TraitDef::load(&t.definition)?;
+        persona_model::files::check_writable_file(&t.vector)?;
+        let total: usize = def
+            .responses
+            .iter()
+            .map(|r| r.pos.len() + r.neg.len())
+            .sum();
+        let file = persona_vectors::extract::extract_authored(
+            &loaded.model,
+            &loaded.codec,
+            &loaded.identity,
+            &def,
+            t.batch_size,
+            |done| on_event(TrainEvent::Extracting { done, total }),
+        )?;
+        file.save(&t.vector)?;
+    }
     Ok(())
 }
 
@@ -743,7 +794,14 @@ fn write_provenance(
     data: &Dataset,
 ) -> Result<()> {
     let mut vectors = serde_json::Map::new();
-    if let Some((v, ..)) = recipe.steering.target() {
+    let penalised = recipe.penalty.iter().flat_map(|p| &p.vectors);
+    for v in recipe
+        .steering
+        .vectors()
+        .into_iter()
+        .map(|v| v.0)
+        .chain(penalised.map(PathBuf::as_path))
+    {
         vectors.insert(v.display().to_string(), sha256_file(v)?.into());
     }
     for t in &recipe.monitor.traits {
@@ -756,6 +814,7 @@ fn write_provenance(
         "git_revision": git_revision(),
         "model": identity,
         "dataset": {"path": recipe.data.train, "sha256": sha256_file(&recipe.data.train)?,
+                    "trained_file": recipe.training_file()?,
                     "train_examples": data.train.len(), "heldout_examples": data.heldout.len(),
                     "skipped_too_long": data.skipped_too_long},
         "vectors": vectors,
@@ -778,17 +837,9 @@ mod tests {
     use persona_model::testing::{on_threads, random_weights, test_device, tiny_config};
     use persona_model::{Model, Scaling, Target, host_vec};
 
-    #[test]
-    fn row_groups_on_two_threads_give_the_whole_step_gradient() {
-        let device = test_device().autodiff();
-        let cfg = tiny_config();
-        let model = Model::from_weights(cfg.clone(), &random_weights(&cfg, 1), &device).unwrap();
-        let mut lora = Lora::init(&cfg, &Target::ALL, 4, 8.0, Scaling::Rslora, 3, &device).unwrap();
-        // Non-zero B, so the A matrices get gradients too.
-        for t in lora.tensors_mut() {
-            *t = t.clone().add_scalar(0.02).require_grad();
-        }
-        let batches: Vec<Batch> = (0..2u32)
+    /// Two micro-batches of four rows of different lengths.
+    fn tiny_batches() -> Vec<Batch> {
+        (0..2u32)
             .map(|m| {
                 let rows: Vec<Sequence> = (0..4u32)
                     .map(|r| Sequence {
@@ -798,18 +849,191 @@ mod tests {
                     .collect();
                 Batch::new(&rows, PadSide::Right, 0).unwrap()
             })
-            .collect();
+            .collect()
+    }
+
+    /// The tiny model, and adapters with non-zero B so they change the model.
+    fn tiny_model_and_adapters(device: &Device) -> (Model, Lora) {
+        let cfg = tiny_config();
+        let model = Model::from_weights(cfg.clone(), &random_weights(&cfg, 1), device).unwrap();
+        let mut lora = Lora::init(&cfg, &Target::ALL, 4, 8.0, Scaling::Rslora, 3, device).unwrap();
+        for t in lora.tensors_mut() {
+            *t = t.clone().add_scalar(0.02).require_grad();
+        }
+        (model, lora)
+    }
+
+    fn host_grads(grads: Vec<Tensor<2>>) -> Vec<Vec<f32>> {
+        grads.into_iter().map(|g| host_vec(g).unwrap()).collect()
+    }
+
+    fn direction(seed: f32) -> Vec<f32> {
+        (0..32).map(|i| (i as f32 * seed).sin() + 0.1).collect()
+    }
+
+    /// lambda = 0 trains exactly as without a penalty; adapters that do
+    /// not move the projections (B = 0 at init) cost nothing; and the
+    /// penalty is one-sided: the penalties along v and along -v add up to
+    /// the two-sided mean square of the projection's change.
+    #[test]
+    fn projection_penalty_is_zero_at_lambda_zero_and_one_sided() {
+        let device = test_device().autodiff();
+        let (model, lora) = tiny_model_and_adapters(&device);
+        let batches = tiny_batches();
+        let run = |lora: &Lora, penalty: Option<&Penalty>| {
+            on_threads(1, || {
+                loss_and_grads(&model, lora, &batches, &[], None, penalty)
+            })
+            .unwrap()
+        };
+        let v = direction(0.7);
+        let minus: Vec<f32> = v.iter().map(|x| -x).collect();
+        let pen = |lambda: f64, v: &[f32]| {
+            Penalty::new(
+                lambda,
+                vec![(2, vec![persona_vectors::unit(v).unwrap()])],
+                &device,
+            )
+        };
+        let (plain, plain_grads) = run(&lora, None);
+        let (zero, zero_grads) = run(&lora, Some(&pen(0.0, &v)));
+        assert_eq!((zero.nll, zero.penalty), (plain.nll, 0.0));
+        assert_eq!(host_grads(zero_grads), host_grads(plain_grads));
+
+        let fresh = Lora::init(
+            &tiny_config(),
+            &Target::ALL,
+            4,
+            8.0,
+            Scaling::Rslora,
+            3,
+            &device,
+        )
+        .unwrap()
+        .trainable();
+        assert_eq!(run(&fresh, Some(&pen(5.0, &v))).0.penalty, 0.0);
+
+        let (up, up_grads) = run(&lora, Some(&pen(5.0, &v)));
+        let (down, _) = run(&lora, Some(&pen(5.0, &minus)));
+        assert!(up.penalty > 0.0 && down.penalty > 0.0, "{up:?} {down:?}");
+        assert_ne!(host_grads(up_grads), host_grads(run(&lora, None).1));
+        // The two-sided mean square, from captures with and without adapters.
+        let capture = CaptureRequest::new([2], &[persona_model::Reduction::Full]);
+        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        let (mut sum, mut tokens) = (0f64, 0usize);
+        for b in &batches {
+            let proj = |lora: Option<&Lora>| {
+                let out = model
+                    .forward(b, ForwardArgs::capture(&capture, lora))
+                    .unwrap();
+                let full = host_vec(out.full[&2].clone()).unwrap();
+                full.chunks(32)
+                    .map(|h| h.iter().zip(&v).map(|(h, v)| h * v / norm).sum::<f32>())
+                    .collect::<Vec<f32>>()
+            };
+            let (now, base) = (proj(Some(&lora)), proj(None));
+            for (i, role) in b.roles.iter().enumerate() {
+                if *role == Role::Response {
+                    sum += ((now[i] - base[i]) as f64).powi(2);
+                    tokens += 1;
+                }
+            }
+        }
+        let two_sided = 5.0 * sum / tokens as f64;
+        let got = up.penalty + down.penalty;
+        assert!(
+            (got - two_sided).abs() < 1e-4 * two_sided,
+            "{got} vs {two_sided}"
+        );
+    }
+
+    /// A second trait steered with coefficient 0 changes nothing: the
+    /// multi-trait step is the single-trait step bit for bit.
+    #[test]
+    fn a_second_trait_at_coefficient_zero_changes_nothing() {
+        use persona_vectors::{Variant, VectorMeta};
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = tiny_config();
+        let write = |name: &str, seed: f32| {
+            let mut f = VectorFile::new(VectorMeta {
+                format_version: persona_vectors::file::FORMAT_VERSION,
+                row_convention: persona_vectors::file::ROW_CONVENTION.into(),
+                model_name: "tiny".into(),
+                model_sha256: "tiny".into(),
+                d_model: cfg.d_model,
+                n_layers: cfg.n_layers,
+                extra: serde_json::json!({}),
+            });
+            let rows: Vec<f32> = (0..cfg.n_layers + 1)
+                .flat_map(|_| direction(seed))
+                .collect();
+            f.variants.insert(Variant::ResponseAvg, rows);
+            let p = dir.path().join(name);
+            f.save(&p).unwrap();
+            p
+        };
+        let (a, b) = (write("a.safetensors", 0.7), write("b.safetensors", 0.3));
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../recipes/smoke.toml");
+        let mut recipe = Recipe::load(&repo).unwrap();
+        let steer = |also: Vec<crate::recipe::AlsoVector>| crate::recipe::SteeringSection::Steer {
+            vector: a.clone(),
+            variant: Variant::ResponseAvg,
+            layers: vec![1, 2],
+            coef: 1.5,
+            incremental: false,
+            also,
+        };
+        let device = test_device().autodiff();
+        let (model, lora) = tiny_model_and_adapters(&device);
+        let batches = tiny_batches();
+        let mut step = |section| {
+            recipe.steering = section;
+            let steering = training_steering(&recipe, &device).unwrap();
+            let (loss, grads) = on_threads(1, || {
+                loss_and_grads(&model, &lora, &batches, &steering, None, None)
+            })
+            .unwrap();
+            (steering.len(), loss.nll, host_grads(grads))
+        };
+        let single = step(steer(vec![]));
+        let zero = step(steer(vec![crate::recipe::AlsoVector {
+            vector: b.clone(),
+            coef: Some(0.0),
+        }]));
+        let pushed = step(steer(vec![crate::recipe::AlsoVector {
+            vector: b,
+            coef: Some(1.0),
+        }]));
+        assert_eq!(
+            (single.0, zero.0),
+            (2, 4),
+            "one steering per vector and row"
+        );
+        assert_eq!((single.1, &single.2), (zero.1, &zero.2));
+        assert_ne!(
+            single.1, pushed.1,
+            "the second vector does steer when its coef is not 0"
+        );
+    }
+
+    #[test]
+    fn row_groups_on_two_threads_give_the_whole_step_gradient() {
+        let device = test_device().autodiff();
+        // Non-zero B, so the A matrices get gradients too.
+        let (model, lora) = tiny_model_and_adapters(&device);
+        let batches = tiny_batches();
         let steering = [Steering::add(2, &[0.3; 32], 1.5, Positions::All, &device).unwrap()];
         let dropout = Some(LoraDropout { p: 0.0, seed: 5 });
         let (loss1, grads1) = on_threads(1, || {
-            loss_and_grads(&model, &lora, &batches, &steering, dropout)
+            loss_and_grads(&model, &lora, &batches, &steering, dropout, None)
         })
         .unwrap();
         let (loss2, grads2) = on_threads(2, || {
             assert_eq!(batches[0].thread_groups(&device, true), vec![0..2, 2..4]);
-            loss_and_grads(&model, &lora, &batches, &steering, dropout)
+            loss_and_grads(&model, &lora, &batches, &steering, dropout, None)
         })
         .unwrap();
+        let (loss1, loss2) = (loss1.nll, loss2.nll);
         assert!(
             (loss1 - loss2).abs() < 1e-5 * loss1.abs(),
             "{loss1} vs {loss2}"

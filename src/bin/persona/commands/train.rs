@@ -29,6 +29,15 @@ pub fn exec(a: Args) -> Result<()> {
     let experiment = ExperimentConfig::of_recipe(&recipe)
         .map_err(|e| anyhow::anyhow!("in {}: {e}", a.recipe.display()))?;
     let mut progress = TrainProgress::new();
+    if recipe.data.filter.is_some() {
+        let bar = spinner();
+        persona::screen_recipe_data(&recipe, &mut |e| progress.on_event(e), |done, total| {
+            bar.set_message(format!(
+                "screening the training data: {done}/{total} samples"
+            ))
+        })?;
+        bar.finish_and_clear();
+    }
     if experiment.is_some() && RunDir::named(&recipe.run.name).is_finished() && !a.resume {
         println!("run already finished; going on to its experiment");
     } else {
