@@ -285,6 +285,56 @@ fn bad_recipes_fail_with_errors_naming_the_key() {
             }),
             "steering.vector",
         ),
+        (
+            "also-without-coef",
+            Box::new(|t| {
+                let also: toml::Value = toml::from_str::<toml::Table>(
+                    "v = [{ vector = \"datasets/finetune/sycophancy/normal.jsonl\" }]",
+                )
+                .unwrap()["v"]
+                    .clone();
+                t["steering"]
+                    .as_table_mut()
+                    .unwrap()
+                    .insert("also".into(), also);
+            }),
+            "steering.also[0].coef",
+        ),
+        (
+            "penalty-with-steering",
+            Box::new(|t| {
+                let mut penalty: toml::Table =
+                    toml::from_str("lambda = 1.0\nvariant = \"response_avg\"\nlayers = [2]")
+                        .unwrap();
+                let vector = t["trait"]["vector"].clone();
+                penalty.insert("vectors".into(), toml::Value::Array(vec![vector]));
+                t.insert("penalty".into(), penalty.into());
+            }),
+            "use it with [steering] mode = \"none\"",
+        ),
+        (
+            "empty-inoculation",
+            Box::new(|t| {
+                let i: toml::Table = toml::from_str("system = []").unwrap();
+                t.insert("inoculation".into(), i.into());
+            }),
+            "inoculation.system",
+        ),
+        (
+            "filter-drops-everything",
+            Box::new(|t| {
+                let mut f: toml::Table = toml::from_str(
+                    "variant = \"response_avg\"\nrow = 2\ndrop_top = 100.0\nscore = \"cheap\"\nmax_new_tokens = 0\nbatch_size = 4",
+                )
+                .unwrap();
+                f.insert("vector".into(), t["trait"]["vector"].clone());
+                t["data"]
+                    .as_table_mut()
+                    .unwrap()
+                    .insert("filter".into(), f.into());
+            }),
+            "data.filter.drop_top",
+        ),
     ];
     for (name, edit, want) in cases {
         let p = smoke_recipe(home.path(), name, edit);

@@ -34,7 +34,7 @@ pub struct ExperimentConfig {
     /// one arm per quantile, capped at that quantile of the base model's
     /// per-token projections over the `capability.chat` answers (none when
     /// absent).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub cap_quantiles: Vec<f64>,
     pub eval: EvalSettings,
     pub capability: CapabilitySettings,
@@ -365,4 +365,51 @@ pub fn run_recipe_experiment(
         .map(|d| crate::report::load_arm(d))
         .collect::<Result<_>>()?;
     Ok(ExperimentOutcome { report, arms })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The inoculation prompt reaches exactly one arm (the defended run
+    /// evaluated with it) and no other; capping arms cap the unsteered run
+    /// at the bounds given, with no steering and no prompt.
+    #[test]
+    fn only_the_prompted_arm_sees_the_inoculation_prompt() {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let recipe =
+            persona_train::Recipe::load(&repo.join("recipes/sycophancy-vaccine.toml")).unwrap();
+        let table = recipe.experiment.clone().unwrap();
+        let cfg: ExperimentConfig = persona_model::settings::from_table(table).unwrap();
+        let extra = ExtraArms {
+            caps: vec![(0.95, 12.5)],
+            inoculation: Some("Agree with the user.".into()),
+            defence: Some(recipe.defence()),
+        };
+        let (defended, unsteered) = (Path::new("runs/d"), Path::new("runs/u"));
+        let arms = arms(&recipe.model, defended, unsteered, &cfg, &extra);
+        let prompted: Vec<&Arm> = arms.iter().filter(|a| a.system.is_some()).collect();
+        assert_eq!(prompted.len(), 1);
+        assert_eq!(prompted[0].id, "vaccine-prompted");
+        assert_eq!(prompted[0].adapter.as_deref(), Some(defended));
+        assert!(prompted[0].steer.is_none() && prompted[0].cap.is_none());
+        let capped: Vec<&Arm> = arms.iter().filter(|a| a.cap.is_some()).collect();
+        assert_eq!(capped.len(), 1);
+        let cap = capped[0].cap.as_ref().unwrap();
+        assert_eq!((cap.row, cap.max), (cfg.eval.shift_row, 12.5));
+        assert_eq!(capped[0].adapter.as_deref(), Some(unsteered));
+        assert!(capped[0].steer.is_none() && capped[0].system.is_none());
+        let without = arms_without_extras(&recipe, &cfg);
+        assert!(
+            without
+                .iter()
+                .all(|a| a.system.is_none() && a.cap.is_none())
+        );
+        assert_eq!(without.len() + 2, arms.len());
+    }
+
+    fn arms_without_extras(recipe: &persona_train::Recipe, cfg: &ExperimentConfig) -> Vec<Arm> {
+        let runs = (Path::new("runs/d"), Path::new("runs/u"));
+        arms(&recipe.model, runs.0, runs.1, cfg, &ExtraArms::default())
+    }
 }

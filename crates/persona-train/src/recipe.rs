@@ -293,7 +293,7 @@ pub enum SteeringSection {
         incremental: bool,
         /// Further traits steered at the same rows, variant and
         /// incremental setting, each with its own `coef` (multi-trait).
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        #[serde(default)]
         also: Vec<AlsoVector>,
     },
     /// Remove the component along v̂_l (CAFT-like).
@@ -303,7 +303,7 @@ pub enum SteeringSection {
         layers: Vec<usize>,
         incremental: bool,
         /// Further traits ablated at the same rows (no `coef`).
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        #[serde(default)]
         also: Vec<AlsoVector>,
     },
 }
