@@ -340,14 +340,22 @@ fn train_bench(spec: &str) {
         eps: 1e-8,
         weight_decay: 0.01,
     };
-    let mut step = |t: usize| {
+    // The one-sided projection penalty's step (no steering): its extra
+    // adapter-free forward stops at the penalised row.
+    let unit = persona_vectors::unit(&v).unwrap();
+    let penalty = persona_train::penalty::Penalty::new(1.0, vec![(row, vec![unit])], &device);
+    let mut step = |t: usize, penalised: bool| {
+        let (steering, penalty) = match penalised {
+            false => (&steering[..], None),
+            true => (&[][..], Some(&penalty)),
+        };
         let (_, grads) = loss_and_grads(
             &m.model,
             &lora,
             std::slice::from_ref(&batch),
-            &steering,
+            steering,
             None,
-            None,
+            penalty,
         )
         .unwrap();
         let (grads, _) = clip(grads, 1.0);
@@ -363,13 +371,17 @@ fn train_bench(spec: &str) {
                 .require_grad();
         }
     };
-    step(1);
+    step(1, false);
     let reps = 3;
-    let t = Instant::now();
-    for i in 0..reps {
-        step(i + 2);
-    }
-    let secs = t.elapsed().as_secs_f64() / reps as f64;
+    let mut time = |penalised: bool| {
+        let t = Instant::now();
+        for i in 0..reps {
+            step(i + 2, penalised);
+        }
+        t.elapsed().as_secs_f64() / reps as f64
+    };
+    let secs = time(false);
+    let penalised = time(true);
     let n = (n_rows * tokens) as f64;
     // Forward and input gradients through the frozen blocks (2 + 2 FLOP
     // per weight and token) and the LM head on the scored (response)
@@ -381,5 +393,10 @@ fn train_bench(spec: &str) {
         "train LoRA r16, {n_rows}x{tokens}, AdamW: {:.0} tokens/s ({secs:.2} s/step; {})",
         n / secs,
         gflops(n / secs * per_token)
+    );
+    println!(
+        "train LoRA r16, {n_rows}x{tokens}, projection penalty at row {row} instead of steering: {:.0} tokens/s ({penalised:.2} s/step, {:+.0}%)",
+        n / penalised,
+        100.0 * (penalised / secs - 1.0)
     );
 }

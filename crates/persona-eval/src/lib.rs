@@ -6,6 +6,7 @@
 //! - [`trait_eval`]: sample, judge trait and coherence, bootstrap, shift;
 //! - [`capability`]: held-out NLL and multiple-choice accuracy;
 //! - [`cap`]: the range of activation capping, measured on the base model;
+//! - [`repeats`]: the same arm over repeated runs (seeds), mean ± sd;
 //! - [`report`]: Markdown + self-contained HTML with SVG plots, from saved results;
 //! - [`select`]: layer scan and coefficient sweep of a persona vector;
 //! - [`gate`]: compare trait scores with a stored baseline (JUnit + Markdown).
@@ -16,6 +17,7 @@ pub mod capability;
 pub mod error;
 pub mod experiment;
 pub mod gate;
+pub mod repeats;
 pub mod report;
 pub mod select;
 pub mod trait_eval;

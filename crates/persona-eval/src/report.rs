@@ -292,6 +292,8 @@ struct Report<'a> {
     judge_audit: String,
     settings: String,
     table: String,
+    /// Settings run more than once: mean ± sd ([`crate::repeats::table`]).
+    repeats: Option<String>,
     r: String,
     plots: Vec<Plot>,
     examples: Vec<(String, String, Vec<&'a AnswerRecord>)>,
@@ -317,6 +319,7 @@ pub fn write_report(dir: &Path, manifest: &ComparisonManifest) -> Result<PathBuf
             .map(|a| serde_json::to_string(&a.result.settings).unwrap_or_default())
             .unwrap_or_default(),
         table: table(&arms),
+        repeats: crate::repeats::table(&arms),
         r: fmt_r(shift_trait_r(&arms)),
         plots: plots(&arms, manifest)?,
         examples: examples(&arms, 2),
@@ -332,6 +335,9 @@ pub fn write_report(dir: &Path, manifest: &ComparisonManifest) -> Result<PathBuf
     persona_model::write_atomic(&dir.join("report.html"), html(&report).as_bytes())?;
     Ok(dir.join("report.html"))
 }
+
+const REPEATS_TITLE: &str = "Over repeated runs";
+const REPEATS_NOTE: &str = "Arms with the same label are one setting run several times (e.g. seeds): mean ± standard deviation over the runs of each arm's point estimate.";
 
 fn fmt_score(score: Option<f32>) -> String {
     score.map_or("n/a".into(), |s| format!("{s:.0}"))
@@ -350,6 +356,9 @@ fn markdown(report: &Report) -> String {
         "\nTrait score: mean of non-missing judgments with a 95% bootstrap interval; trait among coherent answers: the same over answers judged coherence >= 50, with their count. Shift: mean last-prompt-token activation minus the base model's, on the unit vector. NLL: nats/token (lower is better). Pearson r (shift vs trait score, unsteered checkpoints): {}.\n",
         report.r
     );
+    if let Some(t) = &report.repeats {
+        let _ = writeln!(md, "## {REPEATS_TITLE}\n\n{t}\n{REPEATS_NOTE}\n");
+    }
     for plot in &report.plots {
         let _ = writeln!(md, "![{}]({})\n", plot.title, plot.file);
     }
@@ -401,6 +410,11 @@ fn html(report: &Report) -> String {
         "<p>Pearson r (shift vs trait score, unsteered checkpoints): {}</p>",
         report.r
     );
+    if let Some(t) = &report.repeats {
+        let _ = writeln!(html, "<h2>{REPEATS_TITLE}</h2>");
+        html.push_str(&html_table(t));
+        let _ = writeln!(html, "<p>{}</p>", html_escape(REPEATS_NOTE));
+    }
     for plot in &report.plots {
         let _ = writeln!(
             html,

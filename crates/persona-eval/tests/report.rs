@@ -39,7 +39,7 @@ fn save_arm(dir: &Path, arm: Arm, trait_score: f64, shift: f64, nll: f64) {
         judge: "test-judge".into(),
         judge_audit: "sycophantic: Pearson 0.50 (test)".into(),
         settings,
-        fingerprint: "f".into(),
+        fingerprint: dir.display().to_string(),
         trait_score: ci(trait_score),
         trait_score_coherent: Some(MeanCi {
             n: 1,
@@ -220,4 +220,61 @@ fn shipped_settings_files_parse() {
         persona_model::settings::load(Path::new("settings/extract-generated.toml")).unwrap();
     persona_eval::trait_eval::EvalFile::load(Path::new("settings/eval.toml")).unwrap();
     persona_eval::gate::GateConfig::load(Path::new("ci/gate.toml")).unwrap();
+}
+
+/// Arms with the same label are one setting over several runs: the report
+/// gives their mean ± sd and each run's score; the same evaluation found
+/// in two run folders counts once.
+#[test]
+fn repeated_runs_of_an_arm_are_averaged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let mut dirs = Vec::new();
+    for (seed, score) in [(0, 40.0), (1, 50.0), (2, 60.0)] {
+        let dir = root.join(format!("s{seed}/vaccine"));
+        save_arm(
+            &dir,
+            arm("vaccine", None, None),
+            score,
+            -0.5,
+            2.0 + seed as f64,
+        );
+        dirs.push(dir);
+    }
+    save_arm(
+        &root.join("s0/base"),
+        arm("base", None, None),
+        10.0,
+        0.0,
+        2.0,
+    );
+    dirs.push(root.join("s0/base"));
+    // The base model's evaluation again, as another run folder holds it.
+    let copy = root.join("s1/base");
+    std::fs::create_dir_all(&copy).unwrap();
+    for f in ["result.json", "capability.json", "answers.jsonl"] {
+        std::fs::copy(root.join("s0/base").join(f), copy.join(f)).unwrap();
+    }
+    dirs.push(copy);
+    let manifest = ComparisonManifest {
+        title: "seeds".into(),
+        arms: dirs,
+        runs: vec![],
+    };
+    write_report(&root.join("report"), &manifest).unwrap();
+    let md = std::fs::read_to_string(root.join("report/report.md")).unwrap();
+    assert!(
+        md.contains("| vaccine | 3 | 50.0 ± 10.0 | 40.0, 50.0, 60.0 | 45.0 ± 10.0 | 80.0 ± 0.0 | -0.50 ± 0.00 | 3.000 ± 1.000 |"),
+        "{md}"
+    );
+    assert!(md.contains("| base | 1 | 10.0 | 10.0 |"), "{md}");
+    // One run per arm: no such table.
+    let single = ComparisonManifest {
+        title: "one".into(),
+        arms: vec![root.join("s0/vaccine"), root.join("s0/base")],
+        runs: vec![],
+    };
+    write_report(&root.join("one"), &single).unwrap();
+    let md = std::fs::read_to_string(root.join("one/report.md")).unwrap();
+    assert!(!md.contains("Over repeated runs"), "{md}");
 }
