@@ -684,20 +684,22 @@ impl Recipe {
                 also,
                 ..
             } => parts.push(format!(
-                "steering {coef:+} at rows {layers:?}{}{}",
+                "steering {coef:+} at {}{}{}",
+                rows_text(layers),
                 if *incremental { ", incremental" } else { "" },
                 traits(also.len() + 1)
             )),
             SteeringSection::Ablate { layers, also, .. } => parts.push(format!(
-                "ablation at rows {layers:?}{}",
+                "ablation at {}{}",
+                rows_text(layers),
                 traits(also.len() + 1)
             )),
         }
         if let Some(p) = &self.penalty {
             parts.push(format!(
-                "projection penalty λ {} at rows {:?}{}",
+                "projection penalty λ {} at {}{}",
                 p.lambda,
-                p.layers,
+                rows_text(&p.layers),
                 traits(p.vectors.len())
             ));
         }
@@ -724,6 +726,31 @@ impl Recipe {
     pub fn traits(&self) -> &[TraitSection] {
         self.trait_.as_ref().map_or(&[], TraitSections::as_slice)
     }
+}
+
+/// Rows for a label: "row 15", "rows 1-30", "rows 5, 10-12".
+fn rows_text(rows: &[usize]) -> String {
+    let mut sorted = rows.to_vec();
+    sorted.sort_unstable();
+    let mut spans: Vec<(usize, usize)> = Vec::new();
+    for r in sorted {
+        match spans.last_mut() {
+            Some((_, end)) if *end + 1 == r => *end = r,
+            _ => spans.push((r, r)),
+        }
+    }
+    let text: Vec<String> = spans
+        .iter()
+        .map(|&(a, b)| {
+            if a == b {
+                a.to_string()
+            } else {
+                format!("{a}-{b}")
+            }
+        })
+        .collect();
+    let noun = if rows.len() == 1 { "row" } else { "rows" };
+    format!("{noun} {}", text.join(", "))
 }
 
 /// `Ok` when `ok`, else an error naming the recipe key.
@@ -912,6 +939,17 @@ mod tests {
             v.experiment = None;
             assert_eq!(toml::to_string(&v).unwrap(), toml::to_string(&b).unwrap());
         }
+    }
+
+    #[test]
+    fn defences_are_labelled_with_row_spans() {
+        assert_eq!(rows_text(&[15]), "row 15");
+        assert_eq!(rows_text(&(1..=30).rev().collect::<Vec<_>>()), "rows 1-30");
+        assert_eq!(rows_text(&[5, 10, 11, 12, 20]), "rows 5, 10-12, 20");
+        let r = Recipe::load(&repo().join("recipes/defences/sycophancy-penalty.toml")).unwrap();
+        assert_eq!(r.defence(), "projection penalty λ 1 at row 15");
+        let r = Recipe::load(&repo().join("recipes/sycophancy-baseline.toml")).unwrap();
+        assert_eq!(r.defence(), "no defence");
     }
 
     #[test]
