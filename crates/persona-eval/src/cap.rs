@@ -6,12 +6,12 @@
 use std::path::Path;
 
 use burn::tensor::Device;
-use persona_model::{Batch, CaptureRequest, ForwardArgs, PadSide, Reduction, Role, Sequence};
-use persona_model::{Message, WeightDtype, host_vec};
+use persona_model::{Batch, CaptureRequest, ForwardArgs, PadSide, Reduction, Role};
+use persona_model::{WeightDtype, host_vec};
 use persona_monitor::stats::quantile;
 use persona_vectors::{Variant, VectorFile};
 
-use crate::capability::read_chat;
+use crate::capability::{chat_sequences, read_chat};
 use crate::error::{EvalError, Result};
 
 /// The base model's per-token projections on `v̂_row` over the assistant
@@ -29,15 +29,7 @@ pub fn response_projections(
     let file = VectorFile::load(vector)?;
     file.check_model(&loaded.model.config, &loaded.identity)?;
     let unit = file.unit_row(Variant::ResponseAvg, row)?;
-    let seqs = read_chat(data)?
-        .iter()
-        .map(|(q, a)| {
-            Ok(Sequence {
-                prompt: loaded.codec.prompt_ids(&[Message::user(q.as_str())])?,
-                response: loaded.codec.encode(a)?,
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let seqs = chat_sequences(&loaded, &read_chat(data)?)?;
     let request = CaptureRequest::new([row], &[Reduction::Full]);
     let d = unit.len();
     let mut out = Vec::new();

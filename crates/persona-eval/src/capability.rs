@@ -101,14 +101,13 @@ fn read_mc(path: &Path) -> Result<Vec<Mc>> {
     Ok(out)
 }
 
-/// Mean token log-probability of each answer to its question.
-fn mean_logprobs(
+/// Each `(question, answer)` as a sequence: the templated question as the
+/// prompt, the answer's tokens as the response.
+pub(crate) fn chat_sequences(
     loaded: &LoadedModel,
-    steering: &[Steering],
     pairs: &[(String, String)],
-    batch_size: usize,
-) -> Result<Vec<f64>> {
-    let seqs = pairs
+) -> Result<Vec<Sequence>> {
+    pairs
         .iter()
         .map(|(q, a)| {
             Ok(Sequence {
@@ -116,7 +115,17 @@ fn mean_logprobs(
                 response: loaded.codec.encode(a)?,
             })
         })
-        .collect::<Result<Vec<_>>>()?;
+        .collect()
+}
+
+/// Mean token log-probability of each answer to its question.
+fn mean_logprobs(
+    loaded: &LoadedModel,
+    steering: &[Steering],
+    pairs: &[(String, String)],
+    batch_size: usize,
+) -> Result<Vec<f64>> {
+    let seqs = chat_sequences(loaded, pairs)?;
     let lik = response_likelihoods(
         &loaded.model,
         None,
