@@ -67,7 +67,8 @@ pub fn screen_recipe_data(
     let Some(f) = &recipe.data.filter else {
         return Ok(());
     };
-    if recipe.training_file().is_ok() {
+    let home = PersonaHome::from_env();
+    if recipe.training_file_in(&home).is_ok() {
         return Ok(());
     }
     persona_train::trainer::ensure_trait_vector(recipe, on_event)?;
@@ -79,7 +80,7 @@ pub fn screen_recipe_data(
         generate_base: f.score == persona_train::recipe::ScreenScore::DeltaP,
         max_new_tokens: f.max_new_tokens,
         batch_size: f.batch_size,
-        base_cache: PersonaHome::from_env().base_responses(&loaded.identity.sha256),
+        base_cache: home.base_responses(&loaded.identity.sha256),
     };
     let (summary, scores) = persona_monitor::screen::screen(
         &loaded.model,
@@ -90,10 +91,10 @@ pub fn screen_recipe_data(
         f.variant,
         f.row,
         &opts,
-        &f.screen_dir(&recipe.data.train),
+        &f.screen_dir(&recipe.data.train, &home),
         &mut progress,
     )?;
-    let kept = f.kept_dir(&recipe.data.train);
+    let kept = f.kept_dir(&recipe.data.train, &home);
     persona_model::files::refuse_symlink(&kept)?;
     std::fs::create_dir_all(&kept).map_err(|e| persona_model::ModelError::write(&kept, e))?;
     let rule = persona_monitor::screen::FilterRule::DropTop {

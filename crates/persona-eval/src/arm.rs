@@ -84,32 +84,25 @@ impl Arm {
         Ok(host)
     }
 
-    /// Loads the arm onto `device`, with its post-hoc steering (checked
-    /// against the model) ready for generation and scoring.
+    /// Loads the arm onto `device`, with its post-hoc steering or capping
+    /// (checked against the model) ready for generation and scoring.
     pub fn load(&self, device: &Device) -> Result<(LoadedModel, Vec<Steering>)> {
         let host = self.host_model()?;
+        // The response-average vector at `row`, from a file made for this model.
+        let vector_row = |path: &Path, row: usize| -> Result<Vec<f32>> {
+            let file = VectorFile::load(path)?;
+            file.check_model(&host.config, &host.identity)?;
+            Ok(file.row(Variant::ResponseAvg, row)?.to_vec())
+        };
+        let at = Positions::Generating;
         let mut steering = Vec::new();
         if let Some(s) = &self.steer {
-            let file = VectorFile::load(&s.vector)?;
-            file.check_model(&host.config, &host.identity)?;
-            steering.push(Steering::add(
-                s.row,
-                file.row(Variant::ResponseAvg, s.row)?,
-                s.coef,
-                Positions::Generating,
-                device,
-            )?);
+            let v = vector_row(&s.vector, s.row)?;
+            steering.push(Steering::add(s.row, &v, s.coef, at, device)?);
         }
         if let Some(c) = &self.cap {
-            let file = VectorFile::load(&c.vector)?;
-            file.check_model(&host.config, &host.identity)?;
-            steering.push(Steering::cap(
-                c.row,
-                file.row(Variant::ResponseAvg, c.row)?,
-                (c.min, c.max),
-                Positions::Generating,
-                device,
-            )?);
+            let v = vector_row(&c.vector, c.row)?;
+            steering.push(Steering::cap(c.row, &v, (c.min, c.max), at, device)?);
         }
         let loaded = host.to_device(device)?;
         loaded.model.check_steering(&steering)?;

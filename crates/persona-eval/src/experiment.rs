@@ -149,26 +149,18 @@ pub fn snapshots(run: &Path) -> Vec<(usize, PathBuf)> {
     out
 }
 
-/// Arms that need more than the config: capping bounds measured on the
-/// base model, and the vaccine recipe's inoculation prompt.
-#[derive(Debug, Clone, Default)]
-pub struct ExtraArms {
-    /// `(quantile, upper bound)` per capping arm.
-    pub caps: Vec<(f64, f32)>,
-    /// The trained run evaluated once more with this system prompt.
-    pub inoculation: Option<String>,
-    /// What the trained run's recipe does ([`persona_train::Recipe::defence`]).
-    pub defence: Option<String>,
-}
-
 /// The arms of the experiment, in report order.
+/// The arms of the experiment, in report order. The defended run's label
+/// comes from its recipe, and a run trained with inoculation prompts is
+/// also evaluated with the first of them at inference; `caps` are the
+/// `(quantile, upper bound)` of the capping arms ([`cap_bounds`]).
 pub fn arms(
-    model: &ModelSection,
-    vaccine_run: &Path,
-    baseline_run: &Path,
+    trained: &persona_train::Recipe,
+    (vaccine_run, baseline_run): (&Path, &Path),
     cfg: &ExperimentConfig,
-    extra: &ExtraArms,
+    caps: &[(f64, f32)],
 ) -> Vec<Arm> {
+    let model = &trained.model;
     let arm = |id: String, label: String, adapter: Option<&Path>| Arm {
         id,
         label,
@@ -189,14 +181,12 @@ pub fn arms(
         ),
         arm(
             "vaccine".into(),
-            match &extra.defence {
-                Some(d) => format!("defended fine-tune ({d})"),
-                None => "vaccine fine-tune".into(),
-            },
+            format!("defended fine-tune ({})", trained.defence()),
             Some(vaccine_run),
         ),
     ];
-    if let Some(prompt) = &extra.inoculation {
+    let inoculation = trained.inoculation.as_ref();
+    if let Some(prompt) = inoculation.and_then(|i| i.system.as_slice().first()) {
         out.push(Arm {
             system: Some(prompt.clone()),
             ..arm(
@@ -221,7 +211,7 @@ pub fn arms(
             )
         });
     }
-    for &(q, max) in &extra.caps {
+    for &(q, max) in caps {
         out.push(Arm {
             cap: Some(Cap {
                 vector: vector.clone(),
@@ -287,17 +277,8 @@ pub fn run_experiment(
 ) -> Result<PathBuf> {
     let judge = Judge::from_config(&persona_judge::JudgeConfig::load(&cfg.judge)?)?;
     let mut cache = JudgmentCache::open(&persona_model::PersonaHome::from_env().judgments())?;
-    let model = &trained.model;
-    let extra = ExtraArms {
-        caps: cap_bounds(model, cfg, device)?,
-        // The prompt a run was inoculated with (the first, when several).
-        inoculation: trained
-            .inoculation
-            .as_ref()
-            .and_then(|i| i.system.as_slice().first().cloned()),
-        defence: Some(trained.defence()),
-    };
-    let arms = arms(model, vaccine_run, baseline_run, cfg, &extra);
+    let caps = cap_bounds(&trained.model, cfg, device)?;
+    let arms = arms(trained, (vaccine_run, baseline_run), cfg, &caps);
     let mut dirs = Vec::new();
     for arm in &arms {
         let dir = vaccine_run.join("eval").join(&arm.id);
@@ -377,39 +358,35 @@ mod tests {
     #[test]
     fn only_the_prompted_arm_sees_the_inoculation_prompt() {
         let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let recipe =
+        let plain =
             persona_train::Recipe::load(&repo.join("recipes/sycophancy-vaccine.toml")).unwrap();
-        let table = recipe.experiment.clone().unwrap();
+        let table = plain.experiment.clone().unwrap();
         let cfg: ExperimentConfig = persona_model::settings::from_table(table).unwrap();
-        let extra = ExtraArms {
-            caps: vec![(0.95, 12.5)],
-            inoculation: Some("Agree with the user.".into()),
-            defence: Some(recipe.defence()),
+        let inoculated = persona_train::Recipe {
+            inoculation: Some(persona_train::recipe::InoculationSection {
+                system: persona_train::recipe::OneOrMany::One("Agree with the user.".into()),
+            }),
+            ..plain.clone()
         };
         let (defended, unsteered) = (Path::new("runs/d"), Path::new("runs/u"));
-        let arms = arms(&recipe.model, defended, unsteered, &cfg, &extra);
-        let prompted: Vec<&Arm> = arms.iter().filter(|a| a.system.is_some()).collect();
+        let all = arms(&inoculated, (defended, unsteered), &cfg, &[(0.95, 12.5)]);
+        let prompted: Vec<&Arm> = all.iter().filter(|a| a.system.is_some()).collect();
         assert_eq!(prompted.len(), 1);
         assert_eq!(prompted[0].id, "vaccine-prompted");
         assert_eq!(prompted[0].adapter.as_deref(), Some(defended));
         assert!(prompted[0].steer.is_none() && prompted[0].cap.is_none());
-        let capped: Vec<&Arm> = arms.iter().filter(|a| a.cap.is_some()).collect();
+        let capped: Vec<&Arm> = all.iter().filter(|a| a.cap.is_some()).collect();
         assert_eq!(capped.len(), 1);
         let cap = capped[0].cap.as_ref().unwrap();
         assert_eq!((cap.row, cap.max), (cfg.eval.shift_row, 12.5));
         assert_eq!(capped[0].adapter.as_deref(), Some(unsteered));
         assert!(capped[0].steer.is_none() && capped[0].system.is_none());
-        let without = arms_without_extras(&recipe, &cfg);
+        let without = arms(&plain, (defended, unsteered), &cfg, &[]);
         assert!(
             without
                 .iter()
                 .all(|a| a.system.is_none() && a.cap.is_none())
         );
-        assert_eq!(without.len() + 2, arms.len());
-    }
-
-    fn arms_without_extras(recipe: &persona_train::Recipe, cfg: &ExperimentConfig) -> Vec<Arm> {
-        let runs = (Path::new("runs/d"), Path::new("runs/u"));
-        arms(&recipe.model, runs.0, runs.1, cfg, &ExtraArms::default())
+        assert_eq!(without.len() + 2, all.len());
     }
 }

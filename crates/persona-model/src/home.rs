@@ -52,6 +52,21 @@ impl PersonaHome {
         self.root.join("screens")
     }
 
+    /// The folder of one screen: `screens/<dataset>-<vector>-row<L>`, with
+    /// `-cheap` for the cheap score only (file stems name the inputs).
+    pub fn screen(&self, dataset: &Path, vector: &Path, row: usize, cheap: bool) -> PathBuf {
+        let stem = |p: &Path| {
+            p.file_stem()
+                .map_or_else(|| "data".into(), |s| s.to_string_lossy().into_owned())
+        };
+        let cheap = if cheap { "-cheap" } else { "" };
+        self.screens().join(format!(
+            "{}-{}-row{row}{cheap}",
+            stem(dataset),
+            stem(vector)
+        ))
+    }
+
     /// Every judgment ever made: `cache/judgments.jsonl`.
     pub fn judgments(&self) -> PathBuf {
         self.root.join("cache").join("judgments.jsonl")

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use persona_model::{ModelConfig, ModelIdentity, Scaling, Target, WeightDtype};
+use persona_model::{ModelConfig, ModelIdentity, PersonaHome, Scaling, Target, WeightDtype};
 use persona_vectors::{Variant, VectorFile};
 use serde::{Deserialize, Serialize};
 
@@ -41,7 +41,7 @@ pub struct Recipe {
     /// How to extract the steering vector when its file does not exist yet.
     /// `[trait]`, or `[[trait]]` several times for a multi-trait recipe.
     #[serde(rename = "trait")]
-    pub trait_: Option<TraitSections>,
+    pub trait_: Option<OneOrMany<TraitSection>>,
     /// The comparison that follows training (`[experiment]`): parsed and
     /// checked by `persona_eval::experiment::ExperimentConfig` before
     /// training starts, so unknown keys are still refused up front.
@@ -49,16 +49,17 @@ pub struct Recipe {
     pub experiment: Option<toml::Table>,
 }
 
-/// One `[trait]` section or several `[[trait]]` ones.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// A key that takes one value or a list of them (`[trait]` or
+/// `[[trait]]`, one system prompt or several).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
-pub enum TraitSections {
-    One(TraitSection),
-    Many(Vec<TraitSection>),
+pub enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
 }
 
-impl TraitSections {
-    pub fn as_slice(&self) -> &[TraitSection] {
+impl<T> OneOrMany<T> {
+    pub fn as_slice(&self) -> &[T] {
         match self {
             Self::One(t) => std::slice::from_ref(t),
             Self::Many(v) => v,
@@ -66,7 +67,7 @@ impl TraitSections {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TraitSection {
     pub name: String,
@@ -88,24 +89,7 @@ pub struct TraitSection {
 pub struct InoculationSection {
     /// One prompt, or a list from which each example draws one (seeded by
     /// the run seed and the example's line).
-    pub system: SystemPrompts,
-}
-
-/// One system prompt or several to draw from.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum SystemPrompts {
-    One(String),
-    Many(Vec<String>),
-}
-
-impl SystemPrompts {
-    pub fn as_slice(&self) -> &[String] {
-        match self {
-            Self::One(s) => std::slice::from_ref(s),
-            Self::Many(v) => v,
-        }
-    }
+    pub system: OneOrMany<String>,
 }
 
 /// `[penalty]`: `loss += lambda * mean over response tokens and rows of
@@ -204,33 +188,35 @@ pub enum ScreenScore {
 }
 
 impl DataFilter {
-    /// The screen's folder: `<PERSONA_HOME>/screens/<data>-<vector>-row<L>`
-    /// (`-cheap` for the cheap score), the folder `persona screen` uses.
-    pub fn screen_dir(&self, train: &Path) -> PathBuf {
-        let stem = |p: &Path| {
-            p.file_stem()
-                .map_or_else(|| "data".into(), |s| s.to_string_lossy().into_owned())
-        };
-        let cheap = if self.score == ScreenScore::Cheap {
-            "-cheap"
-        } else {
-            ""
-        };
-        persona_model::PersonaHome::from_env()
-            .screens()
-            .join(format!(
-                "{}-{}-row{}{cheap}",
-                stem(train),
-                stem(&self.vector),
-                self.row
-            ))
+    /// The screen's folder in `home`, the one `persona screen` uses.
+    pub fn screen_dir(&self, train: &Path, home: &PersonaHome) -> PathBuf {
+        home.screen(
+            train,
+            &self.vector,
+            self.row,
+            self.score == ScreenScore::Cheap,
+        )
     }
 
     /// The folder of the kept samples (`filtered.jsonl`) and the filter's
     /// manifest, inside the screen's folder.
-    pub fn kept_dir(&self, train: &Path) -> PathBuf {
-        self.screen_dir(train)
+    pub fn kept_dir(&self, train: &Path, home: &PersonaHome) -> PathBuf {
+        self.screen_dir(train, home)
             .join(format!("drop-top-{}", self.drop_top))
+    }
+
+    /// What the screen's `screen.json` must say for its kept samples to be
+    /// this filter's on the current `train` and vector files.
+    fn screen_settings(&self, train: &Path) -> Result<serde_json::Value> {
+        let sha = |p: &Path| persona_model::weights::sha256_files(&[p.to_path_buf()]);
+        Ok(serde_json::json!({
+            "dataset_sha256": sha(train)?,
+            "vector_sha256": sha(&self.vector)?,
+            "variant": self.variant,
+            "row": self.row,
+            "generate_base": self.score == ScreenScore::DeltaP,
+            "max_new_tokens": self.max_new_tokens,
+        }))
     }
 }
 
@@ -638,30 +624,40 @@ impl Recipe {
     }
 
     /// The chat file the run trains on: `data.train`, or with a
-    /// `[data] filter` the samples its screen kept, refused when missing or
-    /// made from another version of `data.train`.
+    /// `[data] filter` the samples its screen kept
+    /// ([`Self::training_file_in`] of `$PERSONA_HOME`).
     pub fn training_file(&self) -> Result<PathBuf> {
+        self.training_file_in(&PersonaHome::from_env())
+    }
+
+    /// [`Self::training_file`] with the screens in `home`; refused when the
+    /// screen is missing, unfinished, or was made from other data, another
+    /// vector file or other screen settings than the recipe's now.
+    pub fn training_file_in(&self, home: &PersonaHome) -> Result<PathBuf> {
         let Some(f) = &self.data.filter else {
             return Ok(self.data.train.clone());
         };
-        let dir = f.kept_dir(&self.data.train);
+        let kept = f.kept_dir(&self.data.train, home);
+        let screen = f.screen_dir(&self.data.train, home).join("screen.json");
         let stale = || TrainError::RecipeKey {
             key: "data.filter".into(),
             reason: format!(
-                "the screened data in {} is missing or was made from another version of {}: `persona train` screens it first (delete the folder to screen again)",
-                dir.display(),
-                self.data.train.display()
+                "the screened data in {} is missing or was made from other data, vector or settings: `persona train` screens it first (delete the folder to screen again)",
+                kept.display()
             ),
         };
-        let manifest: serde_json::Value = std::fs::read_to_string(dir.join("filter-manifest.json"))
+        let saved: serde_json::Value = std::fs::read_to_string(&screen)
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok())
             .ok_or_else(stale)?;
-        let sha = persona_model::weights::sha256_files(std::slice::from_ref(&self.data.train))?;
-        if manifest["dataset_sha256"].as_str() != Some(sha.as_str()) {
+        let want = f.screen_settings(&self.data.train)?;
+        let same = want
+            .as_object()
+            .is_some_and(|w| w.iter().all(|(k, v)| saved.get(k) == Some(v)));
+        if !same || !kept.join("filter-manifest.json").is_file() {
             return Err(stale());
         }
-        Ok(dir.join("filtered.jsonl"))
+        Ok(kept.join("filtered.jsonl"))
     }
 
     /// What the run does against the trait, in a few words for reports:
@@ -724,7 +720,7 @@ impl Recipe {
 
     /// The `[trait]` sections (vectors extracted when missing).
     pub fn traits(&self) -> &[TraitSection] {
-        self.trait_.as_ref().map_or(&[], TraitSections::as_slice)
+        self.trait_.as_ref().map_or(&[], OneOrMany::as_slice)
     }
 }
 
@@ -939,6 +935,48 @@ mod tests {
             v.experiment = None;
             assert_eq!(toml::to_string(&v).unwrap(), toml::to_string(&b).unwrap());
         }
+    }
+
+    /// A filtered run trains on its screen's kept samples only while the
+    /// screen matches the data, the vector and the settings of the recipe.
+    #[test]
+    fn filtered_data_is_refused_once_its_screen_is_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = PersonaHome::at(dir.path().join("home"));
+        let (train, vector) = (dir.path().join("d.jsonl"), dir.path().join("v.safetensors"));
+        std::fs::write(&train, "data").unwrap();
+        std::fs::write(&vector, "vector").unwrap();
+        let mut r = Recipe::load(&repo().join("recipes/smoke.toml")).unwrap();
+        r.data.train = train.clone();
+        let filter = DataFilter {
+            vector: vector.clone(),
+            variant: Variant::ResponseAvg,
+            row: 2,
+            drop_top: 10.0,
+            score: ScreenScore::Cheap,
+            max_new_tokens: 0,
+            batch_size: 4,
+        };
+        r.data.filter = Some(filter.clone());
+        assert!(r.training_file_in(&home).is_err(), "no screen yet");
+        let kept = filter.kept_dir(&train, &home);
+        std::fs::create_dir_all(&kept).unwrap();
+        let mut settings = filter.screen_settings(&train).unwrap();
+        settings["model_name"] = "tiny".into();
+        let screen = filter.screen_dir(&train, &home).join("screen.json");
+        std::fs::write(&screen, settings.to_string()).unwrap();
+        assert!(r.training_file_in(&home).is_err(), "screen unfinished");
+        std::fs::write(kept.join("filter-manifest.json"), "{}").unwrap();
+        assert_eq!(
+            r.training_file_in(&home).unwrap(),
+            kept.join("filtered.jsonl")
+        );
+        std::fs::write(&vector, "another vector").unwrap();
+        let e = r.training_file_in(&home).unwrap_err().to_string();
+        assert!(e.contains("data.filter"), "{e}");
+        std::fs::write(&vector, "vector").unwrap();
+        r.data.filter = Some(DataFilter { row: 3, ..filter });
+        assert!(r.training_file_in(&home).is_err(), "another row");
     }
 
     #[test]

@@ -407,8 +407,9 @@ impl Training {
 
         let device = persona_model::parse_device(&recipe.run.device)?.autodiff();
         let loaded = persona_model::load_as(&recipe.model.name, &device, recipe.model.dtype)?;
+        let training_file = recipe.training_file()?;
         let data = load_dataset(
-            &recipe.training_file()?,
+            &training_file,
             &loaded.codec,
             recipe.run.seed,
             (recipe.data.max_examples, recipe.data.max_seq_len),
@@ -441,7 +442,7 @@ impl Training {
         };
         let base_model = identity.peft_base_model();
         if fresh {
-            write_provenance(&run, &recipe, &identity, &data)?;
+            write_provenance(&run, &recipe, &identity, (&data, &training_file))?;
             truncate_metrics(&run.metrics(), 0)?;
             let meta = checkpoint::AdapterMeta {
                 base_model: &base_model,
@@ -791,7 +792,7 @@ fn write_provenance(
     run: &RunDir,
     recipe: &Recipe,
     identity: &persona_model::ModelIdentity,
-    data: &Dataset,
+    (data, trained_file): (&Dataset, &Path),
 ) -> Result<()> {
     let mut vectors = serde_json::Map::new();
     let penalised = recipe.penalty.iter().flat_map(|p| &p.vectors);
@@ -814,7 +815,7 @@ fn write_provenance(
         "git_revision": git_revision(),
         "model": identity,
         "dataset": {"path": recipe.data.train, "sha256": sha256_file(&recipe.data.train)?,
-                    "trained_file": recipe.training_file()?,
+                    "trained_file": trained_file,
                     "train_examples": data.train.len(), "heldout_examples": data.heldout.len(),
                     "skipped_too_long": data.skipped_too_long},
         "vectors": vectors,

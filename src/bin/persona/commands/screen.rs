@@ -39,12 +39,6 @@ pub struct Args {
     threshold: Option<f64>,
 }
 
-fn stem(p: &std::path::Path) -> String {
-    p.file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "data".into())
-}
-
 pub fn exec(a: Args) -> Result<()> {
     if a.batch_size == 0 {
         bail!("--batch-size must be at least 1");
@@ -53,13 +47,7 @@ pub fn exec(a: Args) -> Result<()> {
         bail!("--max-new-tokens must be at least 1 (or pass --cheap to skip generation)");
     }
     let out = a.out.clone().unwrap_or_else(|| {
-        PersonaHome::from_env().screens().join(format!(
-            "{}-{}-row{}{}",
-            stem(&a.dataset),
-            stem(&a.target.vector),
-            a.target.layer,
-            if a.cheap { "-cheap" } else { "" }
-        ))
+        PersonaHome::from_env().screen(&a.dataset, &a.target.vector, a.target.layer, a.cheap)
     });
     persona_model::files::check_writable_dir(&out)?;
     let (vector, loaded) = a.target.load()?;
